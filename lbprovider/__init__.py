@@ -1,0 +1,3 @@
+"""lbprovider: LoadBalancer provider for bare-metal Kubernetes."""
+
+__version__ = "0.1.0"
