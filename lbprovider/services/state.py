@@ -1,0 +1,184 @@
+"""The allocator's ``StateView`` answered from the database, a few indexed queries per batch.
+
+Reads only. Every answer reflects committed data at the time of the query (READ COMMITTED on
+PostgreSQL), which is why the claim step re-checks its address under a per-address lock.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy.orm import Session
+
+from lbprovider.db.models import Allocation, Exclusion, IPLease, Pool, ReleasedIP, Reservation
+from lbprovider.ipam.allocator import Holder, Occupancy, ServiceRef
+from lbprovider.ipam.pool import PoolSpec
+
+
+def pool_spec(pool: Pool, exclusions: Sequence[str] | None = None) -> PoolSpec:
+    """The allocator's view of a pool row."""
+    return PoolSpec(
+        name=pool.name,
+        ranges=tuple(pool.ranges),
+        auto_assign=pool.auto_assign,
+        avoid_buggy_ips=pool.avoid_buggy_ips,
+        disabled=pool.disabled,
+        priority=pool.priority,
+        namespaces=frozenset(pool.namespaces),
+        namespace_selector=dict(pool.namespace_selector),
+        service_selector=dict(pool.service_selector),
+        exclusions=tuple(
+            exclusions if exclusions is not None else [e.range for e in pool.exclusions]
+        ),
+    )
+
+
+def load_pool_specs(session: Session) -> tuple[list[PoolSpec], dict[str, int]]:
+    """Every pool as a spec, and the name → id map the writers need."""
+    pools = session.scalars(select(Pool).order_by(Pool.name)).all()
+    excl: dict[int, list[str]] = defaultdict(list)
+    for pool_id, text in session.execute(select(Exclusion.pool_id, Exclusion.range)):
+        excl[pool_id].append(text)
+    return [pool_spec(p, excl[p.id]) for p in pools], {p.name: p.id for p in pools}
+
+
+def ip_from_key(key: str) -> str:
+    version, _, hexpart = key.partition(":")
+    value = int(hexpart, 16)
+    return str(ipaddress.IPv4Address(value) if version == "4" else ipaddress.IPv6Address(value))
+
+
+def live_reservation(now: datetime) -> ColumnElement[bool]:
+    return or_(Reservation.expires_at.is_(None), Reservation.expires_at > now)
+
+
+class DBStateView:
+    """``lbprovider.ipam.allocator.StateView`` over a session."""
+
+    def __init__(self, session: Session, pool_ids: Mapping[str, int], now: datetime) -> None:
+        self.session = session
+        self.pool_ids = pool_ids
+        self.now = now
+
+    def occupancy(self, ips: Sequence[str]) -> Mapping[str, Occupancy]:
+        s = self.session
+        holders: dict[str, list[Holder]] = defaultdict(list)
+        for a in s.execute(
+            select(
+                Allocation.ip,
+                Allocation.service_namespace,
+                Allocation.service_name,
+                Allocation.service_uid,
+                Allocation.sharing_key,
+                Allocation.ports,
+            ).where(Allocation.active, Allocation.ip.in_(ips))
+        ):
+            ports = frozenset((str(p[0]), int(p[1])) for p in a.ports)
+            svc = ServiceRef(a.service_namespace, a.service_name, a.service_uid)
+            holders[a.ip].append(Holder(svc, a.sharing_key, ports))
+        reserved = {
+            r.ip: r
+            for r in s.execute(
+                select(
+                    Reservation.ip,
+                    Reservation.owner,
+                    Reservation.service_namespace,
+                    Reservation.service_name,
+                ).where(Reservation.ip.in_(ips), live_reservation(self.now))
+            )
+        }
+        released = {
+            r.ip: r
+            for r in s.execute(
+                select(
+                    ReleasedIP.ip,
+                    ReleasedIP.released_at,
+                    ReleasedIP.service_namespace,
+                    ReleasedIP.service_name,
+                ).where(ReleasedIP.ip.in_(ips))
+            )
+        }
+        out: dict[str, Occupancy] = {}
+        for ip in set(holders) | set(reserved) | set(released):
+            res, rel = reserved.get(ip), released.get(ip)
+            out[ip] = Occupancy(
+                holders=tuple(holders.get(ip, ())),
+                reserved=res is not None,
+                reserved_for=(
+                    f"{res.service_namespace}/{res.service_name}"
+                    if res is not None and res.service_name
+                    else None
+                ),
+                reservation_owner=res.owner if res is not None else "",
+                released_at=rel.released_at if rel is not None else None,
+                released_by=(
+                    f"{rel.service_namespace}/{rel.service_name}" if rel is not None else None
+                ),
+            )
+        return out
+
+    def reserved_for_service(self, service: ServiceRef, family: int) -> Sequence[str]:
+        return self.session.scalars(
+            select(Reservation.ip)
+            .where(
+                Reservation.service_namespace == service.namespace,
+                Reservation.service_name == service.name,
+                Reservation.family == family,
+                live_reservation(self.now),
+            )
+            .order_by(Reservation.ip_key)
+        ).all()
+
+    def sticky_ip(self, service: ServiceRef, family: int) -> tuple[str, datetime] | None:
+        row = self.session.execute(
+            select(ReleasedIP.ip, ReleasedIP.released_at)
+            .where(
+                ReleasedIP.service_namespace == service.namespace,
+                ReleasedIP.service_name == service.name,
+                ReleasedIP.family == family,
+            )
+            .order_by(ReleasedIP.released_at.desc())
+            .limit(1)
+        ).first()
+        return (row.ip, row.released_at) if row else None
+
+    def sharing_ips(self, key: str, pool: str, family: int) -> Sequence[str]:
+        return self.session.scalars(
+            select(IPLease.ip)
+            .where(
+                IPLease.sharing_key == key,
+                IPLease.pool_id == self.pool_ids[pool],
+                IPLease.family == family,
+            )
+            .order_by(IPLease.ip_key)
+        ).all()
+
+    def high_water(self, pool: str, family: int) -> str | None:
+        pid = self.pool_ids[pool]
+        keys = [
+            self.session.scalar(
+                select(func.max(model.ip_key)).where(model.pool_id == pid, model.family == family)
+            )
+            for model in (IPLease, ReleasedIP)
+        ]
+        present = [k for k in keys if k]
+        return ip_from_key(max(present)) if present else None
+
+    def released_lru(self, pool: str, family: int, limit: int) -> Sequence[str]:
+        leased = exists().where(IPLease.ip == ReleasedIP.ip)
+        return self.session.scalars(
+            select(ReleasedIP.ip)
+            .where(
+                and_(
+                    ReleasedIP.pool_id == self.pool_ids[pool],
+                    ReleasedIP.family == family,
+                    ~leased,
+                )
+            )
+            .order_by(ReleasedIP.released_at, ReleasedIP.ip_key)
+            .limit(limit)
+        ).all()
