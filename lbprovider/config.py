@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEV_SESSION_SECRET = "dev-insecure-session-secret"  # noqa: S105 (refused outside dev)
 DEFAULT_SQLITE_URL = "sqlite:///" + str(Path("lbprovider.db").absolute())
 
 
@@ -23,7 +24,7 @@ class Settings(BaseSettings):
 
     environment: Literal["dev", "prod"] = Field(
         default="dev",
-        description="`dev` allows SQLite and insecure cookies for a first run; `prod` refuses them.",
+        description="`dev` allows SQLite and insecure cookies for a trial; `prod` refuses both.",
     )
     database_url: str = Field(
         default=DEFAULT_SQLITE_URL,
@@ -119,7 +120,7 @@ class Settings(BaseSettings):
 
     # API and dashboard
     session_secret: str = Field(
-        default="dev-insecure-session-secret",
+        default=DEV_SESSION_SECRET,
         description="Key signing dashboard session cookies. Must be set outside dev.",
     )
     auth_fail_limit: int = Field(
@@ -132,7 +133,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_insecure_prod(self) -> Settings:
         if self.environment == "prod":
-            if self.session_secret == "dev-insecure-session-secret":
+            if self.session_secret == DEV_SESSION_SECRET:
                 raise ValueError("LBP_SESSION_SECRET must be set when LBP_ENVIRONMENT=prod")
             if self.database_url.startswith("sqlite"):
                 raise ValueError("SQLite is for trials; set a PostgreSQL LBP_DATABASE_URL in prod")

@@ -20,6 +20,7 @@ A failed decision never takes an address away: callers keep what a Service holds
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -101,10 +102,15 @@ class Request:
 
 @dataclass(frozen=True)
 class Policy:
+    """Time and tuning. ``spread`` > 1 picks at random among the first free candidates of a
+    scan: callers raise it when a concurrent allocator just took the address they chose."""
+
     now: datetime
     hold: timedelta = timedelta(hours=1)
     quarantine: timedelta = timedelta(minutes=1)
     batch: int = 64
+    spread: int = 1
+    rng: random.Random = field(default_factory=random.Random)
 
 
 @dataclass(frozen=True)
@@ -318,7 +324,19 @@ class Allocator:
         )
 
     def _keep(self, request: Request, kept: Assignment) -> Decision:
-        """Keep an address the Service holds unless the request explicitly moved elsewhere."""
+        """Keep an address the Service holds unless the request, or a forced pool edit, moved it.
+
+        A pool edit that would push out live allocations is refused unless forced, so an
+        address outside its pool here means an operator confirmed the move."""
+        if self._displaced(request, kept):
+            pools = self._candidate_pools(request, kept.family)
+            if isinstance(pools, Decision):
+                return pools
+            for pool in pools:
+                ip = self._pick(request, pool, kept.family)
+                if ip is not None:
+                    return Decision(Reason.SATISFIED, "", (Assignment(ip, pool.name, kept.family),))
+            return Decision(Reason.OUT_OF_IPS, f"no free address to move {kept.ip} to")
         if request.requested_pool and request.requested_pool != kept.pool:
             pool = self.pools.get(request.requested_pool)
             if pool is None:
@@ -332,6 +350,13 @@ class Allocator:
         if problem:
             return problem
         return Decision(Reason.SATISFIED, "", (kept,))
+
+    def _displaced(self, request: Request, kept: Assignment) -> bool:
+        pool = self.pools.get(kept.pool)
+        if pool is None or not pool.usable(parse_ip(kept.ip)):
+            return True
+        svc = request.service
+        return not pool.serves(svc.namespace, request.namespace_labels, request.service_labels)
 
     def _candidate_pools(self, request: Request, family: int) -> list[PoolSpec] | Decision:
         if request.requested_pool:
@@ -383,13 +408,59 @@ class Allocator:
         yield (str(a) for a in itertools.islice(ranges.iter_from(0), GAP_SCAN_LIMIT))
 
     def _first_free(self, request: Request, pool: PoolSpec, ips: Iterable[str]) -> str | None:
+        free = list(itertools.islice(self.free_in(request, pool, ips), self.policy.spread))
+        return self.policy.rng.choice(free) if free else None
+
+    def free_in(self, request: Request, pool: PoolSpec, ips: Iterable[str]) -> Iterator[str]:
+        """Addresses among ``ips`` that ``request`` may take, lazily, in the given order."""
         candidates = (ip for ip in ips if pool.usable(parse_ip(ip)))
         while batch := list(itertools.islice(candidates, self.policy.batch)):
             occ = self.view.occupancy(batch)
             for ip in batch:
                 if self._occupancy_problem(request, ip, occ.get(ip, Occupancy())) is None:
-                    return ip
-        return None
+                    yield ip
+
+    def check(self, request: Request, ip: str, occupancy: Occupancy) -> Decision | None:
+        """Re-check one chosen address against fresh occupancy (None: still free for it)."""
+        return self._occupancy_problem(request, ip, occupancy)
+
+    def available(self, pool: PoolSpec, family: int, limit: int) -> list[str]:
+        """The next ``limit`` addresses a new Service would get from ``pool``, in order."""
+        nobody = Request(service=ServiceRef("", ""), ports=frozenset())
+        ranges = pool.by_family[family]
+        high = self.view.high_water(pool.name, family)
+        start = ranges.first_offset_after(high) if high else 0
+        order = itertools.chain(
+            (str(a) for a in ranges.iter_from(start)),
+            self.view.released_lru(pool.name, family, limit * 4),
+            (str(a) for a in itertools.islice(ranges.iter_from(0), GAP_SCAN_LIMIT)),
+        )
+        return list(itertools.islice(dict.fromkeys(self.free_in(nobody, pool, order)), limit))
+
+    def adopt(self, request: Request, current: Sequence[Assignment] = ()) -> Decision:
+        """Record addresses a Service already has (``requested_ips`` = its status).
+
+        Adoption never moves anything: pool state (disabled, selectors, auto-assign,
+        exclusions) does not matter, only another holder or a reservation does."""
+        held = {a.ip for a in current}
+        won: list[Assignment] = []
+        for text in request.requested_ips:
+            try:
+                addr = parse_ip(text)
+            except RangeError as e:
+                return Decision(Reason.INVALID_REQUEST, f"status IP: {e}")
+            pool = self._pool_of(addr)
+            if pool is None:
+                return Decision(
+                    Reason.NO_POOL, f"{addr} (already in status) is in no pool: add a pool with it"
+                )
+            if str(addr) not in held:
+                occ = self.view.occupancy([str(addr)]).get(str(addr), Occupancy())
+                problem = self._occupancy_problem(request, str(addr), occ)
+                if problem:
+                    return problem
+            won.append(Assignment(str(addr), pool.name, addr.version))
+        return Decision(Reason.SATISFIED, "adopted " + ", ".join(a.ip for a in won), tuple(won))
 
 
 def _satisfied_message(assignments: Sequence[Assignment]) -> str:

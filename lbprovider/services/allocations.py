@@ -80,9 +80,12 @@ def allocate_service(
     actor: Actor,
     policy: IPPolicy,
     now: datetime | None = None,
+    reason: str | None = None,
 ) -> Outcome:
-    """Give ``request``'s Service the addresses it should hold (keeping what it has)."""
-    return _with_retries(session, request, actor, policy, now, adopt=False)
+    """Give ``request``'s Service the addresses it should hold (keeping what it has).
+
+    ``reason``, when given, is what the ledger says for any change (else the decision's text)."""
+    return _with_retries(session, request, actor, policy, now, adopt=False, reason=reason)
 
 
 def adopt_service(
@@ -107,6 +110,7 @@ def _with_retries(
     now: datetime | None,
     *,
     adopt: bool,
+    reason: str | None = None,
 ) -> Outcome:
     rng = random.Random()
     for attempt in range(MAX_ATTEMPTS):
@@ -114,7 +118,7 @@ def _with_retries(
         try:
             with session.begin_nested():
                 return _decide_and_write(
-                    session, request, actor, policy, now or utcnow(), spread, rng, adopt
+                    session, request, actor, policy, now or utcnow(), spread, rng, adopt, reason
                 )
         except (IntegrityError, _LostRace) as e:
             logger.debug(
@@ -137,6 +141,7 @@ def _decide_and_write(
     spread: int,
     rng: random.Random,
     adopt: bool,
+    reason: str | None,
 ) -> Outcome:
     svc = request.service
     current = active_allocations(session, svc.namespace, svc.name)
@@ -167,7 +172,8 @@ def _decide_and_write(
         decision = allocator.allocate(request, held)
     if not decision.ok:
         return Outcome(decision, tuple(a.ip for a in current), changed=False)
-    return _write(session, allocator, request, decision, current, pool_ids, actor, now, adopt)
+    why = reason or decision.message
+    return _write(session, allocator, request, decision, current, pool_ids, actor, now, adopt, why)
 
 
 def _family(ip: str) -> int:
@@ -190,6 +196,7 @@ def _write(
     actor: Actor,
     now: datetime,
     adopt: bool,
+    why: str,
 ) -> Outcome:
     svc = request.service
     wanted = {a.ip: a for a in decision.assignments}
@@ -197,9 +204,7 @@ def _write(
     replaced_families: set[int] = set()
     for row in current:
         if row.ip not in wanted:
-            _release_row(
-                session, row, actor, now, action="reassigned", reason=f"moved: {decision.message}"
-            )
+            _release_row(session, row, actor, now, action="reassigned", reason=f"moved away: {why}")
             replaced_families.add(row.family)
             changed = True
     kept = {row.ip: row for row in current if row.ip in wanted}
@@ -214,7 +219,7 @@ def _write(
             actor=actor,
             ip=ip,
             action=action,
-            reason=decision.message,
+            reason=why,
             pool=a.pool,
             namespace=svc.namespace,
             name=svc.name,
