@@ -309,8 +309,13 @@ class Allocator:
         self, request: Request, family: int, current: Sequence[Assignment]
     ) -> Decision:
         kept = next((a for a in current if a.family == family), None)
-        if kept is not None:
-            return self._keep(request, kept)
+        if kept is None or self._must_move(request, kept):
+            return self._fresh(request, family)
+        occ = self.view.occupancy([kept.ip]).get(kept.ip, Occupancy())
+        problem = self._occupancy_problem(request, kept.ip, Occupancy(holders=occ.holders))
+        return problem or Decision(Reason.SATISFIED, "", (kept,))
+
+    def _fresh(self, request: Request, family: int) -> Decision:
         pools = self._candidate_pools(request, family)
         if isinstance(pools, Decision):
             return pools
@@ -323,33 +328,12 @@ class Allocator:
             Reason.OUT_OF_IPS, f"no free {describe_family(family)} address in pools {names}"
         )
 
-    def _keep(self, request: Request, kept: Assignment) -> Decision:
-        """Keep an address the Service holds unless the request, or a forced pool edit, moved it.
-
-        A pool edit that would push out live allocations is refused unless forced, so an
-        address outside its pool here means an operator confirmed the move."""
-        if self._displaced(request, kept):
-            pools = self._candidate_pools(request, kept.family)
-            if isinstance(pools, Decision):
-                return pools
-            for pool in pools:
-                ip = self._pick(request, pool, kept.family)
-                if ip is not None:
-                    return Decision(Reason.SATISFIED, "", (Assignment(ip, pool.name, kept.family),))
-            return Decision(Reason.OUT_OF_IPS, f"no free address to move {kept.ip} to")
+    def _must_move(self, request: Request, kept: Assignment) -> bool:
+        """A held address moves only when the request names another pool, or a forced pool
+        edit left it outside its pool (edits that would do so are refused unless forced)."""
         if request.requested_pool and request.requested_pool != kept.pool:
-            pool = self.pools.get(request.requested_pool)
-            if pool is None:
-                return Decision(Reason.NO_POOL, f"pool {request.requested_pool!r} does not exist")
-            ip = self._pick(request, pool, kept.family)
-            if ip is None:
-                return Decision(Reason.OUT_OF_IPS, f"no free address in pool {pool.name!r}")
-            return Decision(Reason.SATISFIED, "", (Assignment(ip, pool.name, kept.family),))
-        occ = self.view.occupancy([kept.ip]).get(kept.ip, Occupancy())
-        problem = self._occupancy_problem(request, kept.ip, Occupancy(holders=occ.holders))
-        if problem:
-            return problem
-        return Decision(Reason.SATISFIED, "", (kept,))
+            return True
+        return self._displaced(request, kept)
 
     def _displaced(self, request: Request, kept: Assignment) -> bool:
         pool = self.pools.get(kept.pool)

@@ -1,0 +1,229 @@
+"""Reservations: addresses claimed by a pipeline before its Service or DNS record exists.
+
+A reserved address is never auto-assigned; it goes only to the Service the reservation names
+(if it names one). Expired reservations are released by ``expire_reservations``, which the
+server runs on a timer — nobody has to call the API.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Select, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from lbprovider.db.models import IPLease, Reservation
+from lbprovider.db.types import utcnow
+from lbprovider.ipam.allocator import Allocator, Occupancy, Policy, Request, ServiceRef
+from lbprovider.ipam.ranges import RangeError, ip_key, parse_ip
+from lbprovider.services.allocations import lock_ip
+from lbprovider.services.audit import record_audit, record_ledger
+from lbprovider.services.context import Actor, IPPolicy
+from lbprovider.services.errors import Conflict, InvalidInput, NotFound
+from lbprovider.services.pools import get_pool
+from lbprovider.services.state import DBStateView, load_pool_specs
+
+CANDIDATES = 64
+
+
+def reservation_as_dict(r: Reservation) -> dict[str, object]:
+    return {
+        "id": r.id,
+        "ip": r.ip,
+        "pool": r.pool.name,
+        "owner": r.owner,
+        "purpose": r.purpose,
+        "service_namespace": r.service_namespace,
+        "service_name": r.service_name,
+        "expires_at": r.expires_at.isoformat() if r.expires_at else None,
+    }
+
+
+def create_reservation(
+    *,
+    session: Session,
+    pool_name: str,
+    owner: str,
+    actor: Actor,
+    policy: IPPolicy,
+    ip: str | None = None,
+    family: int | None = None,
+    purpose: str = "",
+    service_namespace: str | None = None,
+    service_name: str | None = None,
+    expires_at: datetime | None = None,
+) -> Reservation:
+    """Reserve ``ip``, or the next free address of the pool when ``ip`` is None."""
+    pool = get_pool(session=session, name=pool_name)
+    if bool(service_namespace) != bool(service_name):
+        raise InvalidInput(
+            "give both service_namespace and service_name, or neither", field="service_name"
+        )
+    now = utcnow()
+    if expires_at is not None and expires_at <= now:
+        raise InvalidInput("expires_at is in the past", field="expires_at")
+    specs, ids = load_pool_specs(session)
+    spec = next(s for s in specs if s.name == pool.name)
+    allocator = Allocator(
+        specs,
+        DBStateView(session, ids, now),
+        Policy(now=now, hold=policy.hold, quarantine=policy.quarantine),
+    )
+    owner_ref = ServiceRef(service_namespace or "", service_name or "")
+    request = Request(service=owner_ref, ports=frozenset())
+    if ip is not None:
+        candidates = [_explicit(spec_ip=ip, spec=spec)]
+    else:
+        fams = [family] if family else list(spec.families)
+        candidates = [a for f in fams for a in allocator.available(spec, f, CANDIDATES)]
+    for candidate in candidates:
+        row = _try_reserve(
+            session,
+            allocator,
+            request,
+            candidate,
+            pool.id,
+            owner,
+            purpose,
+            service_namespace,
+            service_name,
+            expires_at,
+            actor,
+        )
+        if row is not None:
+            record_ledger(
+                session,
+                actor=actor,
+                ip=row.ip,
+                action="reserved",
+                reason=f"reserved by {owner}" + (f": {purpose}" if purpose else ""),
+                pool=pool.name,
+                namespace=service_namespace or "",
+                name=service_name or "",
+            )
+            record_audit(
+                session,
+                actor=actor,
+                action="reservation.create",
+                object_type="reservation",
+                object_id=row.ip,
+                after=reservation_as_dict(row),
+            )
+            return row
+    if ip is not None:
+        raise Conflict(f"{ip} is not free in pool {pool.name!r}", field="ip")
+    raise Conflict(f"pool {pool.name!r} has no free address to reserve", field="pool")
+
+
+def _explicit(*, spec_ip: str, spec: object) -> str:
+    from lbprovider.ipam.pool import PoolSpec
+
+    assert isinstance(spec, PoolSpec)
+    try:
+        addr = parse_ip(spec_ip)
+    except RangeError as e:
+        raise InvalidInput(str(e), field="ip") from e
+    if not spec.usable(addr):
+        raise InvalidInput(f"{addr} is not a usable address of pool {spec.name!r}", field="ip")
+    return str(addr)
+
+
+def _try_reserve(
+    session: Session,
+    allocator: Allocator,
+    request: Request,
+    ip: str,
+    pool_id: int,
+    owner: str,
+    purpose: str,
+    service_namespace: str | None,
+    service_name: str | None,
+    expires_at: datetime | None,
+    actor: Actor,
+) -> Reservation | None:
+    try:
+        with session.begin_nested():
+            lock_ip(session, ip)
+            occ = allocator.view.occupancy([ip]).get(ip, Occupancy())
+            if occ.reserved or allocator.check(request, ip, occ) is not None:
+                return None
+            if session.get(IPLease, ip) is not None and not occ.holders:
+                return None
+            row = Reservation(
+                ip=ip,
+                ip_key=ip_key(ip),
+                pool_id=pool_id,
+                family=parse_ip(ip).version,
+                owner=owner,
+                purpose=purpose,
+                service_namespace=service_namespace,
+                service_name=service_name,
+                expires_at=expires_at,
+                created_by=actor.name,
+            )
+            session.add(row)
+            session.flush()
+            return row
+    except IntegrityError:
+        return None
+
+
+def get_reservation(*, session: Session, reservation_id: int) -> Reservation:
+    row = session.get(Reservation, reservation_id)
+    if row is None:
+        raise NotFound(f"reservation {reservation_id} does not exist", field="id")
+    return row
+
+
+def delete_reservation(
+    *, session: Session, reservation_id: int, actor: Actor, reason: str = "deleted"
+) -> None:
+    row = get_reservation(session=session, reservation_id=reservation_id)
+    before = reservation_as_dict(row)
+    record_ledger(
+        session,
+        actor=actor,
+        ip=row.ip,
+        action="unreserved",
+        reason=reason,
+        pool=row.pool.name,
+        namespace=row.service_namespace or "",
+        name=row.service_name or "",
+    )
+    record_audit(
+        session,
+        actor=actor,
+        action="reservation.delete",
+        object_type="reservation",
+        object_id=row.ip,
+        before=before,
+    )
+    session.delete(row)
+    session.flush()
+
+
+def expire_reservations(*, session: Session, actor: Actor, now: datetime | None = None) -> int:
+    """Delete every reservation past its expiry (ledger row each). Returns how many."""
+    now = now or utcnow()
+    expired = session.scalars(
+        select(Reservation).where(
+            Reservation.expires_at.is_not(None), Reservation.expires_at <= now
+        )
+    ).all()
+    for row in expired:
+        delete_reservation(session=session, reservation_id=row.id, actor=actor, reason="expired")
+    return len(expired)
+
+
+def reservation_query(
+    *, pool_id: int | None = None, owner: str | None = None, ip: str | None = None
+) -> Select[Reservation]:
+    stmt = select(Reservation)
+    if pool_id is not None:
+        stmt = stmt.where(Reservation.pool_id == pool_id)
+    if owner is not None:
+        stmt = stmt.where(Reservation.owner == owner)
+    if ip is not None:
+        stmt = stmt.where(Reservation.ip == ip)
+    return stmt.order_by(Reservation.id)
