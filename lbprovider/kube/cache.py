@@ -269,6 +269,9 @@ class ObjectCache:
         except Exception as exc:
             raise translate_error(exc, f"watch {self.name}") from exc
         self._response = response
+        if self._stop.is_set():  # stop() ran before the stream was registered
+            response.release_conn()
+            return
         try:
             for line in _iter_lines(response):
                 if self._stop.is_set():
