@@ -1,0 +1,77 @@
+"""Fixtures shared by every test area: databases (SQLite and a real PostgreSQL), settings.
+
+PostgreSQL is real: when ``LBP_TEST_PG_URL`` is unset, ``scripts/postgres.sh`` starts Debian's
+cluster (installing it if missing) and creates the test database — the suite never skips it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from lbprovider.db.models import Base
+from lbprovider.db.session import make_engine, session_factory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """URL of the test PostgreSQL database (started on demand)."""
+    url = os.environ.get("LBP_TEST_PG_URL")
+    if not url:
+        out = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "postgres.sh")],
+            check=True, capture_output=True, text=True,
+        )
+        url = out.stdout.strip().splitlines()[-1]
+        os.environ["LBP_TEST_PG_URL"] = url
+    return url
+
+
+@pytest.fixture(scope="session")
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    engine = make_engine(pg_url, pool_size=20)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+def _truncate(engine: Engine) -> None:
+    names = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A fresh, empty database with the schema: once on SQLite, once on PostgreSQL."""
+    if request.param == "sqlite":
+        eng = make_engine(f"sqlite:///{tmp_path / 'test.db'}")
+        Base.metadata.create_all(eng)
+        yield eng
+        eng.dispose()
+        return
+    pg = request.getfixturevalue("pg_engine")
+    _truncate(pg)
+    yield pg
+    _truncate(pg)
+
+
+@pytest.fixture
+def db_url(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return session_factory(engine)
