@@ -1,0 +1,3 @@
+from lbprovider.cli import main
+
+main()

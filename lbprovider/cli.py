@@ -1,0 +1,81 @@
+"""The ``lbprovider`` command: one entry point for every process the project runs."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import typer
+
+from lbprovider.config import get_settings
+from lbprovider.logs import setup_logging
+
+app = typer.Typer(no_args_is_help=True, help="LoadBalancer provider for bare-metal Kubernetes.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema management.")
+token_app = typer.Typer(no_args_is_help=True, help="API tokens.")
+app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
+
+logger = logging.getLogger(__name__)
+
+
+@app.callback()
+def _main() -> None:
+    settings = get_settings()
+    setup_logging(settings.log_level, json_logs=settings.log_json)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply migrations up to REVISION (default: head) on LBP_DATABASE_URL."""
+    from lbprovider.db.migrate import upgrade
+
+    upgrade(get_settings().database_url, revision)
+    typer.echo(f"database at {revision}")
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option(help="Unique token name, shown in audit rows.")],
+    scope: Annotated[
+        list[str], typer.Option(help="read, write, admin or agent; repeat for several.")
+    ],
+    host: Annotated[str | None, typer.Option(help="Fleet host name (agent tokens).")] = None,
+    days: Annotated[int | None, typer.Option(help="Expire after this many days.")] = None,
+) -> None:
+    """Create a token (e.g. the first admin token) and print its secret once."""
+    from lbprovider.db.session import get_engine, session_factory, transaction
+    from lbprovider.services.context import Actor
+    from lbprovider.services.errors import DomainError
+    from lbprovider.services.tokens import create_token
+
+    expires = datetime.now(UTC) + timedelta(days=days) if days else None
+    try:
+        with transaction(session_factory(get_engine())) as session:
+            _, secret = create_token(
+                session=session,
+                name=name,
+                scopes=scope,
+                host=host,
+                expires_at=expires,
+                actor=Actor("cli"),
+            )
+    except DomainError as e:
+        typer.echo(f"error: {e.detail}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(secret)
+
+
+@app.command()
+def serve(
+    listen: Annotated[str | None, typer.Option(help="host:port (default LBP_LISTEN).")] = None,
+) -> None:
+    """Run the REST API and dashboard (and the controller when a cluster is configured)."""
+    from lbprovider.server import run_server
+
+    run_server(get_settings(), listen=listen)
+
+
+def main() -> None:
+    app()
