@@ -320,7 +320,7 @@ class Api:
     def _delete(self, request: Request, target: Target, kind: Kind) -> Response:
         options = self._body(request) if request.body.strip() else {}
         obj, gone = self._store.delete(kind, target.namespace, target.name, options)
-        if not gone:
+        if not gone or target.kind.returns_deleted:
             return Response(200, _present(target.kind)(obj))
         details: JSON = {"name": target.name, "kind": target.kind.plural,
                          "uid": obj["metadata"]["uid"]}

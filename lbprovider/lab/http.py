@@ -79,6 +79,7 @@ class LabHTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms stalls
     server: LabHTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:

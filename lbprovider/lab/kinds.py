@@ -74,6 +74,7 @@ class Kind:
     has_generation: bool = False
     short_names: tuple[str, ...] = ()
     storage: str = ""  # kinds sharing storage (core and events.k8s.io Events) name it alike
+    returns_deleted: bool = False  # DELETE answers with the object, not a Status (Services)
     fields: dict[str, FieldGetter] = field(default_factory=dict)
     lists: dict[tuple[str, ...], ListStrategy] = field(default_factory=dict)
 
@@ -114,6 +115,7 @@ KINDS: tuple[Kind, ...] = (
         "dns1035",
         has_status=True,
         short_names=("svc",),
+        returns_deleted=True,
         fields={"spec.type": _path("spec", "type"), "spec.clusterIP": _path("spec", "clusterIP")},
         lists={("spec", "ports"): ("merge", "port")},
     ),
