@@ -1,0 +1,87 @@
+"""The lab keeps up with a controller's load: thousands of events and objects, quickly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from urllib.parse import urlsplit
+
+import pytest
+from kubernetes import client, watch
+
+from lbprovider.lab.apiserver import LabAPIServer
+
+pytestmark = pytest.mark.slow
+
+
+_POSTER = """
+import http.client, json, sys
+host, port, prefix, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+connection = http.client.HTTPConnection(host, port, timeout=30)
+for i in range(count):
+    body = json.dumps({"metadata": {"name": prefix % i}, "spec": {"ports": [{"port": 80}]}})
+    connection.request("POST", "/api/v1/namespaces/default/services", body,
+                       {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    response.read()
+    assert response.status == 201, response.status
+connection.close()
+"""
+
+
+def _post_services(url: str, name_format: str, count: int) -> None:
+    """Create Services from another process over one keep-alive connection, so the writer
+    does not share this process's GIL with the server and the watcher."""
+    parts = urlsplit(url)
+    subprocess.run([sys.executable, "-c", _POSTER, parts.hostname or "", str(parts.port),
+                    name_format, str(count)], check=True, timeout=60)
+
+
+def _client(lab: LabAPIServer) -> client.ApiClient:
+    configuration = client.Configuration()
+    configuration.host = lab.url
+    return client.ApiClient(configuration)
+
+
+def test_a_watch_survives_ten_thousand_events_without_falling_behind() -> None:
+    with LabAPIServer() as lab:
+        api = client.CoreV1Api(_client(lab))
+        rv = api.list_namespaced_service("default").metadata.resource_version
+        seen: list[str] = []
+        done = threading.Event()
+
+        def consume() -> None:
+            stream = watch.Watch().stream(api.list_namespaced_service, "default",
+                                          resource_version=rv, timeout_seconds=60,
+                                          deserialize=False)
+            for event in stream:
+                seen.append(event["object"]["metadata"]["name"])
+                if len(seen) == 10_000:
+                    done.set()
+                    return
+
+        consumer = threading.Thread(target=consume)
+        consumer.start()
+        started = time.monotonic()
+        _post_services(lab.url, "svc-%d", 10_000)
+        assert done.wait(timeout=30)
+        elapsed = time.monotonic() - started
+        consumer.join(timeout=5)
+        api.api_client.close()
+    assert seen == [f"svc-{i}" for i in range(10_000)]
+    assert elapsed < 20
+
+
+def test_ten_thousand_services_are_listed_in_a_few_seconds() -> None:
+    with LabAPIServer() as lab:
+        _post_services(lab.url, "svc-%05d", 10_000)
+        api = client.CoreV1Api(_client(lab))
+        started = time.monotonic()
+        listed = api.list_service_for_all_namespaces()
+        elapsed = time.monotonic() - started
+        api.api_client.close()
+    assert len(listed.items) == 10_001  # and the cluster's own `kubernetes` Service
+    assert listed.items[1].spec.cluster_ip.startswith("10.")
+    assert elapsed < 5, elapsed
