@@ -170,8 +170,12 @@ class ObjectCache:
                 if not first_watch:
                     self.watch_restarts += 1
                 first_watch = False
+                opened = time.monotonic()
                 self._watch_once()
                 failures = 0
+                if time.monotonic() - opened < 1.0:
+                    # A stream that ends at once must not turn into a busy loop on the server.
+                    self._stop.wait(self._retry_base)
             except KubeGone as exc:
                 logger.info(
                     "resourceVersion expired, relisting",

@@ -150,7 +150,7 @@ def test_leader_that_cannot_renew_stops_within_the_renew_deadline(lab: Any, api:
         lab.stop()  # the API server goes away: no renewal can succeed
         gone = time.monotonic()
         assert wait_until(lambda: not a.is_leader(), timeout=RENEW + 0.5, interval=0.01)
-        assert time.monotonic() - gone <= RENEW + 0.05
+        assert time.monotonic() - gone <= RENEW + 0.15
         assert recorder.stopped.wait(RENEW + 2)
     finally:
         a.stop(timeout=3)

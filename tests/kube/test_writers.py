@@ -165,3 +165,18 @@ def test_event_outside_the_window_is_a_new_event(core: Any, api: Any) -> None:
     recorder.record(svc, "Normal", "IPReleased", "127.0.10.1 released")
 
     assert [e["count"] for e in events_about(core, "web")] == [1, 1]
+
+
+def test_status_patch_with_a_stale_resource_version_is_refused(core: Any, api: Any) -> None:
+    svc = make_service(core, "web")
+    writer = KubeStatusWriter(api, is_leader=leader)
+    writer.set_load_balancer_ingress(NAMESPACE, "web", INGRESS)  # the object moved on
+
+    with pytest.raises(KubeConflict):
+        writer.patch_service_status(
+            NAMESPACE,
+            "web",
+            {"loadBalancer": {}},
+            resource_version=svc["metadata"]["resourceVersion"],
+        )
+    assert get_service(core, "web")["status"]["loadBalancer"]["ingress"] == INGRESS
