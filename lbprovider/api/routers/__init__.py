@@ -1,0 +1,1 @@
+"""``/api/v1`` routers: each route parses, calls one service function, returns a schema."""
