@@ -83,8 +83,11 @@ def _split_path(path: str) -> tuple[str, str, list[str]] | None:
 
 def resolve(group: str, version: str, rest: list[str]) -> Target | None:
     namespace = ""
-    if len(rest) >= 3 and rest[0] == "namespaces" and not (len(rest) == 3 and rest[2] in (
-            "status", "finalize")):
+    if (
+        len(rest) >= 3
+        and rest[0] == "namespaces"
+        and not (len(rest) == 3 and rest[2] in ("status", "finalize"))
+    ):
         namespace, rest = rest[1], rest[2:]
     if not 1 <= len(rest) <= 3:
         return None
@@ -153,7 +156,7 @@ class Api:
         if path in ("/healthz", "/readyz", "/livez"):
             return Response(200, b"ok")
         if path.startswith("/openapi/v3/"):
-            document = discovery.openapi_group_version(path[len("/openapi/v3/"):])
+            document = discovery.openapi_group_version(path[len("/openapi/v3/") :])
             return Response(200, document) if document else None
         parts = [p for p in path.split("/") if p]
         if len(parts) == 2 and parts[0] == "apis":
@@ -213,10 +216,14 @@ class Api:
         if "as=Table" in request.accept:
             include = request.query.get("includeObject", "Metadata")
             return Response(200, to_table(kind.kind, items, meta, include))
-        body = {"kind": f"{target.kind.kind}List", "apiVersion": target.kind.api_version,
-                "metadata": meta,
-                "items": [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")}
-                          for o in shown]}
+        body = {
+            "kind": f"{target.kind.kind}List",
+            "apiVersion": target.kind.api_version,
+            "metadata": meta,
+            "items": [
+                {k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in shown
+            ],
+        }
         return Response(200, body)
 
     def _check_future_rv(self, request: Request) -> None:
@@ -233,9 +240,11 @@ class Api:
         except (ValueError, KeyError, IndexError, TypeError, binascii.Error) as error:
             raise errors.bad_request("continue key is not valid: " + str(error)) from error
         if rv < self._store.compacted:
-            raise errors.expired("The provided continue parameter is too old to display a "
-                                 "consistent list result. You can start a new list without "
-                                 "the continue parameter.")
+            raise errors.expired(
+                "The provided continue parameter is too old to display a "
+                "consistent list result. You can start a new list without "
+                "the continue parameter."
+            )
         return rv, position
 
     def _watch(self, request: Request, target: Target) -> WatchSpec:
@@ -245,21 +254,39 @@ class Api:
         send_initial = query.get("sendInitialEvents") == "true"
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
         if send_initial and not bookmarks:
-            raise errors.invalid_object("meta.k8s.io", "ListOptions", "", [errors.forbidden(
-                "allowWatchBookmarks", "sendInitialEvents requires setting "
-                "allowWatchBookmarks to true")])
+            raise errors.invalid_object(
+                "meta.k8s.io",
+                "ListOptions",
+                "",
+                [
+                    errors.forbidden(
+                        "allowWatchBookmarks",
+                        "sendInitialEvents requires setting allowWatchBookmarks to true",
+                    )
+                ],
+            )
         initial: list[JSON] = []
         if rv_text in ("", "0") or send_initial:
-            initial, start = self._store.list_objects(_storage_kind(target.kind), target.namespace,
-                                              matches)
+            initial, start = self._store.list_objects(
+                _storage_kind(target.kind), target.namespace, matches
+            )
         else:
             if not rv_text.isdigit():
                 raise errors.bad_request(f"invalid resource version: {rv_text}")
             start = int(rv_text)
         timeout = float(query.get("timeoutSeconds") or DEFAULT_WATCH_TIMEOUT)
-        return WatchSpec(target.kind, matches, start, initial, timeout, bookmarks, send_initial,
-                         "as=Table" in request.accept, query.get("includeObject", "Metadata"),
-                         _present(target.kind))
+        return WatchSpec(
+            target.kind,
+            matches,
+            start,
+            initial,
+            timeout,
+            bookmarks,
+            send_initial,
+            "as=Table" in request.accept,
+            query.get("includeObject", "Metadata"),
+            _present(target.kind),
+        )
 
     def _create(self, request: Request, target: Target) -> Response:
         obj = self._body(request)
@@ -268,8 +295,9 @@ class Api:
         if target.kind.group == "events.k8s.io":
             causes = new_event_errors(obj)
             if causes:
-                raise errors.invalid_object(target.kind.group, "Event",
-                                            str(obj.get("metadata", {}).get("name", "")), causes)
+                raise errors.invalid_object(
+                    target.kind.group, "Event", str(obj.get("metadata", {}).get("name", "")), causes
+                )
             obj = event_to_core(obj)
         if request.query.get("dryRun"):
             raise errors.bad_request("dryRun is not supported by the lab API server")
@@ -281,13 +309,15 @@ class Api:
         items, _ = self._store.list_objects(kind, target.namespace, self._matcher(request, target))
         for obj in items:
             try:
-                self._store.delete(kind, obj["metadata"].get("namespace", ""),
-                                   obj["metadata"]["name"], {})
+                self._store.delete(
+                    kind, obj["metadata"].get("namespace", ""), obj["metadata"]["name"], {}
+                )
             except errors.ApiError as error:
                 if error.code != 404:
                     raise
-        return Response(200, {"kind": "Status", "apiVersion": "v1", "metadata": {},
-                              "status": "Success"})
+        return Response(
+            200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
+        )
 
     # --- single objects -----------------------------------------------------------------------
 
@@ -307,12 +337,20 @@ class Api:
             self._check_kind(body, target.kind)
             if target.kind.group == "events.k8s.io":
                 body = event_to_core(body)
-            return Response(200, present(self._store.update(
-                kind, target.namespace, target.name, body, status=status)))
+            return Response(
+                200,
+                present(
+                    self._store.update(kind, target.namespace, target.name, body, status=status)
+                ),
+            )
         if request.method == "PATCH":
             apply = self._patcher(request, target)
-            return Response(200, present(self._store.patch(
-                kind, target.namespace, target.name, apply, status=status)))
+            return Response(
+                200,
+                present(
+                    self._store.patch(kind, target.namespace, target.name, apply, status=status)
+                ),
+            )
         if request.method == "DELETE" and not status:
             return self._delete(request, target, kind)
         raise errors.method_not_allowed(request.method)
@@ -322,12 +360,23 @@ class Api:
         obj, gone = self._store.delete(kind, target.namespace, target.name, options)
         if not gone or target.kind.returns_deleted:
             return Response(200, _present(target.kind)(obj))
-        details: JSON = {"name": target.name, "kind": target.kind.plural,
-                         "uid": obj["metadata"]["uid"]}
+        details: JSON = {
+            "name": target.name,
+            "kind": target.kind.plural,
+            "uid": obj["metadata"]["uid"],
+        }
         if target.kind.group:
             details["group"] = target.kind.group
-        return Response(200, {"kind": "Status", "apiVersion": "v1", "metadata": {},
-                              "status": "Success", "details": details})
+        return Response(
+            200,
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": details,
+            },
+        )
 
     def _patcher(self, request: Request, target: Target) -> Callable[[JSON], JSON]:
         content_type = request.content_type.split(";")[0].strip()
@@ -337,8 +386,9 @@ class Api:
         dialects: dict[str, Callable[[JSON], Any]] = {
             "application/merge-patch+json": lambda obj: merge_patch(obj, patch),
             "application/json-patch+json": lambda obj: json_patch(obj, patch),
-            "application/strategic-merge-patch+json":
-                lambda obj: strategic_merge_patch(obj, patch, kind.list_strategy),
+            "application/strategic-merge-patch+json": lambda obj: strategic_merge_patch(
+                obj, patch, kind.list_strategy
+            ),
         }
         if content_type not in dialects:
             raise errors.unsupported_media_type(content_type)
@@ -362,8 +412,9 @@ class Api:
         try:
             return json.loads(body or b"null")
         except ValueError as error:
-            raise errors.bad_request(f"the body of the request was in an unknown format: "
-                                     f"{error}") from error
+            raise errors.bad_request(
+                f"the body of the request was in an unknown format: {error}"
+            ) from error
 
     def _body(self, request: Request) -> JSON:
         content_type = request.content_type.split(";")[0].strip()
@@ -377,10 +428,14 @@ class Api:
     @staticmethod
     def _check_kind(obj: JSON, kind: Kind) -> None:
         if obj.get("kind") not in (None, kind.kind) or obj.get("apiVersion") not in (
-                None, kind.api_version):
-            raise errors.bad_request(f"the API version in the data ({obj.get('apiVersion')}) "
-                                     f"does not match the expected API version "
-                                     f"({kind.api_version})")
+            None,
+            kind.api_version,
+        ):
+            raise errors.bad_request(
+                f"the API version in the data ({obj.get('apiVersion')}) "
+                f"does not match the expected API version "
+                f"({kind.api_version})"
+            )
 
 
 def _sort_key(obj: JSON) -> tuple[str, str]:

@@ -69,19 +69,34 @@ def _strategies(minor: int) -> dict[str, Strategy]:
 def _seed(store: Store) -> None:
     for name in DEFAULT_NAMESPACES:
         store.seed(_kind("", "namespaces"), {"metadata": {"name": name}})
-    store.seed(_kind("", "services"), {
-        "metadata": {"name": "kubernetes", "namespace": "default",
-                     "labels": {"component": "apiserver", "provider": "kubernetes"}},
-        "spec": {"clusterIP": "10.96.0.1", "ports": [
-            {"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
-    })
+    store.seed(
+        _kind("", "services"),
+        {
+            "metadata": {
+                "name": "kubernetes",
+                "namespace": "default",
+                "labels": {"component": "apiserver", "provider": "kubernetes"},
+            },
+            "spec": {
+                "clusterIP": "10.96.0.1",
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}],
+            },
+        },
+    )
 
 
 class LabAPIServer:
     """The lab API server; `start()` serves in a background thread until `stop()`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, version: str = "1.30", *,
-                 watch_window: int = 100_000, bookmark_interval: float = 60.0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        version: str = "1.30",
+        *,
+        watch_window: int = 100_000,
+        bookmark_interval: float = 60.0,
+    ) -> None:
         self.minor = parse_minor(version)
         self._host, self._port = host, port
         self.store = Store(_strategies(self.minor), window=watch_window)
@@ -99,11 +114,15 @@ class LabAPIServer:
 
     def start(self) -> LabAPIServer:
         api = Api(self.store, self.minor, lambda: self.url.removeprefix("http://"))
-        self._server = LabHTTPServer((self._host, self._port), api, self.store,
-                                     self._bookmark_interval)
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.1},
-                                        name="lab-apiserver", daemon=True)
+        self._server = LabHTTPServer(
+            (self._host, self._port), api, self.store, self._bookmark_interval
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="lab-apiserver",
+            daemon=True,
+        )
         self._thread.start()
         logger.info("lab API server listening", extra={"event": "lab_started", "url": self.url})
         return self
@@ -122,8 +141,12 @@ class LabAPIServer:
     def __enter__(self) -> LabAPIServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     def write_kubeconfig(self, path: str | Path) -> Path:
@@ -166,8 +189,9 @@ def run_lab_apiserver(host: str, port: int, version: str, kubeconfig_path: str |
     try:
         with LabAPIServer(host=host, port=port, version=version) as server:
             written = server.write_kubeconfig(kubeconfig_path)
-            logger.info("lab kubeconfig written",
-                        extra={"event": "lab_kubeconfig", "path": str(written)})
+            logger.info(
+                "lab kubeconfig written", extra={"event": "lab_kubeconfig", "path": str(written)}
+            )
             stop.wait()
     finally:
         for sig, handler in previous.items():

@@ -21,8 +21,11 @@ JSON = dict[str, Any]
 
 
 def api_versions(address: str) -> JSON:
-    return {"kind": "APIVersions", "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": address}]}
+    return {
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": address}],
+    }
 
 
 def _group(name: str, versions: list[str]) -> JSON:
@@ -43,10 +46,17 @@ def api_group(name: str) -> JSON | None:
 
 
 def version_info(minor: int) -> JSON:
-    return {"major": "1", "minor": str(minor), "gitVersion": f"v1.{minor}.0-lab",
-            "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
-            "buildDate": "2024-01-01T00:00:00Z", "goVersion": "go1.22.0", "compiler": "gc",
-            "platform": "linux/amd64"}
+    return {
+        "major": "1",
+        "minor": str(minor),
+        "gitVersion": f"v1.{minor}.0-lab",
+        "gitCommit": "0000000000000000000000000000000000000000",
+        "gitTreeState": "clean",
+        "buildDate": "2024-01-01T00:00:00Z",
+        "goVersion": "go1.22.0",
+        "compiler": "gc",
+        "platform": "linux/amd64",
+    }
 
 
 def _openapi_key(group: str, version: str) -> str:
@@ -64,8 +74,7 @@ def openapi_root() -> JSON:
 
 def _operation(kind_name: str, group: str, version: str) -> JSON:
     return {
-        "x-kubernetes-group-version-kind": {"group": group, "version": version,
-                                            "kind": kind_name},
+        "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": kind_name},
         "parameters": [
             {"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
             for name in ("dryRun", "fieldManager", "fieldValidation")
@@ -83,8 +92,13 @@ def openapi_group_version(key: str) -> JSON:
         prefix = f"/{key}" + ("/namespaces/{namespace}" if kind.namespaced else "")
         for suffix in ("", "/status") if kind.has_status else ("",):
             paths[f"{prefix}/{kind.plural}/{{name}}{suffix}"] = {
-                "patch": _operation(kind.kind, kind.group, kind.version)}
+                "patch": _operation(kind.kind, kind.group, kind.version)
+            }
     if not paths:
         return {}
-    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "unversioned"},
-            "paths": paths, "components": {"schemas": {}}}
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "unversioned"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }

@@ -122,8 +122,10 @@ def conflict(group: str, plural: str, name: str, why: str) -> ApiError:
 
 
 def stale_write(group: str, plural: str, name: str) -> ApiError:
-    why = ("the object has been modified; please apply your changes to the latest version and "
-           "try again")
+    why = (
+        "the object has been modified; please apply your changes to the latest version and "
+        "try again"
+    )
     return conflict(group, plural, name, why)
 
 

@@ -40,8 +40,9 @@ class LabHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], api: Api, store: Store,
-                 bookmark_interval: float) -> None:
+    def __init__(
+        self, address: tuple[str, int], api: Api, store: Store, bookmark_interval: float
+    ) -> None:
         self.api = api
         self.store = store
         self.bookmark_interval = bookmark_interval
@@ -89,9 +90,14 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        request = Request(self.command, url.path, dict(parse_qsl(url.query)),
-                          self.headers.get("Accept", ""), self.headers.get("Content-Type", ""),
-                          body)
+        request = Request(
+            self.command,
+            url.path,
+            dict(parse_qsl(url.query)),
+            self.headers.get("Accept", ""),
+            self.headers.get("Content-Type", ""),
+            body,
+        )
         result = self.server.api.handle(request)
         if isinstance(result, WatchSpec):
             self._stream(result)
@@ -137,8 +143,9 @@ class _Handler(BaseHTTPRequestHandler):
 class _WatchStream:
     """Writes one watch: initial events, then the log from the start RV, then bookmarks."""
 
-    def __init__(self, spec: WatchSpec, server: LabHTTPServer,
-                 write: Callable[[bytes], None]) -> None:
+    def __init__(
+        self, spec: WatchSpec, server: LabHTTPServer, write: Callable[[bytes], None]
+    ) -> None:
         self.spec = spec
         self.server = server
         self.write = write
@@ -153,8 +160,9 @@ class _WatchStream:
         while not self.server.stopping.is_set():
             events = self.server.store.events_after(self.position)
             if events is None:
-                message = f"too old resource version: {self.position} " \
-                    f"({self.server.store.compacted + 1})"
+                message = (
+                    f"too old resource version: {self.position} ({self.server.store.compacted + 1})"
+                )
                 self.write(_dumps({"type": "ERROR", "object": expired(message).status()}) + b"\n")
                 return
             if events:
@@ -170,15 +178,20 @@ class _WatchStream:
                 self.write(self._bookmark({}))
                 next_bookmark = now + self.server.bookmark_interval
             wait = min(self.deadline, next_bookmark if self.spec.bookmarks else self.deadline)
-            self.server.store.wait_beyond(self.position, max(0.0, wait - now),
-                                          self.server.stopping.is_set)
+            self.server.store.wait_beyond(
+                self.position, max(0.0, wait - now), self.server.stopping.is_set
+            )
 
     def _line(self, kind: str, obj: JSON) -> bytes:
         shown = self.spec.present(obj)
         if self.spec.table:
             meta = {"resourceVersion": obj["metadata"]["resourceVersion"]}
-            shown = to_table(self.spec.kind.kind if self.spec.kind.group != "events.k8s.io"
-                             else "Event", [obj], meta, self.spec.include)
+            shown = to_table(
+                self.spec.kind.kind if self.spec.kind.group != "events.k8s.io" else "Event",
+                [obj],
+                meta,
+                self.spec.include,
+            )
         return b'{"type":"%s","object":%s}\n' % (kind.encode(), _dumps(shown))
 
     def _encode(self, event: WatchEvent) -> bytes:
@@ -203,6 +216,9 @@ class _WatchStream:
         meta: JSON = {"resourceVersion": str(self.position)}
         if annotations:
             meta["annotations"] = annotations
-        obj = {"kind": self.spec.kind.kind, "apiVersion": self.spec.kind.api_version,
-               "metadata": meta}
+        obj = {
+            "kind": self.spec.kind.kind,
+            "apiVersion": self.spec.kind.api_version,
+            "metadata": meta,
+        }
         return _dumps({"type": "BOOKMARK", "object": obj}) + b"\n"

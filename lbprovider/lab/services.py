@@ -104,18 +104,26 @@ def _port_errors(svc: JSON) -> list[FieldError]:
         seen_names.add(name)
         number = port.get("port")
         if not isinstance(number, int) or not 1 <= number <= 65535:
-            errors.append(invalid(f"{where}.port", number,
-                                  "must be between 1 and 65535, inclusive"))
+            errors.append(
+                invalid(f"{where}.port", number, "must be between 1 and 65535, inclusive")
+            )
         if port.get("protocol") not in _PROTOCOLS:
             errors.append(not_supported(f"{where}.protocol", port.get("protocol"), _PROTOCOLS))
         if (number, port.get("protocol")) in seen_ports:
-            errors.append(FieldError(where, "FieldValueDuplicate",
-                                     f'Duplicate value: {{"port": {number}, "protocol": '
-                                     f'"{port.get("protocol")}"}}'))
+            errors.append(
+                FieldError(
+                    where,
+                    "FieldValueDuplicate",
+                    f'Duplicate value: {{"port": {number}, "protocol": "{port.get("protocol")}"}}',
+                )
+            )
         seen_ports.add((number, port.get("protocol")))
         if port.get("nodePort") and spec.get("type") in ("ClusterIP", "ExternalName"):
-            errors.append(forbidden(f"{where}.nodePort",
-                                    f"may not be used when `type` is '{spec.get('type')}'"))
+            errors.append(
+                forbidden(
+                    f"{where}.nodePort", f"may not be used when `type` is '{spec.get('type')}'"
+                )
+            )
     return errors
 
 
@@ -129,15 +137,21 @@ def _type_errors(svc: JSON) -> list[FieldError]:
     if kind != "ExternalName" and not spec.get("ports") and not headless:
         errors.append(required("spec.ports"))
     if kind == "ExternalName" and not is_subdomain(str(spec.get("externalName", ""))):
-        errors.append(required("spec.externalName") if not spec.get("externalName") else
-                      invalid("spec.externalName", spec["externalName"],
-                              "must be a valid DNS name"))
+        errors.append(
+            required("spec.externalName")
+            if not spec.get("externalName")
+            else invalid("spec.externalName", spec["externalName"], "must be a valid DNS name")
+        )
     if kind != "LoadBalancer":
-        for key in ("loadBalancerClass", "allocateLoadBalancerNodePorts",
-                    "loadBalancerSourceRanges"):
+        for key in (
+            "loadBalancerClass",
+            "allocateLoadBalancerNodePorts",
+            "loadBalancerSourceRanges",
+        ):
             if spec.get(key) is not None:
-                errors.append(forbidden(f"spec.{key}",
-                                        "may only be used when `type` is 'LoadBalancer'"))
+                errors.append(
+                    forbidden(f"spec.{key}", "may only be used when `type` is 'LoadBalancer'")
+                )
     return errors
 
 
@@ -148,22 +162,39 @@ def _policy_errors(svc: JSON) -> list[FieldError]:
     if needs_node_port(svc) and etp not in ("Cluster", "Local"):
         errors.append(not_supported("spec.externalTrafficPolicy", etp, ["Cluster", "Local"]))
     if not needs_node_port(svc) and etp:
-        errors.append(invalid("spec.externalTrafficPolicy", etp,
-                              "may only be set for externally-accessible services"))
+        errors.append(
+            invalid(
+                "spec.externalTrafficPolicy",
+                etp,
+                "may only be set for externally-accessible services",
+            )
+        )
     hc_port = spec.get("healthCheckNodePort")
     if hc_port and not needs_health_check_port(svc):
-        errors.append(invalid("spec.healthCheckNodePort", hc_port, "may only be set when `type` "
-                              "is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"))
+        errors.append(
+            invalid(
+                "spec.healthCheckNodePort",
+                hc_port,
+                "may only be set when `type` "
+                "is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
+            )
+        )
     if spec.get("sessionAffinity") not in ("None", "ClientIP"):
-        errors.append(not_supported("spec.sessionAffinity", spec.get("sessionAffinity"),
-                                    ["ClientIP", "None"]))
+        errors.append(
+            not_supported("spec.sessionAffinity", spec.get("sessionAffinity"), ["ClientIP", "None"])
+        )
     itp = spec.get("internalTrafficPolicy")
     if needs_cluster_ip(svc) and itp not in ("Cluster", "Local"):
         errors.append(not_supported("spec.internalTrafficPolicy", itp, ["Cluster", "Local"]))
     cluster_ip = spec.get("clusterIP")
     if cluster_ip not in (None, "", "None") and not is_ip(str(cluster_ip)):
-        errors.append(invalid("spec.clusterIPs[0]", cluster_ip, "must be a valid IP address, "
-                              "(e.g. 10.9.8.7 or 2001:db8::ffff)"))
+        errors.append(
+            invalid(
+                "spec.clusterIPs[0]",
+                cluster_ip,
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            )
+        )
     return errors
 
 
@@ -176,8 +207,13 @@ def _update_errors(new: JSON, old: JSON) -> list[FieldError]:
     old_class = _spec(old).get("loadBalancerClass")
     both_lb = _spec(old).get("type") == _spec(new).get("type") == "LoadBalancer"
     if both_lb and _spec(new).get("loadBalancerClass") != old_class:
-        errors.append(invalid("spec.loadBalancerClass", _spec(new).get("loadBalancerClass"),
-                              "may not change once set"))
+        errors.append(
+            invalid(
+                "spec.loadBalancerClass",
+                _spec(new).get("loadBalancerClass"),
+                "may not change once set",
+            )
+        )
     return errors
 
 
@@ -208,8 +244,13 @@ def drop_type_dependent_fields(new: JSON, old: JSON) -> None:
     """Fields the old type needed and the user left untouched go when the type changes."""
     new_spec, old_spec = _spec(new), _spec(old)
     if needs_cluster_ip(old) and not needs_cluster_ip(new):
-        for key in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy",
-                    "internalTrafficPolicy"):
+        for key in (
+            "clusterIP",
+            "clusterIPs",
+            "ipFamilies",
+            "ipFamilyPolicy",
+            "internalTrafficPolicy",
+        ):
             if new_spec.get(key) == old_spec.get(key):
                 new_spec.pop(key, None)
     if needs_node_port(old) and not needs_node_port(new):
@@ -272,8 +313,9 @@ class ServiceStrategy(Strategy):
             if mode is not None and mode not in ("VIP", "Proxy"):
                 errors.append(not_supported(f"{where}.ipMode", mode, ["Proxy", "VIP"]))
             if mode is not None and not ingress.get("ip"):
-                errors.append(forbidden(f"{where}.ipMode",
-                                        "may not be specified when `ip` is not set"))
+                errors.append(
+                    forbidden(f"{where}.ipMode", "may not be specified when `ip` is not set")
+                )
         return errors
 
     def allocate(self, new: JSON, old: JSON | None) -> None:
@@ -297,8 +339,12 @@ class ServiceStrategy(Strategy):
             for ip in [ip for ip, who in self._ips.items() if who == owner]:
                 del self._ips[ip]
             return []
-        if old is not None and needs_cluster_ip(old) and _spec(old).get("clusterIP") and \
-                spec.get("clusterIP") == _spec(old).get("clusterIP"):
+        if (
+            old is not None
+            and needs_cluster_ip(old)
+            and _spec(old).get("clusterIP")
+            and spec.get("clusterIP") == _spec(old).get("clusterIP")
+        ):
             return []
         if spec.get("clusterIP") == "None":
             spec["clusterIPs"] = ["None"]
@@ -306,21 +352,24 @@ class ServiceStrategy(Strategy):
             wanted = spec.get("clusterIP") or ""
             error = self._claim_ip(wanted, owner) if wanted else None
             if error:
-                return [invalid("spec.clusterIPs", [wanted], f"failed to allocate IP {wanted}: "
-                                f"{error}")]
+                return [
+                    invalid("spec.clusterIPs", [wanted], f"failed to allocate IP {wanted}: {error}")
+                ]
             spec["clusterIP"] = wanted or self._next_free_ip(owner)
             spec["clusterIPs"] = [spec["clusterIP"]]
         spec.setdefault("ipFamilies", ["IPv4"])
         headless_without_selector = spec.get("clusterIP") == "None" and not spec.get("selector")
-        spec.setdefault("ipFamilyPolicy",
-                        "RequireDualStack" if headless_without_selector else "SingleStack")
+        spec.setdefault(
+            "ipFamilyPolicy", "RequireDualStack" if headless_without_selector else "SingleStack"
+        )
         return []
 
     def _claim_ip(self, wanted: str, owner: str) -> str | None:
         address = ipaddress.ip_address(wanted)
         if address not in SERVICE_CIDR:
-            return ("provided IP is not in the valid range. The range of valid IPs is "
-                    f"{SERVICE_CIDR}")
+            return (
+                f"provided IP is not in the valid range. The range of valid IPs is {SERVICE_CIDR}"
+            )
         if self._ips.get(address, owner) != owner:
             return "provided IP is already allocated"
         self._ips[address] = owner
@@ -329,8 +378,9 @@ class ServiceStrategy(Strategy):
     def _next_free_ip(self, owner: str) -> str:
         while True:
             address = SERVICE_CIDR.network_address + self._next_ip
-            self._next_ip = self._next_ip + 1 if self._next_ip < SERVICE_CIDR.num_addresses - 2 \
-                else 1
+            self._next_ip = (
+                self._next_ip + 1 if self._next_ip < SERVICE_CIDR.num_addresses - 2 else 1
+            )
             if address not in self._ips:
                 self._ips[address] = owner
                 return str(address)
@@ -374,11 +424,18 @@ class ServiceStrategy(Strategy):
         seen: dict[int, str] = {}
         for field, port in wanted:
             if not NODE_PORT_MIN <= port <= NODE_PORT_MAX:
-                errors.append(invalid(field, port, "provided port is not in the valid range. "
-                                      f"The range of valid ports is {NODE_PORT_MIN}-"
-                                      f"{NODE_PORT_MAX}"))
+                errors.append(
+                    invalid(
+                        field,
+                        port,
+                        "provided port is not in the valid range. "
+                        f"The range of valid ports is {NODE_PORT_MIN}-"
+                        f"{NODE_PORT_MAX}",
+                    )
+                )
             elif self._node_ports.get(port, owner) != owner or (
-                    field == "spec.healthCheckNodePort" and port in seen):
+                field == "spec.healthCheckNodePort" and port in seen
+            ):
                 errors.append(invalid(field, port, "provided port is already allocated"))
             seen[port] = field
         return errors
@@ -386,8 +443,11 @@ class ServiceStrategy(Strategy):
     def _random_free_port(self) -> int:
         free = NODE_PORT_MAX - NODE_PORT_MIN + 1 - len(self._node_ports)
         if free <= 0:
-            raise ApiError(500, "InternalError", "Internal error occurred: failed to allocate a "
-                           "nodePort: range is full")
+            raise ApiError(
+                500,
+                "InternalError",
+                "Internal error occurred: failed to allocate a nodePort: range is full",
+            )
         while True:
             port = self._random.randint(NODE_PORT_MIN, NODE_PORT_MAX)
             if port not in self._node_ports:

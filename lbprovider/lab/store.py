@@ -80,8 +80,9 @@ class Store:
         with self.changed:
             return self._get(kind, namespace, name)
 
-    def list_objects(self, kind: Kind, namespace: str,
-                     match: Callable[[JSON], bool]) -> tuple[list[JSON], int]:
+    def list_objects(
+        self, kind: Kind, namespace: str, match: Callable[[JSON], bool]
+    ) -> tuple[list[JSON], int]:
         with self.changed:
             table = self._objects.get(kind.storage_key, {})
             if namespace:
@@ -159,8 +160,9 @@ class Store:
             if kind.has_status and not strategy.status_on_create:
                 obj.pop("status", None)
             strategy.prepare_create(obj)
-            self._raise_invalid(kind, obj, metadata_errors(meta, kind.name_rule)
-                                + strategy.validate(obj, None))
+            self._raise_invalid(
+                kind, obj, metadata_errors(meta, kind.name_rule) + strategy.validate(obj, None)
+            )
             strategy.allocate(obj, None)
             return self._commit("ADDED", kind.storage_key, obj, None)
 
@@ -169,18 +171,30 @@ class Store:
         if not isinstance(meta, dict):
             meta = obj["metadata"] = {}
         if kind.namespaced and meta.get("namespace", namespace) != namespace:
-            raise errors.bad_request("the namespace of the provided object does not match the "
-                                     "namespace sent on the request")
+            raise errors.bad_request(
+                "the namespace of the provided object does not match the "
+                "namespace sent on the request"
+            )
         if meta.get("resourceVersion"):
-            raise errors.ApiError(500, "InternalError", "Internal error occurred: "
-                                  "resourceVersion should not be set on objects to be created")
+            raise errors.ApiError(
+                500,
+                "InternalError",
+                "Internal error occurred: "
+                "resourceVersion should not be set on objects to be created",
+            )
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = _generated_name(str(meta["generateName"]))
         if not meta.get("name"):
-            self._raise_invalid(kind, obj, [errors.required(
-                "metadata.name", "name or generateName is required")])
-        for system in ("deletionTimestamp", "deletionGracePeriodSeconds", "managedFields",
-                       "selfLink", "generation"):
+            self._raise_invalid(
+                kind, obj, [errors.required("metadata.name", "name or generateName is required")]
+            )
+        for system in (
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "managedFields",
+            "selfLink",
+            "generation",
+        ):
             meta.pop(system, None)
         if kind.namespaced:
             meta["namespace"] = namespace
@@ -201,7 +215,10 @@ class Store:
             raise errors.forbidden_request(
                 f'{kind.plural} "{name}" is forbidden: unable to create new content in '
                 f"namespace {namespace} because it is being terminated",
-                kind.group, kind.plural, name)
+                kind.group,
+                kind.plural,
+                name,
+            )
 
     @staticmethod
     def _raise_invalid(kind: Kind, obj: JSON, causes: list[errors.FieldError]) -> None:
@@ -215,8 +232,9 @@ class Store:
         with self.changed:
             return self._update(kind, namespace, name, obj, status=status)
 
-    def patch(self, kind: Kind, namespace: str, name: str, apply: Callable[[JSON], JSON], *,
-              status: bool) -> JSON:
+    def patch(
+        self, kind: Kind, namespace: str, name: str, apply: Callable[[JSON], JSON], *, status: bool
+    ) -> JSON:
         """Apply `apply` to a private copy of the current object and write the result."""
         with self.changed:
             current = self._get(kind, namespace, name)
@@ -229,18 +247,30 @@ class Store:
         if not isinstance(meta, dict):
             meta = new["metadata"] = {}
         if meta.get("name", name) != name:
-            raise errors.bad_request(f"the name of the object ({meta.get('name')}) does not "
-                                     f"match the name on the URL ({name})")
-        if meta.get("resourceVersion") and meta["resourceVersion"] != old["metadata"][
-                "resourceVersion"]:
+            raise errors.bad_request(
+                f"the name of the object ({meta.get('name')}) does not "
+                f"match the name on the URL ({name})"
+            )
+        if (
+            meta.get("resourceVersion")
+            and meta["resourceVersion"] != old["metadata"]["resourceVersion"]
+        ):
             raise errors.stale_write(kind.group, kind.plural, name)
         if meta.get("uid") and meta["uid"] != old["metadata"]["uid"]:
-            raise errors.conflict(kind.group, kind.plural, name, "Precondition failed: UID in "
-                                  f"precondition: {meta['uid']}, UID in object meta: "
-                                  f"{old['metadata']['uid']}")
+            raise errors.conflict(
+                kind.group,
+                kind.plural,
+                name,
+                "Precondition failed: UID in "
+                f"precondition: {meta['uid']}, UID in object meta: "
+                f"{old['metadata']['uid']}",
+            )
         strategy = self._strategy(kind)
-        new = self._prepare_status(kind, strategy, new, old) if status else \
-            self._prepare_main(kind, strategy, new, old)
+        new = (
+            self._prepare_status(kind, strategy, new, old)
+            if status
+            else self._prepare_main(kind, strategy, new, old)
+        )
         if new == old:
             return old  # a no-op write changes nothing, not even the resourceVersion
         if not status:
@@ -258,8 +288,14 @@ class Store:
 
     def _prepare_main(self, kind: Kind, strategy: Strategy, new: JSON, old: JSON) -> JSON:
         meta, old_meta = new["metadata"], old["metadata"]
-        for system in ("uid", "creationTimestamp", "deletionTimestamp",
-                       "deletionGracePeriodSeconds", "generation", "namespace"):
+        for system in (
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "namespace",
+        ):
             if system in old_meta:
                 meta[system] = old_meta[system]
             else:
@@ -278,7 +314,8 @@ class Store:
         causes += self._finalizer_errors(meta, old_meta)
         self._raise_invalid(kind, new, causes)
         if kind.has_generation and _without(new, "metadata", "status") != _without(
-                old, "metadata", "status"):
+            old, "metadata", "status"
+        ):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
         return new
 
@@ -286,12 +323,18 @@ class Store:
     def _finalizer_errors(meta: JSON, old_meta: JSON) -> list[errors.FieldError]:
         if not old_meta.get("deletionTimestamp"):
             return []
-        added = [f for f in meta.get("finalizers") or [] if f not in
-                 (old_meta.get("finalizers") or [])]
+        added = [
+            f for f in meta.get("finalizers") or [] if f not in (old_meta.get("finalizers") or [])
+        ]
         if not added:
             return []
-        return [errors.forbidden("metadata.finalizers", "no new finalizers can be added if the "
-                                 f"object is being deleted, found new finalizers {added}")]
+        return [
+            errors.forbidden(
+                "metadata.finalizers",
+                "no new finalizers can be added if the "
+                f"object is being deleted, found new finalizers {added}",
+            )
+        ]
 
     # --- delete -------------------------------------------------------------------------------
 
@@ -308,12 +351,22 @@ class Store:
         meta, name = obj["metadata"], obj["metadata"]["name"]
         uid, rv = preconditions.get("uid"), preconditions.get("resourceVersion")
         if uid and uid != meta["uid"]:
-            raise errors.conflict(kind.group, kind.plural, name, "Precondition failed: UID in "
-                                  f"precondition: {uid}, UID in object meta: {meta['uid']}")
+            raise errors.conflict(
+                kind.group,
+                kind.plural,
+                name,
+                "Precondition failed: UID in "
+                f"precondition: {uid}, UID in object meta: {meta['uid']}",
+            )
         if rv and rv != meta["resourceVersion"]:
-            raise errors.conflict(kind.group, kind.plural, name, "Precondition failed: "
-                                  f"ResourceVersion in precondition: {rv}, ResourceVersion in "
-                                  f"object meta: {meta['resourceVersion']}")
+            raise errors.conflict(
+                kind.group,
+                kind.plural,
+                name,
+                "Precondition failed: "
+                f"ResourceVersion in precondition: {rv}, ResourceVersion in "
+                f"object meta: {meta['resourceVersion']}",
+            )
 
     def _delete(self, storage: str, obj: JSON) -> tuple[JSON, bool]:
         if not obj["metadata"].get("finalizers"):
@@ -367,4 +420,3 @@ class Store:
                 self._commit("MODIFIED", NAMESPACES.storage_key, emptied, ns)
             return
         self._remove(NAMESPACES.storage_key, copy.deepcopy(ns), ns)
-

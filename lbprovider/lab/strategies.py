@@ -36,8 +36,7 @@ class NamespaceStrategy(Strategy):
     @staticmethod
     def _label(obj: JSON) -> None:
         meta = obj["metadata"]
-        meta["labels"] = {**(meta.get("labels") or {}),
-                          "kubernetes.io/metadata.name": meta["name"]}
+        meta["labels"] = {**(meta.get("labels") or {}), "kubernetes.io/metadata.name": meta["name"]}
 
 
 class NodeStrategy(Strategy):
@@ -74,13 +73,20 @@ class SecretStrategy(Strategy):
         errors = []
         for key, value in (obj.get("data") or {}).items():
             if not _SECRET_KEY.match(key):
-                errors.append(invalid(f"data[{key}]", key, "a valid config key must consist of "
-                                      "alphanumeric characters, '-', '_' or '.'"))
+                errors.append(
+                    invalid(
+                        f"data[{key}]",
+                        key,
+                        "a valid config key must consist of "
+                        "alphanumeric characters, '-', '_' or '.'",
+                    )
+                )
             try:
                 base64.b64decode(str(value), validate=True)
             except (binascii.Error, ValueError):
-                errors.append(invalid(f"data[{key}]", "<secret contents redacted>",
-                                      "illegal base64 data"))
+                errors.append(
+                    invalid(f"data[{key}]", "<secret contents redacted>", "illegal base64 data")
+                )
         if obj.get("type") == "kubernetes.io/tls":
             for key in ("tls.crt", "tls.key"):
                 if key not in (obj.get("data") or {}):
@@ -94,8 +100,9 @@ class SecretStrategy(Strategy):
         errors = []
         if new.get("type") != old.get("type"):
             errors.append(invalid("type", new.get("type"), "field is immutable"))
-        if old.get("immutable") and (new.get("data") != old.get("data")
-                                     or not new.get("immutable")):
+        if old.get("immutable") and (
+            new.get("data") != old.get("data") or not new.get("immutable")
+        ):
             errors.append(forbidden("data", "field is immutable when `immutable` is set"))
         return errors
 
@@ -113,12 +120,17 @@ class EndpointSliceStrategy(Strategy):
         for i, endpoint in enumerate(obj.get("endpoints") or []):
             addresses = endpoint.get("addresses") or []
             if not addresses:
-                errors.append(required(f"endpoints[{i}].addresses", "must contain at least 1 "
-                                       "address"))
+                errors.append(
+                    required(f"endpoints[{i}].addresses", "must contain at least 1 address")
+                )
             elif len(addresses) > 100:
-                errors.append(FieldError(f"endpoints[{i}].addresses", "FieldValueTooMany",
-                                         f"Too many: {len(addresses)}: must have at most 100 "
-                                         "items"))
+                errors.append(
+                    FieldError(
+                        f"endpoints[{i}].addresses",
+                        "FieldValueTooMany",
+                        f"Too many: {len(addresses)}: must have at most 100 items",
+                    )
+                )
         if old is not None and address_type != old.get("addressType"):
             errors.append(invalid("addressType", address_type, "field is immutable"))
         return errors
@@ -131,8 +143,13 @@ class EventStrategy(Strategy):
         involved = obj.get("involvedObject") or {}
         namespace = obj["metadata"].get("namespace")
         if involved.get("namespace") and involved["namespace"] != namespace:
-            return [invalid("involvedObject.namespace", involved["namespace"],
-                            "does not match event.namespace")]
+            return [
+                invalid(
+                    "involvedObject.namespace",
+                    involved["namespace"],
+                    "does not match event.namespace",
+                )
+            ]
         return []
 
 
@@ -152,12 +169,15 @@ _SAME = ("reason", "type", "action", "related", "eventTime", "reportingInstance"
 
 def new_event_errors(obj: JSON) -> list[FieldError]:
     """events.k8s.io/v1 is stricter than core/v1 about the fields a new Event carries."""
-    errors = [required(name) for name in ("eventTime", "reportingController",
-                                          "reportingInstance", "action", "reason")
-              if not obj.get(name)]
+    errors = [
+        required(name)
+        for name in ("eventTime", "reportingController", "reportingInstance", "action", "reason")
+        if not obj.get(name)
+    ]
     if len(str(obj.get("note", ""))) > 1024:
-        errors.append(FieldError("note", "FieldValueTooLong", "Too long: may not be more than "
-                                 "1024 bytes"))
+        errors.append(
+            FieldError("note", "FieldValueTooLong", "Too long: may not be more than 1024 bytes")
+        )
     return errors
 
 
@@ -176,8 +196,11 @@ def event_to_core(obj: JSON) -> JSON:
 
 
 def event_from_core(obj: JSON) -> JSON:
-    converted: JSON = {"kind": "Event", "apiVersion": "events.k8s.io/v1",
-                       "metadata": obj.get("metadata", {})}
+    converted: JSON = {
+        "kind": "Event",
+        "apiVersion": "events.k8s.io/v1",
+        "metadata": obj.get("metadata", {}),
+    }
     for new_name, core_name in _RENAMES:
         if core_name in obj:
             converted[new_name] = obj[core_name]

@@ -74,9 +74,15 @@ def _service_ports(obj: JSON) -> str:
 def _service_row(obj: JSON) -> Row:
     spec = obj.get("spec", {})
     selector = ",".join(f"{k}={v}" for k, v in (spec.get("selector") or {}).items())
-    return [obj["metadata"]["name"], spec.get("type", "ClusterIP"),
-            spec.get("clusterIP") or "<none>", _service_external(obj), _service_ports(obj),
-            _age(obj), selector or "<none>"]
+    return [
+        obj["metadata"]["name"],
+        spec.get("type", "ClusterIP"),
+        spec.get("clusterIP") or "<none>",
+        _service_external(obj),
+        _service_ports(obj),
+        _age(obj),
+        selector or "<none>",
+    ]
 
 
 def _node_row(obj: JSON) -> Row:
@@ -87,18 +93,24 @@ def _node_row(obj: JSON) -> Row:
     if obj.get("spec", {}).get("unschedulable"):
         status += ",SchedulingDisabled"
     prefix = "node-role.kubernetes.io/"
-    roles = [k[len(prefix):] for k in obj["metadata"].get("labels") or {} if k.startswith(prefix)]
+    roles = [k[len(prefix) :] for k in obj["metadata"].get("labels") or {} if k.startswith(prefix)]
     version = obj.get("status", {}).get("nodeInfo", {}).get("kubeletVersion", "")
     return [obj["metadata"]["name"], status, ",".join(roles) or "<none>", _age(obj), version]
 
 
 def _event_row(obj: JSON) -> Row:
     involved = obj.get("involvedObject") or {}
-    seen = obj.get("lastTimestamp") or obj.get("eventTime") or obj["metadata"].get(
-        "creationTimestamp")
+    seen = (
+        obj.get("lastTimestamp") or obj.get("eventTime") or obj["metadata"].get("creationTimestamp")
+    )
     target = f"{str(involved.get('kind', '')).lower()}/{involved.get('name', '')}"
-    return [human_age(seen), obj.get("type", ""), obj.get("reason", ""), target,
-            obj.get("message", "")]
+    return [
+        human_age(seen),
+        obj.get("type", ""),
+        obj.get("reason", ""),
+        target,
+        obj.get("message", ""),
+    ]
 
 
 def _ingress_row(obj: JSON) -> Row:
@@ -107,41 +119,78 @@ def _ingress_row(obj: JSON) -> Row:
     ingress = obj.get("status", {}).get("loadBalancer", {}).get("ingress") or []
     address = ",".join(i.get("ip") or i.get("hostname") or "" for i in ingress)
     ports = "80, 443" if spec.get("tls") else "80"
-    return [obj["metadata"]["name"], spec.get("ingressClassName") or "<none>",
-            ",".join(hosts) or "*", address, ports, _age(obj)]
+    return [
+        obj["metadata"]["name"],
+        spec.get("ingressClassName") or "<none>",
+        ",".join(hosts) or "*",
+        address,
+        ports,
+        _age(obj),
+    ]
 
 
 def _endpointslice_row(obj: JSON) -> Row:
     ports = ",".join(str(p.get("port")) for p in obj.get("ports") or []) or "<unset>"
     addresses = [a for e in obj.get("endpoints") or [] for a in e.get("addresses") or []]
-    shown = ",".join(addresses[:3]) + (f" + {len(addresses) - 3} more..." if len(addresses) > 3
-                                       else "")
-    return [obj["metadata"]["name"], obj.get("addressType", ""), ports, shown or "<unset>",
-            _age(obj)]
+    shown = ",".join(addresses[:3]) + (
+        f" + {len(addresses) - 3} more..." if len(addresses) > 3 else ""
+    )
+    return [
+        obj["metadata"]["name"],
+        obj.get("addressType", ""),
+        ports,
+        shown or "<unset>",
+        _age(obj),
+    ]
 
 
 _COLUMNS: dict[str, tuple[list[tuple[str, int]], Callable[[JSON], Row]]] = {
-    "Service": ([("Name", 0), ("Type", 0), ("Cluster-IP", 0), ("External-IP", 0),
-                 ("Port(s)", 0), ("Age", 0), ("Selector", 1)], _service_row),
+    "Service": (
+        [
+            ("Name", 0),
+            ("Type", 0),
+            ("Cluster-IP", 0),
+            ("External-IP", 0),
+            ("Port(s)", 0),
+            ("Age", 0),
+            ("Selector", 1),
+        ],
+        _service_row,
+    ),
     "Node": ([("Name", 0), ("Status", 0), ("Roles", 0), ("Age", 0), ("Version", 0)], _node_row),
-    "Namespace": ([("Name", 0), ("Status", 0), ("Age", 0)],
-                  lambda o: [o["metadata"]["name"], o.get("status", {}).get("phase", ""),
-                             _age(o)]),
-    "Secret": ([("Name", 0), ("Type", 0), ("Data", 0), ("Age", 0)],
-               lambda o: [o["metadata"]["name"], o.get("type", ""), len(o.get("data") or {}),
-                          _age(o)]),
-    "Event": ([("Last Seen", 0), ("Type", 0), ("Reason", 0), ("Object", 0), ("Message", 0)],
-              _event_row),
-    "Lease": ([("Name", 0), ("Holder", 0), ("Age", 0)],
-              lambda o: [o["metadata"]["name"], o.get("spec", {}).get("holderIdentity", ""),
-                         _age(o)]),
-    "Ingress": ([("Name", 0), ("Class", 0), ("Hosts", 0), ("Address", 0), ("Ports", 0),
-                 ("Age", 0)], _ingress_row),
-    "IngressClass": ([("Name", 0), ("Controller", 0), ("Parameters", 0), ("Age", 0)],
-                     lambda o: [o["metadata"]["name"], o.get("spec", {}).get("controller", ""),
-                                "<none>", _age(o)]),
-    "EndpointSlice": ([("Name", 0), ("AddressType", 0), ("Ports", 0), ("Endpoints", 0),
-                       ("Age", 0)], _endpointslice_row),
+    "Namespace": (
+        [("Name", 0), ("Status", 0), ("Age", 0)],
+        lambda o: [o["metadata"]["name"], o.get("status", {}).get("phase", ""), _age(o)],
+    ),
+    "Secret": (
+        [("Name", 0), ("Type", 0), ("Data", 0), ("Age", 0)],
+        lambda o: [o["metadata"]["name"], o.get("type", ""), len(o.get("data") or {}), _age(o)],
+    ),
+    "Event": (
+        [("Last Seen", 0), ("Type", 0), ("Reason", 0), ("Object", 0), ("Message", 0)],
+        _event_row,
+    ),
+    "Lease": (
+        [("Name", 0), ("Holder", 0), ("Age", 0)],
+        lambda o: [o["metadata"]["name"], o.get("spec", {}).get("holderIdentity", ""), _age(o)],
+    ),
+    "Ingress": (
+        [("Name", 0), ("Class", 0), ("Hosts", 0), ("Address", 0), ("Ports", 0), ("Age", 0)],
+        _ingress_row,
+    ),
+    "IngressClass": (
+        [("Name", 0), ("Controller", 0), ("Parameters", 0), ("Age", 0)],
+        lambda o: [
+            o["metadata"]["name"],
+            o.get("spec", {}).get("controller", ""),
+            "<none>",
+            _age(o),
+        ],
+    ),
+    "EndpointSlice": (
+        [("Name", 0), ("AddressType", 0), ("Ports", 0), ("Endpoints", 0), ("Age", 0)],
+        _endpointslice_row,
+    ),
 }
 
 
@@ -150,17 +199,28 @@ def _row_object(obj: JSON, include: str) -> JSON | None:
         return None
     if include == "Object":
         return obj
-    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-            "metadata": obj["metadata"]}
+    return {
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj["metadata"],
+    }
 
 
 def to_table(kind: str, objects: list[JSON], list_meta: JSON, include: str) -> JSON:
     """A Table of `objects` (all of `kind`) as kubectl's server-side printing expects."""
-    columns, row = _COLUMNS.get(kind, ([("Name", 0), ("Age", 0)],
-                                       lambda o: [o["metadata"]["name"], _age(o)]))
-    definitions = [{"name": name, "type": "integer" if name == "Data" else "string",
-                    "format": "name" if name == "Name" else "", "description": name,
-                    "priority": priority} for name, priority in columns]
+    columns, row = _COLUMNS.get(
+        kind, ([("Name", 0), ("Age", 0)], lambda o: [o["metadata"]["name"], _age(o)])
+    )
+    definitions = [
+        {
+            "name": name,
+            "type": "integer" if name == "Data" else "string",
+            "format": "name" if name == "Name" else "",
+            "description": name,
+            "priority": priority,
+        }
+        for name, priority in columns
+    ]
     rows = []
     for obj in objects:
         entry: JSON = {"cells": row(obj)}
@@ -168,5 +228,10 @@ def to_table(kind: str, objects: list[JSON], list_meta: JSON, include: str) -> J
         if shown is not None:
             entry["object"] = shown
         rows.append(entry)
-    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta,
-            "columnDefinitions": definitions, "rows": rows}
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_meta,
+        "columnDefinitions": definitions,
+        "rows": rows,
+    }

@@ -48,20 +48,22 @@ class Kubectl:
     """Runs the real kubectl against the lab, with its own discovery cache."""
 
     def __init__(self, kubeconfig: Path, cache: Path) -> None:
-        self.prefix = [kubectl_binary(), "--kubeconfig", str(kubeconfig), "--cache-dir",
-                       str(cache)]
+        self.prefix = [kubectl_binary(), "--kubeconfig", str(kubeconfig), "--cache-dir", str(cache)]
 
-    def __call__(self, *args: str, stdin: str | None = None,
-                 check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([*self.prefix, *args], input=stdin, capture_output=True,
-                                text=True, timeout=60)
+    def __call__(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*self.prefix, *args], input=stdin, capture_output=True, text=True, timeout=60
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
         return result
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([*self.prefix, *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [*self.prefix, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
 
 @pytest.fixture
@@ -70,5 +72,7 @@ def kubectl(kubeconfig: Path, tmp_path: Path) -> Kubectl:
 
 
 def lb_service(name: str, **spec: Any) -> dict[str, Any]:
-    return {"metadata": {"name": name},
-            "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80}], **spec}}
+    return {
+        "metadata": {"name": name},
+        "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80}], **spec},
+    }

@@ -35,8 +35,19 @@ def _post_services(url: str, name_format: str, count: int) -> None:
     """Create Services from another process over one keep-alive connection, so the writer
     does not share this process's GIL with the server and the watcher."""
     parts = urlsplit(url)
-    subprocess.run([sys.executable, "-c", _POSTER, parts.hostname or "", str(parts.port),
-                    name_format, str(count)], check=True, timeout=60)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _POSTER,
+            parts.hostname or "",
+            str(parts.port),
+            name_format,
+            str(count),
+        ],
+        check=True,
+        timeout=60,
+    )
 
 
 def _client(lab: LabAPIServer) -> client.ApiClient:
@@ -53,9 +64,13 @@ def test_a_watch_survives_ten_thousand_events_without_falling_behind() -> None:
         done = threading.Event()
 
         def consume() -> None:
-            stream = watch.Watch().stream(api.list_namespaced_service, "default",
-                                          resource_version=rv, timeout_seconds=60,
-                                          deserialize=False)
+            stream = watch.Watch().stream(
+                api.list_namespaced_service,
+                "default",
+                resource_version=rv,
+                timeout_seconds=60,
+                deserialize=False,
+            )
             for event in stream:
                 seen.append(event["object"]["metadata"]["name"])
                 if len(seen) == 10_000:

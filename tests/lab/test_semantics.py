@@ -20,23 +20,27 @@ def _svc(name: str, **labels: str) -> dict[str, object]:
     return {"metadata": {"name": name, "labels": labels}, "spec": {"ports": [{"port": 80}]}}
 
 
-@pytest.mark.parametrize(("selector", "expected"), [
-    ("tier=front", ["a"]),
-    ("tier==front", ["a"]),
-    ("tier!=front", ["b", "c"]),
-    ("tier in (front,back)", ["a", "b"]),
-    ("tier notin (front)", ["b", "c"]),
-    ("tier", ["a", "b"]),
-    ("!tier", ["c"]),
-    ("tier,app=web", ["a"]),
-])
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [
+        ("tier=front", ["a"]),
+        ("tier==front", ["a"]),
+        ("tier!=front", ["b", "c"]),
+        ("tier in (front,back)", ["a", "b"]),
+        ("tier notin (front)", ["b", "c"]),
+        ("tier", ["a", "b"]),
+        ("!tier", ["c"]),
+        ("tier,app=web", ["a"]),
+    ],
+)
 def test_label_selectors(core: client.CoreV1Api, selector: str, expected: list[str]) -> None:
     core.create_namespaced_service("default", _svc("a", tier="front", app="web"))
     core.create_namespaced_service("default", _svc("b", tier="back"))
     core.create_namespaced_service("default", _svc("c"))
     found = core.list_namespaced_service("default", label_selector=selector)
-    assert sorted(s.metadata.name for s in found.items if s.metadata.name != "kubernetes") == \
-        expected
+    assert (
+        sorted(s.metadata.name for s in found.items if s.metadata.name != "kubernetes") == expected
+    )
 
 
 def test_field_selectors_name_namespace_and_service_type(core: client.CoreV1Api) -> None:
@@ -46,7 +50,8 @@ def test_field_selectors_name_namespace_and_service_type(core: client.CoreV1Api)
     by_type = core.list_service_for_all_namespaces(field_selector="spec.type=LoadBalancer")
     assert [s.metadata.name for s in by_type.items] == ["lb"]
     by_name = core.list_service_for_all_namespaces(
-        field_selector="metadata.name=plain,metadata.namespace=team")
+        field_selector="metadata.name=plain,metadata.namespace=team"
+    )
     assert [s.metadata.name for s in by_name.items] == ["plain"]
     not_lb = core.list_namespaced_service("team", field_selector="spec.type!=LoadBalancer")
     assert [s.metadata.name for s in not_lb.items] == ["plain"]
@@ -70,8 +75,7 @@ def test_stale_resource_version_update_is_a_conflict(core: client.CoreV1Api) -> 
     assert core.read_namespaced_service("web", "default").metadata.labels == {"x": "1"}
 
 
-def test_update_with_current_resource_version_succeeds_and_bumps_it(
-        core: client.CoreV1Api) -> None:
+def test_update_with_current_resource_version_succeeds_and_bumps_it(core: client.CoreV1Api) -> None:
     current = core.create_namespaced_service("default", _svc("web"))
     current.metadata.labels = {"x": "2"}
     updated = core.replace_namespaced_service("web", "default", current)
@@ -86,17 +90,23 @@ def test_a_no_op_write_does_not_change_the_resource_version(core: client.CoreV1A
 
 def test_main_resource_write_never_changes_status(core: client.CoreV1Api) -> None:
     core.create_namespaced_service("default", lb_service("web"))
-    core.patch_namespaced_service("web", "default", {
-        "status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.9"}]}}})
+    core.patch_namespaced_service(
+        "web", "default", {"status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.9"}]}}}
+    )
     assert core.read_namespaced_service("web", "default").status.load_balancer.ingress is None
 
 
 def test_status_write_changes_only_status(core: client.CoreV1Api) -> None:
     core.create_namespaced_service("default", lb_service("web"))
-    written = core.patch_namespaced_service_status("web", "default", {
-        "metadata": {"labels": {"sneaky": "yes"}},
-        "spec": {"type": "ClusterIP"},
-        "status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.9", "ipMode": "Proxy"}]}}})
+    written = core.patch_namespaced_service_status(
+        "web",
+        "default",
+        {
+            "metadata": {"labels": {"sneaky": "yes"}},
+            "spec": {"type": "ClusterIP"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.9", "ipMode": "Proxy"}]}},
+        },
+    )
     assert written.status.load_balancer.ingress[0].ip == "127.0.0.9"
     assert written.spec.type == "LoadBalancer"
     assert written.metadata.labels is None
@@ -111,9 +121,12 @@ def test_created_objects_do_not_keep_status(core: client.CoreV1Api) -> None:
 
 def test_json_merge_patch(core: client.CoreV1Api) -> None:
     core.create_namespaced_service("default", _svc("web", a="1", b="2"))
-    core.patch_namespaced_service("web", "default", {
-        "metadata": {"labels": {"a": None, "c": "3"}}, "spec": {"ports": [{"port": 8080}]}},
-        _content_type="application/merge-patch+json")
+    core.patch_namespaced_service(
+        "web",
+        "default",
+        {"metadata": {"labels": {"a": None, "c": "3"}}, "spec": {"ports": [{"port": 8080}]}},
+        _content_type="application/merge-patch+json",
+    )
     svc = core.read_namespaced_service("web", "default")
     assert svc.metadata.labels == {"b": "2", "c": "3"}
     assert [p.port for p in svc.spec.ports] == [8080]  # merge patch replaces lists
@@ -121,11 +134,16 @@ def test_json_merge_patch(core: client.CoreV1Api) -> None:
 
 def test_json_patch(core: client.CoreV1Api) -> None:
     core.create_namespaced_service("default", _svc("web", a="1"))
-    core.patch_namespaced_service("web", "default", [
-        {"op": "test", "path": "/metadata/labels/a", "value": "1"},
-        {"op": "add", "path": "/spec/ports/0/name", "value": "a"},
-        {"op": "add", "path": "/spec/ports/-", "value": {"name": "b", "port": 443}},
-        {"op": "replace", "path": "/metadata/labels/a", "value": "2"}])
+    core.patch_namespaced_service(
+        "web",
+        "default",
+        [
+            {"op": "test", "path": "/metadata/labels/a", "value": "1"},
+            {"op": "add", "path": "/spec/ports/0/name", "value": "a"},
+            {"op": "add", "path": "/spec/ports/-", "value": {"name": "b", "port": 443}},
+            {"op": "replace", "path": "/metadata/labels/a", "value": "2"},
+        ],
+    )
     svc = core.read_namespaced_service("web", "default")
     assert [p.port for p in svc.spec.ports] == [80, 443]
     assert svc.metadata.labels == {"a": "2"}
@@ -134,96 +152,150 @@ def test_json_patch(core: client.CoreV1Api) -> None:
 def test_failed_json_patch_test_is_rejected_whole(core: client.CoreV1Api) -> None:
     core.create_namespaced_service("default", _svc("web", a="1"))
     with pytest.raises(client.ApiException) as excinfo:
-        core.patch_namespaced_service("web", "default", [
-            {"op": "replace", "path": "/metadata/labels/a", "value": "2"},
-            {"op": "test", "path": "/metadata/labels/a", "value": "1"}])
+        core.patch_namespaced_service(
+            "web",
+            "default",
+            [
+                {"op": "replace", "path": "/metadata/labels/a", "value": "2"},
+                {"op": "test", "path": "/metadata/labels/a", "value": "1"},
+            ],
+        )
     assert excinfo.value.status == 422
     assert core.read_namespaced_service("web", "default").metadata.labels == {"a": "1"}
 
 
 def test_strategic_merge_patch_merges_ports_by_port(core: client.CoreV1Api) -> None:
-    core.create_namespaced_service("default", {"metadata": {"name": "web"}, "spec": {"ports": [
-        {"name": "http", "port": 80}, {"name": "https", "port": 443}]}})
-    core.patch_namespaced_service("web", "default", {"spec": {"ports": [
-        {"port": 443, "targetPort": 8443}, {"name": "admin", "port": 9000}]}})
+    core.create_namespaced_service(
+        "default",
+        {
+            "metadata": {"name": "web"},
+            "spec": {"ports": [{"name": "http", "port": 80}, {"name": "https", "port": 443}]},
+        },
+    )
+    core.patch_namespaced_service(
+        "web",
+        "default",
+        {"spec": {"ports": [{"port": 443, "targetPort": 8443}, {"name": "admin", "port": 9000}]}},
+    )
     ports = core.read_namespaced_service("web", "default").spec.ports
     assert [(p.name, p.port, p.target_port) for p in ports] == [
-        ("http", 80, 80), ("https", 443, 8443), ("admin", 9000, 9000)]
+        ("http", 80, 80),
+        ("https", 443, 8443),
+        ("admin", 9000, 9000),
+    ]
 
 
 def test_strategic_merge_patch_merges_conditions_by_type(core: client.CoreV1Api) -> None:
     core.create_namespaced_service("default", lb_service("web"))
 
     def condition(kind: str, status: str) -> dict[str, str]:
-        return {"type": kind, "status": status, "reason": "Test", "message": "",
-                "lastTransitionTime": "2024-01-01T00:00:00Z"}
+        return {
+            "type": kind,
+            "status": status,
+            "reason": "Test",
+            "message": "",
+            "lastTransitionTime": "2024-01-01T00:00:00Z",
+        }
 
-    core.patch_namespaced_service_status("web", "default", {"status": {"conditions": [
-        condition("lbprovider.io/IPAllocated", "False")]}})
-    core.patch_namespaced_service_status("web", "default", {"status": {"conditions": [
-        condition("lbprovider.io/Serving", "True")]}})
-    core.patch_namespaced_service_status("web", "default", {"status": {"conditions": [
-        condition("lbprovider.io/IPAllocated", "True")]}})
+    core.patch_namespaced_service_status(
+        "web",
+        "default",
+        {"status": {"conditions": [condition("lbprovider.io/IPAllocated", "False")]}},
+    )
+    core.patch_namespaced_service_status(
+        "web", "default", {"status": {"conditions": [condition("lbprovider.io/Serving", "True")]}}
+    )
+    core.patch_namespaced_service_status(
+        "web",
+        "default",
+        {"status": {"conditions": [condition("lbprovider.io/IPAllocated", "True")]}},
+    )
     conditions = core.read_namespaced_service("web", "default").status.conditions
     assert [(c.type, c.status) for c in conditions] == [
-        ("lbprovider.io/IPAllocated", "True"), ("lbprovider.io/Serving", "True")]
+        ("lbprovider.io/IPAllocated", "True"),
+        ("lbprovider.io/Serving", "True"),
+    ]
 
 
 def test_strategic_merge_patch_unions_finalizers_and_deletes_from_them(
-        core: client.CoreV1Api) -> None:
-    core.create_namespaced_service("default", {**_svc("web"), "metadata": {
-        "name": "web", "finalizers": ["example.com/a"]}})
-    core.patch_namespaced_service("web", "default",
-                                  {"metadata": {"finalizers": ["example.com/b"]}})
+    core: client.CoreV1Api,
+) -> None:
+    core.create_namespaced_service(
+        "default", {**_svc("web"), "metadata": {"name": "web", "finalizers": ["example.com/a"]}}
+    )
+    core.patch_namespaced_service("web", "default", {"metadata": {"finalizers": ["example.com/b"]}})
     assert core.read_namespaced_service("web", "default").metadata.finalizers == [
-        "example.com/a", "example.com/b"]
-    core.patch_namespaced_service("web", "default", {"metadata": {
-        "$deleteFromPrimitiveList/finalizers": ["example.com/a"]}})
-    assert core.read_namespaced_service("web", "default").metadata.finalizers == [
-        "example.com/b"]
+        "example.com/a",
+        "example.com/b",
+    ]
+    core.patch_namespaced_service(
+        "web", "default", {"metadata": {"$deleteFromPrimitiveList/finalizers": ["example.com/a"]}}
+    )
+    assert core.read_namespaced_service("web", "default").metadata.finalizers == ["example.com/b"]
 
 
 def test_patch_carrying_a_stale_resource_version_is_a_conflict(core: client.CoreV1Api) -> None:
     created = core.create_namespaced_service("default", _svc("web"))
     core.patch_namespaced_service("web", "default", {"metadata": {"labels": {"x": "1"}}})
     with pytest.raises(client.ApiException) as excinfo:
-        core.patch_namespaced_service("web", "default", {"metadata": {
-            "resourceVersion": created.metadata.resource_version, "labels": {"x": "2"}}})
+        core.patch_namespaced_service(
+            "web",
+            "default",
+            {
+                "metadata": {
+                    "resourceVersion": created.metadata.resource_version,
+                    "labels": {"x": "2"},
+                }
+            },
+        )
     assert excinfo.value.status == 409
 
 
 def test_delete_with_finalizers_only_marks_the_object(core: client.CoreV1Api) -> None:
-    core.create_namespaced_service("default", {**lb_service("web"), "metadata": {
-        "name": "web", "finalizers": ["service.kubernetes.io/load-balancer-cleanup"]}})
+    core.create_namespaced_service(
+        "default",
+        {
+            **lb_service("web"),
+            "metadata": {
+                "name": "web",
+                "finalizers": ["service.kubernetes.io/load-balancer-cleanup"],
+            },
+        },
+    )
     core.delete_namespaced_service("web", "default")
     marked = core.read_namespaced_service("web", "default")
     assert marked.metadata.deletion_timestamp is not None
-    core.patch_namespaced_service("web", "default", [
-        {"op": "remove", "path": "/metadata/finalizers"}])
+    core.patch_namespaced_service(
+        "web", "default", [{"op": "remove", "path": "/metadata/finalizers"}]
+    )
     with pytest.raises(client.ApiException) as excinfo:
         core.read_namespaced_service("web", "default")
     assert excinfo.value.status == 404
 
 
 def test_no_new_finalizers_on_an_object_being_deleted(core: client.CoreV1Api) -> None:
-    core.create_namespaced_service("default", {**_svc("web"), "metadata": {
-        "name": "web", "finalizers": ["example.com/a"]}})
+    core.create_namespaced_service(
+        "default", {**_svc("web"), "metadata": {"name": "web", "finalizers": ["example.com/a"]}}
+    )
     core.delete_namespaced_service("web", "default")
     with pytest.raises(client.ApiException) as excinfo:
-        core.patch_namespaced_service("web", "default",
-                                      {"metadata": {"finalizers": ["example.com/b"]}})
+        core.patch_namespaced_service(
+            "web", "default", {"metadata": {"finalizers": ["example.com/b"]}}
+        )
     assert excinfo.value.status == 422
 
 
 def test_generation_bumps_on_spec_change_only(api_client: client.ApiClient) -> None:
     net = client.NetworkingV1Api(api_client)
-    created = net.create_namespaced_ingress("default", {
-        "metadata": {"name": "web"}, "spec": {"ingressClassName": "a"}})
+    created = net.create_namespaced_ingress(
+        "default", {"metadata": {"name": "web"}, "spec": {"ingressClassName": "a"}}
+    )
     assert created.metadata.generation == 1
     labelled = net.patch_namespaced_ingress("web", "default", {"metadata": {"labels": {"x": "y"}}})
     assert labelled.metadata.generation == 1
-    status = net.patch_namespaced_ingress_status("web", "default", {
-        "status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.9"}]}}})
+    status = net.patch_namespaced_ingress_status(
+        "web", "default", {"status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.9"}]}}}
+    )
     assert status.metadata.generation == 1
     changed = net.patch_namespaced_ingress("web", "default", {"spec": {"ingressClassName": "b"}})
     assert changed.metadata.generation == 2
@@ -242,9 +314,15 @@ def test_not_found_is_a_status_404(core: client.CoreV1Api) -> None:
         core.read_namespaced_service("missing", "default")
     assert excinfo.value.status == 404
     assert _error(excinfo) == {
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": 'services "missing" not found', "reason": "NotFound",
-        "details": {"name": "missing", "kind": "services"}, "code": 404}
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": 'services "missing" not found',
+        "reason": "NotFound",
+        "details": {"name": "missing", "kind": "services"},
+        "code": 404,
+    }
 
 
 def test_duplicate_create_is_already_exists(core: client.CoreV1Api) -> None:
@@ -256,8 +334,9 @@ def test_duplicate_create_is_already_exists(core: client.CoreV1Api) -> None:
 
 def test_invalid_object_is_422_with_causes(core: client.CoreV1Api) -> None:
     with pytest.raises(client.ApiException) as excinfo:
-        core.create_namespaced_service("default", {"metadata": {"name": "Bad_Name"},
-                                                   "spec": {"ports": [{"port": 70000}]}})
+        core.create_namespaced_service(
+            "default", {"metadata": {"name": "Bad_Name"}, "spec": {"ports": [{"port": 70000}]}}
+        )
     error = _error(excinfo)
     assert (excinfo.value.status, error["reason"]) == (422, "Invalid")
     fields = {c["field"] for c in error["details"]["causes"]}  # type: ignore[index]
@@ -277,14 +356,16 @@ def test_deleting_a_namespace_deletes_its_contents(core: client.CoreV1Api) -> No
     core.delete_namespace("team")
     with pytest.raises(client.ApiException):
         core.read_namespace("team")
-    assert core.list_service_for_all_namespaces(
-        field_selector="metadata.namespace=team").items == []
+    assert (
+        core.list_service_for_all_namespaces(field_selector="metadata.namespace=team").items == []
+    )
 
 
 def test_namespace_waits_for_finalized_content(core: client.CoreV1Api) -> None:
     core.create_namespace({"metadata": {"name": "team"}})
-    core.create_namespaced_service("team", {**_svc("web"), "metadata": {
-        "name": "web", "finalizers": ["example.com/a"]}})
+    core.create_namespaced_service(
+        "team", {**_svc("web"), "metadata": {"name": "web", "finalizers": ["example.com/a"]}}
+    )
     core.delete_namespace("team")
     assert core.read_namespace("team").status.phase == "Terminating"
     with pytest.raises(client.ApiException) as excinfo:
@@ -307,6 +388,7 @@ def test_pagination_with_limit_and_continue(core: client.CoreV1Api) -> None:
 
 
 def test_generate_name(core: client.CoreV1Api) -> None:
-    created = core.create_namespaced_service("default", {
-        "metadata": {"generateName": "web-"}, "spec": {"ports": [{"port": 80}]}})
+    created = core.create_namespaced_service(
+        "default", {"metadata": {"generateName": "web-"}, "spec": {"ports": [{"port": 80}]}}
+    )
     assert created.metadata.name.startswith("web-") and len(created.metadata.name) == 9

@@ -13,8 +13,7 @@ from tests.lab.conftest import lb_service
 
 
 def _svc(name: str, **labels: str) -> dict[str, object]:
-    return {"metadata": {"name": name, "labels": labels},
-            "spec": {"ports": [{"port": 80}]}}
+    return {"metadata": {"name": name, "labels": labels}, "spec": {"ports": [{"port": 80}]}}
 
 
 def test_resource_version_is_shared_by_all_kinds_and_increases(core: client.CoreV1Api) -> None:
@@ -31,23 +30,25 @@ def test_list_returns_the_collection_resource_version(core: client.CoreV1Api) ->
     assert listed.metadata.resource_version == created.metadata.resource_version
 
 
-def test_watch_from_a_resource_version_streams_only_later_events(
-        core: client.CoreV1Api) -> None:
+def test_watch_from_a_resource_version_streams_only_later_events(core: client.CoreV1Api) -> None:
     core.create_namespaced_service("default", _svc("before"))
     rv = core.list_namespaced_service("default").metadata.resource_version
     core.create_namespaced_service("default", _svc("after"))
     core.delete_namespaced_service("before", "default")
-    events = list(watch.Watch().stream(core.list_namespaced_service, "default",
-                                       resource_version=rv, timeout_seconds=1))
+    events = list(
+        watch.Watch().stream(
+            core.list_namespaced_service, "default", resource_version=rv, timeout_seconds=1
+        )
+    )
     assert [(e["type"], e["object"].metadata.name) for e in events] == [
-        ("ADDED", "after"), ("DELETED", "before")]
+        ("ADDED", "after"),
+        ("DELETED", "before"),
+    ]
 
 
-def test_watch_without_resource_version_starts_with_current_objects(
-        core: client.CoreV1Api) -> None:
+def test_watch_without_resource_version_starts_with_current_objects(core: client.CoreV1Api) -> None:
     core.create_namespaced_service("default", _svc("web"))
-    events = list(watch.Watch().stream(core.list_namespaced_service, "default",
-                                       timeout_seconds=1))
+    events = list(watch.Watch().stream(core.list_namespaced_service, "default", timeout_seconds=1))
     assert sorted(e["object"].metadata.name for e in events) == ["kubernetes", "web"]
     assert {e["type"] for e in events} == {"ADDED"}
 
@@ -55,8 +56,11 @@ def test_watch_without_resource_version_starts_with_current_objects(
 def test_watch_honours_timeout_seconds(core: client.CoreV1Api) -> None:
     rv = core.list_namespaced_service("default").metadata.resource_version
     started = time.monotonic()
-    events = list(watch.Watch().stream(core.list_namespaced_service, "default",
-                                       resource_version=rv, timeout_seconds=1))
+    events = list(
+        watch.Watch().stream(
+            core.list_namespaced_service, "default", resource_version=rv, timeout_seconds=1
+        )
+    )
     elapsed = time.monotonic() - started
     assert events == []
     assert 0.9 <= elapsed < 3
@@ -67,9 +71,16 @@ def test_bookmarks_are_sent_when_allowed() -> None:
         api = client.CoreV1Api(_client(lab))
         rv = api.list_namespaced_service("default").metadata.resource_version
         api.create_namespace({"metadata": {"name": "other"}})  # moves the RV, not a Service
-        events = list(watch.Watch().stream(api.list_namespaced_service, "default",
-                                           resource_version=rv, timeout_seconds=1,
-                                           allow_watch_bookmarks=True, deserialize=False))
+        events = list(
+            watch.Watch().stream(
+                api.list_namespaced_service,
+                "default",
+                resource_version=rv,
+                timeout_seconds=1,
+                allow_watch_bookmarks=True,
+                deserialize=False,
+            )
+        )
         api.api_client.close()
     bookmarks = [e for e in events if e["type"] == "BOOKMARK"]
     assert bookmarks, events
@@ -78,9 +89,15 @@ def test_bookmarks_are_sent_when_allowed() -> None:
 
 def test_no_bookmarks_unless_asked(core: client.CoreV1Api) -> None:
     rv = core.list_namespaced_service("default").metadata.resource_version
-    events = list(watch.Watch().stream(core.list_namespaced_service, "default",
-                                       resource_version=rv, timeout_seconds=1,
-                                       deserialize=False))
+    events = list(
+        watch.Watch().stream(
+            core.list_namespaced_service,
+            "default",
+            resource_version=rv,
+            timeout_seconds=1,
+            deserialize=False,
+        )
+    )
     assert events == []
 
 
@@ -98,16 +115,26 @@ def test_list_watch_expire_relist_cycle() -> None:
             api.create_namespaced_service("default", _svc(f"s{i}"))
         with pytest.raises(client.ApiException) as expired:
             # timeout_seconds disables the helper's silent retry, so the 410 surfaces
-            list(watch.Watch().stream(api.list_namespaced_service, "default",
-                                      resource_version=listed.metadata.resource_version,
-                                      timeout_seconds=1))
+            list(
+                watch.Watch().stream(
+                    api.list_namespaced_service,
+                    "default",
+                    resource_version=listed.metadata.resource_version,
+                    timeout_seconds=1,
+                )
+            )
         assert expired.value.status == 410
         relisted = api.list_namespaced_service("default")
         assert len(relisted.items) == 61
         api.create_namespaced_service("default", _svc("fresh"))
-        events = list(watch.Watch().stream(api.list_namespaced_service, "default",
-                                           resource_version=relisted.metadata.resource_version,
-                                           timeout_seconds=1))
+        events = list(
+            watch.Watch().stream(
+                api.list_namespaced_service,
+                "default",
+                resource_version=relisted.metadata.resource_version,
+                timeout_seconds=1,
+            )
+        )
         api.api_client.close()
     assert [(e["type"], e["object"].metadata.name) for e in events] == [("ADDED", "fresh")]
 
@@ -117,8 +144,9 @@ def test_expired_watch_gets_an_error_event_with_status_410() -> None:
         api = client.CoreV1Api(_client(lab))
         for i in range(20):
             api.create_namespaced_service("default", _svc(f"s{i}"))
-        response = api.list_namespaced_service("default", watch=True, resource_version="1",
-                                               timeout_seconds=1, _preload_content=False)
+        response = api.list_namespaced_service(
+            "default", watch=True, resource_version="1", timeout_seconds=1, _preload_content=False
+        )
         body = response.data.decode()
         api.api_client.close()
     assert '"type":"ERROR"' in body
@@ -126,14 +154,21 @@ def test_expired_watch_gets_an_error_event_with_status_410() -> None:
 
 
 def test_watch_with_selector_turns_label_changes_into_added_and_deleted(
-        core: client.CoreV1Api) -> None:
+    core: client.CoreV1Api,
+) -> None:
     core.create_namespaced_service("default", _svc("web", tier="front"))
     rv = core.list_namespaced_service("default").metadata.resource_version
     core.patch_namespaced_service("web", "default", {"metadata": {"labels": {"tier": "back"}}})
     core.patch_namespaced_service("web", "default", {"metadata": {"labels": {"tier": "front"}}})
-    events = list(watch.Watch().stream(core.list_namespaced_service, "default",
-                                       label_selector="tier=front", resource_version=rv,
-                                       timeout_seconds=1))
+    events = list(
+        watch.Watch().stream(
+            core.list_namespaced_service,
+            "default",
+            label_selector="tier=front",
+            resource_version=rv,
+            timeout_seconds=1,
+        )
+    )
     assert [e["type"] for e in events] == ["DELETED", "ADDED"]
 
 
@@ -142,10 +177,15 @@ def test_cluster_wide_watch_sees_every_namespace(core: client.CoreV1Api) -> None
     rv = core.list_service_for_all_namespaces().metadata.resource_version
     core.create_namespaced_service("team", _svc("a"))
     core.create_namespaced_service("default", _svc("b"))
-    events = list(watch.Watch().stream(core.list_service_for_all_namespaces,
-                                       resource_version=rv, timeout_seconds=1))
+    events = list(
+        watch.Watch().stream(
+            core.list_service_for_all_namespaces, resource_version=rv, timeout_seconds=1
+        )
+    )
     assert [(e["object"].metadata.namespace, e["object"].metadata.name) for e in events] == [
-        ("team", "a"), ("default", "b")]
+        ("team", "a"),
+        ("default", "b"),
+    ]
 
 
 def test_watch_stream_ends_cleanly_when_the_server_stops() -> None:
@@ -155,8 +195,9 @@ def test_watch_stream_ends_cleanly_when_the_server_stops() -> None:
     finished = threading.Event()
 
     def consume() -> None:
-        for event in watch.Watch().stream(api.list_namespaced_service, "default",
-                                          timeout_seconds=600):
+        for event in watch.Watch().stream(
+            api.list_namespaced_service, "default", timeout_seconds=600
+        ):
             received.append(event["object"].metadata.name)
         finished.set()
 
