@@ -151,6 +151,10 @@ class StateView(Protocol):
         """Released, currently free addresses of ``pool``, least recently released first."""
         ...
 
+    def claimable(self, ip: str) -> bool:
+        """False while a concurrent writer is deciding on ``ip`` (skip it, like SKIP LOCKED)."""
+        ...
+
 
 def ports_overlap(a: Iterable[Port], b: Iterable[Port]) -> set[Port]:
     return set(a) & set(b)
@@ -395,13 +399,18 @@ class Allocator:
         free = list(itertools.islice(self.free_in(request, pool, ips), self.policy.spread))
         return self.policy.rng.choice(free) if free else None
 
-    def free_in(self, request: Request, pool: PoolSpec, ips: Iterable[str]) -> Iterator[str]:
-        """Addresses among ``ips`` that ``request`` may take, lazily, in the given order."""
+    def free_in(
+        self, request: Request, pool: PoolSpec, ips: Iterable[str], *, claim: bool = True
+    ) -> Iterator[str]:
+        """Addresses among ``ips`` that ``request`` may take, lazily, in the given order.
+        With ``claim``, addresses a concurrent writer is deciding on are skipped."""
         candidates = (ip for ip in ips if pool.usable(parse_ip(ip)))
         while batch := list(itertools.islice(candidates, self.policy.batch)):
             occ = self.view.occupancy(batch)
             for ip in batch:
                 if self._occupancy_problem(request, ip, occ.get(ip, Occupancy())) is None:
+                    if claim and not self.view.claimable(ip):
+                        continue
                     yield ip
 
     def check(self, request: Request, ip: str, occupancy: Occupancy) -> Decision | None:
@@ -419,7 +428,8 @@ class Allocator:
             self.view.released_lru(pool.name, family, limit * 4),
             (str(a) for a in itertools.islice(ranges.iter_from(0), GAP_SCAN_LIMIT)),
         )
-        return list(itertools.islice(dict.fromkeys(self.free_in(nobody, pool, order)), limit))
+        free = self.free_in(nobody, pool, order, claim=False)
+        return list(itertools.islice(dict.fromkeys(free), limit))
 
     def adopt(self, request: Request, current: Sequence[Assignment] = ()) -> Decision:
         """Record addresses a Service already has (``requested_ips`` = its status).

@@ -35,7 +35,7 @@ from lbprovider.ipam.ranges import ip_key
 from lbprovider.services.audit import record_ledger
 from lbprovider.services.context import Actor, IPPolicy
 from lbprovider.services.errors import ConcurrentUpdate
-from lbprovider.services.state import DBStateView, load_pool_specs
+from lbprovider.services.state import DBStateView, load_pool_specs, try_lock_ip
 
 logger = logging.getLogger(__name__)
 
@@ -231,16 +231,6 @@ def _write(
     return Outcome(decision, tuple(sorted(wanted, key=_family)), changed)
 
 
-def _try_lock_ip(session: Session, ip: str) -> bool:
-    """A per-address transaction lock on PostgreSQL (SQLite already serialises writers)."""
-    if session.get_bind().dialect.name != "postgresql":
-        return True
-    got = session.execute(
-        text("SELECT pg_try_advisory_xact_lock(hashtextextended(:ip, 0))"), {"ip": ip}
-    ).scalar()
-    return bool(got)
-
-
 def lock_ip(session: Session, ip: str) -> None:
     """Wait for the per-address lock (releases and reservations must not skip)."""
     if session.get_bind().dialect.name == "postgresql":
@@ -255,7 +245,7 @@ def _claim(
     pool_id: int,
     now: datetime,
 ) -> None:
-    if not _try_lock_ip(session, a.ip):
+    if not try_lock_ip(session, a.ip):
         raise _LostRace(a.ip)
     fresh = allocator.view.occupancy([a.ip]).get(a.ip, Occupancy())
     if allocator.check(request, a.ip, fresh) is not None:

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from lbprovider.db.models import Allocation, Exclusion, IPLease, Pool, ReleasedIP, Reservation
@@ -41,8 +41,8 @@ def load_pool_specs(session: Session) -> tuple[list[PoolSpec], dict[str, int]]:
     """Every pool as a spec, and the name → id map the writers need."""
     pools = session.scalars(select(Pool).order_by(Pool.name)).all()
     excl: dict[int, list[str]] = defaultdict(list)
-    for pool_id, text in session.execute(select(Exclusion.pool_id, Exclusion.range)):
-        excl[pool_id].append(text)
+    for pool_id, spec in session.execute(select(Exclusion.pool_id, Exclusion.range)):
+        excl[pool_id].append(spec)
     return [pool_spec(p, excl[p.id]) for p in pools], {p.name: p.id for p in pools}
 
 
@@ -182,3 +182,17 @@ class DBStateView:
             .order_by(ReleasedIP.released_at, ReleasedIP.ip_key)
             .limit(limit)
         ).all()
+
+    def claimable(self, ip: str) -> bool:
+        """Take the per-address transaction lock if free (PostgreSQL; SQLite serialises)."""
+        return try_lock_ip(self.session, ip)
+
+
+def try_lock_ip(session: Session, ip: str) -> bool:
+    """A per-address transaction lock on PostgreSQL, or False when another writer holds it."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    got = session.execute(
+        text("SELECT pg_try_advisory_xact_lock(hashtextextended(:ip, 0))"), {"ip": ip}
+    ).scalar()
+    return bool(got)

@@ -14,9 +14,9 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 
+from lbprovider.db import migrate
 from lbprovider.db.models import Base
 from lbprovider.db.session import make_engine
-from tests.conftest import ROOT
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -36,9 +36,8 @@ def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[s
 
 
 def alembic_config(url: str) -> Config:
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("sqlalchemy.url", url)
-    return cfg
+    """The same configuration ``lbprovider db upgrade`` uses (not alembic.ini)."""
+    return migrate.alembic_config(url)
 
 
 def test_models_and_migrations_agree(empty_db: tuple[str, Engine]) -> None:

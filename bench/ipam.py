@@ -1,0 +1,114 @@
+"""IPAM throughput on PostgreSQL: N allocations from 8 concurrent worker processes.
+
+Prints allocations/s, duplicates (must be 0) and the ratio to a bare INSERT loop (one row and
+one COMMIT per iteration, same workers, same database) measured in the same run.
+
+    .venv/bin/python bench/ipam.py [--total 10000] [--workers 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select, text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lbprovider.db.models import Allocation, Base  # noqa: E402
+from lbprovider.db.session import make_engine, session_factory, transaction  # noqa: E402
+from lbprovider.ipam.allocator import Request, ServiceRef  # noqa: E402
+from lbprovider.services.allocations import allocate_service  # noqa: E402
+from lbprovider.services.context import Actor, IPPolicy  # noqa: E402
+from lbprovider.services.pools import PoolFields, create_pool  # noqa: E402
+
+
+def pg_url() -> str:
+    out = subprocess.run(["bash", str(ROOT / "scripts/postgres.sh")], check=True,
+                         capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[-1].replace("lbprovider_test", "lbprovider_bench")
+
+
+def prepare(url: str) -> None:
+    admin = make_engine(url.replace("lbprovider_bench", "lbprovider_test"))
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+        c.execute(text("DROP DATABASE IF EXISTS lbprovider_bench"))
+        c.execute(text("CREATE DATABASE lbprovider_bench"))
+    admin.dispose()
+    engine = make_engine(url)
+    Base.metadata.create_all(engine)
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE bare (id serial primary key, ip text, service text)"))
+    with transaction(session_factory(engine)) as s:
+        create_pool(session=s, data=PoolFields(name="bench", ranges=["10.0.0.0/16"]),
+                    actor=Actor("bench"))
+    engine.dispose()
+
+
+def bare_worker(url: str, worker: int, n: int, start: mp.Barrier) -> None:  # type: ignore[type-arg]
+    engine = make_engine(url)
+    with engine.connect() as c:
+        start.wait()
+        for i in range(n):
+            c.execute(text("INSERT INTO bare (ip, service) VALUES (:ip, :s)"),
+                      {"ip": f"{worker}.{i}", "s": f"w{worker}/s{i}"})
+            c.commit()
+    engine.dispose()
+
+
+def alloc_worker(url: str, worker: int, n: int, start: mp.Barrier) -> None:  # type: ignore[type-arg]
+    engine = make_engine(url)
+    factory = session_factory(engine)
+    policy = IPPolicy()
+    start.wait()
+    for i in range(n):
+        req = Request(service=ServiceRef(f"w{worker}", f"s{i}"), ports=frozenset({("TCP", 80)}))
+        with transaction(factory) as s:
+            allocate_service(session=s, request=req, actor=Actor("bench"), policy=policy)
+    engine.dispose()
+
+
+def run(target: object, url: str, workers: int, per: int) -> float:
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(workers + 1)
+    procs = [ctx.Process(target=target, args=(url, w, per, barrier)) for w in range(workers)]
+    for p in procs:
+        p.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--total", type=int, default=10_000)
+    ap.add_argument("--workers", type=int, default=8)
+    args = ap.parse_args()
+    url = pg_url()
+    prepare(url)
+    per = args.total // args.workers
+    n = per * args.workers
+    bare = run(bare_worker, url, args.workers, per)
+    alloc = run(alloc_worker, url, args.workers, per)
+    engine = make_engine(url)
+    with engine.connect() as c:
+        live = c.scalar(select(func.count()).select_from(Allocation).where(Allocation.active))
+        distinct = c.scalar(select(func.count(func.distinct(Allocation.ip))).where(Allocation.active))
+    engine.dispose()
+    print(f"workers={args.workers} allocations={n}")
+    print(f"bare INSERT loop: {n / bare:,.0f} rows/s ({bare:.2f} s)")
+    print(f"allocations:      {n / alloc:,.0f} allocations/s ({alloc:.2f} s)")
+    print(f"duplicates: {live - distinct} (live={live}, distinct IPs={distinct})")
+    print(f"ratio allocations/bare: {bare / alloc:.2f} (goal >= 0.3)")
+
+
+if __name__ == "__main__":
+    main()
