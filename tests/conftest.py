@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,17 +23,41 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> str:
-    """URL of the test PostgreSQL database (started on demand)."""
+def pg_server_url() -> str:
+    """URL of the PostgreSQL database the test command prepared (started on demand)."""
     url = os.environ.get("LBP_TEST_PG_URL")
     if not url:
         out = subprocess.run(
             ["bash", str(ROOT / "scripts" / "postgres.sh")],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         url = out.stdout.strip().splitlines()[-1]
         os.environ["LBP_TEST_PG_URL"] = url
     return url
+
+
+@contextmanager
+def scratch_database(server_url: str, name: str) -> Iterator[str]:
+    """Create database ``name`` on the server of ``server_url``; drop it afterwards."""
+    admin = make_engine(server_url)
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield server_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server_url: str) -> Iterator[str]:
+    """A database of this test session's own (several runs may share one server)."""
+    with scratch_database(pg_server_url, f"lbp_test_{os.getpid()}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -250,10 +250,14 @@ def _claim(
     fresh = allocator.view.occupancy([a.ip]).get(a.ip, Occupancy())
     if allocator.check(request, a.ip, fresh) is not None:
         raise _LostRace(a.ip)
-    lease = session.get(IPLease, a.ip, populate_existing=True)
-    if lease is None:
-        session.add(
-            IPLease(
+    if fresh.holders:
+        # Joining a shared address: the lease must carry the same sharing key.
+        lease_key = session.scalar(select(IPLease.sharing_key).where(IPLease.ip == a.ip))
+        if not request.sharing_key or lease_key != request.sharing_key:
+            raise _LostRace(a.ip)
+    else:
+        session.execute(
+            insert(IPLease).values(
                 ip=a.ip,
                 ip_key=ip_key(a.ip),
                 pool_id=pool_id,
@@ -262,37 +266,39 @@ def _claim(
                 created_at=now,
             )
         )
-    elif not request.sharing_key or lease.sharing_key != request.sharing_key:
-        raise _LostRace(a.ip)
     svc = request.service
-    row = Allocation(
-        ip=a.ip,
-        ip_key=ip_key(a.ip),
-        pool_id=pool_id,
-        pool_name=a.pool,
-        family=a.family,
-        service_namespace=svc.namespace,
-        service_name=svc.name,
-        service_uid=svc.uid,
-        sharing_key=request.sharing_key,
-        ports=_ports_json(request),
-        allocated_at=now,
-    )
-    session.add(row)
-    session.flush()
-    _add_ports(session, row, request)
-    session.flush()
+    allocation_id = session.execute(
+        insert(Allocation)
+        .values(
+            ip=a.ip,
+            ip_key=ip_key(a.ip),
+            pool_id=pool_id,
+            pool_name=a.pool,
+            family=a.family,
+            service_namespace=svc.namespace,
+            service_name=svc.name,
+            service_uid=svc.uid,
+            sharing_key=request.sharing_key,
+            ports=_ports_json(request),
+            allocated_at=now,
+            active=True,
+        )
+        .returning(Allocation.id)
+    ).scalar_one()
+    _insert_ports(session, allocation_id, a.ip, request)
 
 
 def _ports_json(request: Request) -> list[list[object]]:
     return [[proto, port] for proto, port in sorted(request.ports)]
 
 
-def _add_ports(session: Session, row: Allocation, request: Request) -> None:
-    session.add_all(
-        AllocationPort(allocation_id=row.id, ip=row.ip, protocol=proto, port=port)
+def _insert_ports(session: Session, allocation_id: int, ip: str, request: Request) -> None:
+    rows = [
+        {"allocation_id": allocation_id, "ip": ip, "protocol": proto, "port": port}
         for proto, port in sorted(request.ports)
-    )
+    ]
+    if rows:
+        session.execute(insert(AllocationPort), rows)
 
 
 def _refresh_row(session: Session, row: Allocation, request: Request) -> bool:
@@ -307,7 +313,7 @@ def _refresh_row(session: Session, row: Allocation, request: Request) -> bool:
     if row.ports != ports:
         session.execute(delete(AllocationPort).where(AllocationPort.allocation_id == row.id))
         session.flush()
-        _add_ports(session, row, request)
+        _insert_ports(session, row.id, row.ip, request)
         row.ports = ports
     row.sharing_key = request.sharing_key
     if request.service.uid:

@@ -7,14 +7,31 @@ PostgreSQL), which is why the claim step re-checks its address under a per-addre
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, text
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    String,
+    and_,
+    cast,
+    exists,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    text,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from lbprovider.db.models import Allocation, Exclusion, IPLease, Pool, ReleasedIP, Reservation
+from lbprovider.db.types import UTCDateTime
 from lbprovider.ipam.allocator import Holder, Occupancy, ServiceRef
 from lbprovider.ipam.pool import PoolSpec
 
@@ -56,6 +73,44 @@ def live_reservation(now: datetime) -> ColumnElement[bool]:
     return or_(Reservation.expires_at.is_(None), Reservation.expires_at > now)
 
 
+def _occupancy_query(ips: Sequence[str], now: datetime) -> CompoundSelect[Any]:
+    """One UNION ALL over allocations (a), reservations (r) and releases (x) of ``ips``."""
+    no_time = null().cast(UTCDateTime())
+    no_text = null().cast(String())
+    return union_all(
+        select(
+            literal("a").label("kind"),
+            Allocation.ip,
+            Allocation.service_namespace.label("ns"),
+            Allocation.service_name.label("name"),
+            Allocation.service_uid.label("uid"),
+            Allocation.sharing_key.label("key"),
+            cast(Allocation.ports, String).label("extra"),
+            no_time.label("at"),
+        ).where(Allocation.active, Allocation.ip.in_(ips)),
+        select(
+            literal("r"),
+            Reservation.ip,
+            Reservation.service_namespace,
+            Reservation.service_name,
+            no_text,
+            Reservation.owner,
+            no_text,
+            no_time,
+        ).where(Reservation.ip.in_(ips), live_reservation(now)),
+        select(
+            literal("x"),
+            ReleasedIP.ip,
+            ReleasedIP.service_namespace,
+            ReleasedIP.service_name,
+            no_text,
+            no_text,
+            no_text,
+            ReleasedIP.released_at,
+        ).where(ReleasedIP.ip.in_(ips)),
+    )
+
+
 class DBStateView:
     """``lbprovider.ipam.allocator.StateView`` over a session."""
 
@@ -65,59 +120,29 @@ class DBStateView:
         self.now = now
 
     def occupancy(self, ips: Sequence[str]) -> Mapping[str, Occupancy]:
-        s = self.session
+        """Holders, live reservation and last release of each address, in one round trip."""
         holders: dict[str, list[Holder]] = defaultdict(list)
-        for a in s.execute(
-            select(
-                Allocation.ip,
-                Allocation.service_namespace,
-                Allocation.service_name,
-                Allocation.service_uid,
-                Allocation.sharing_key,
-                Allocation.ports,
-            ).where(Allocation.active, Allocation.ip.in_(ips))
-        ):
-            ports = frozenset((str(p[0]), int(p[1])) for p in a.ports)
-            svc = ServiceRef(a.service_namespace, a.service_name, a.service_uid)
-            holders[a.ip].append(Holder(svc, a.sharing_key, ports))
-        reserved = {
-            r.ip: r
-            for r in s.execute(
-                select(
-                    Reservation.ip,
-                    Reservation.owner,
-                    Reservation.service_namespace,
-                    Reservation.service_name,
-                ).where(Reservation.ip.in_(ips), live_reservation(self.now))
-            )
-        }
-        released = {
-            r.ip: r
-            for r in s.execute(
-                select(
-                    ReleasedIP.ip,
-                    ReleasedIP.released_at,
-                    ReleasedIP.service_namespace,
-                    ReleasedIP.service_name,
-                ).where(ReleasedIP.ip.in_(ips))
-            )
-        }
+        reserved: dict[str, Any] = {}
+        released: dict[str, Any] = {}
+        for row in self.session.execute(_occupancy_query(ips, self.now)):
+            if row.kind == "a":
+                ports = frozenset((str(p[0]), int(p[1])) for p in json.loads(row.extra))
+                svc = ServiceRef(row.ns, row.name, row.uid or "")
+                holders[row.ip].append(Holder(svc, row.key, ports))
+            elif row.kind == "r":
+                reserved[row.ip] = row
+            else:
+                released[row.ip] = row
         out: dict[str, Occupancy] = {}
         for ip in set(holders) | set(reserved) | set(released):
             res, rel = reserved.get(ip), released.get(ip)
             out[ip] = Occupancy(
                 holders=tuple(holders.get(ip, ())),
                 reserved=res is not None,
-                reserved_for=(
-                    f"{res.service_namespace}/{res.service_name}"
-                    if res is not None and res.service_name
-                    else None
-                ),
-                reservation_owner=res.owner if res is not None else "",
-                released_at=rel.released_at if rel is not None else None,
-                released_by=(
-                    f"{rel.service_namespace}/{rel.service_name}" if rel is not None else None
-                ),
+                reserved_for=f"{res.ns}/{res.name}" if res is not None and res.name else None,
+                reservation_owner=res.key if res is not None else "",
+                released_at=rel.at if rel is not None else None,
+                released_by=f"{rel.ns}/{rel.name}" if rel is not None else None,
             )
         return out
 
@@ -159,14 +184,16 @@ class DBStateView:
 
     def high_water(self, pool: str, family: int) -> str | None:
         pid = self.pool_ids[pool]
-        keys = [
-            self.session.scalar(
-                select(func.max(model.ip_key)).where(model.pool_id == pid, model.family == family)
+        both = union_all(
+            *(
+                select(func.max(model.ip_key).label("k")).where(
+                    model.pool_id == pid, model.family == family
+                )
+                for model in (IPLease, ReleasedIP)
             )
-            for model in (IPLease, ReleasedIP)
-        ]
-        present = [k for k in keys if k]
-        return ip_from_key(max(present)) if present else None
+        ).subquery()
+        top = self.session.scalar(select(func.max(both.c.k)))
+        return ip_from_key(top) if top else None
 
     def released_lru(self, pool: str, family: int, limit: int) -> Sequence[str]:
         leased = exists().where(IPLease.ip == ReleasedIP.ip)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,11 +13,12 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, inspect
 
 from lbprovider.db import migrate
 from lbprovider.db.models import Base
 from lbprovider.db.session import make_engine
+from tests.conftest import scratch_database
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -24,12 +26,12 @@ def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[s
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'mig.db'}"
     else:
-        url = request.getfixturevalue("pg_url").rsplit("/", 1)[0] + "/lbprovider_migrations"
-        admin = make_engine(request.getfixturevalue("pg_url"))
-        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("DROP DATABASE IF EXISTS lbprovider_migrations"))
-            conn.execute(text("CREATE DATABASE lbprovider_migrations"))
-        admin.dispose()
+        server = request.getfixturevalue("pg_server_url")
+        with scratch_database(server, f"lbp_mig_{os.getpid()}") as url:
+            engine = make_engine(url)
+            yield url, engine
+            engine.dispose()
+        return
     engine = make_engine(url)
     yield url, engine
     engine.dispose()
@@ -64,7 +66,10 @@ def test_cli_db_upgrade(empty_db: tuple[str, Engine]) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "lbprovider", "db", "upgrade"],
         env={"LBP_DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, cwd="/", timeout=120,
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "pools" in inspect(engine).get_table_names()

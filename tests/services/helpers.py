@@ -18,19 +18,28 @@ POLICY = IPPolicy()
 
 def make_pool(sessions: sessionmaker[Session], name: str, *ranges: str, **kw: object) -> None:
     with transaction(sessions) as s:
-        create_pool(session=s, data=PoolFields(name=name, ranges=list(ranges), **kw),  # type: ignore[arg-type]
-                    actor=ACTOR)
+        create_pool(
+            session=s,
+            data=PoolFields(name=name, ranges=list(ranges), **kw),  # type: ignore[arg-type]
+            actor=ACTOR,
+        )
 
 
-def svc_request(name: str, ns: str = "default", ports: tuple[int, ...] = (80,), **kw: object) -> Request:
-    return Request(service=ServiceRef(ns, name, uid=f"uid-{ns}-{name}"),
-                   ports=frozenset(("TCP", p) for p in ports), **kw)  # type: ignore[arg-type]
+def svc_request(
+    name: str, ns: str = "default", ports: tuple[int, ...] = (80,), **kw: object
+) -> Request:
+    return Request(
+        service=ServiceRef(ns, name, uid=f"uid-{ns}-{name}"),
+        ports=frozenset(("TCP", p) for p in ports),
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def allocate(sessions: sessionmaker[Session], name: str, **kw: object) -> Outcome:
     with transaction(sessions) as s:
-        return allocate_service(session=s, request=svc_request(name, **kw), actor=ACTOR,
-                                policy=POLICY)
+        return allocate_service(
+            session=s, request=svc_request(name, **kw), actor=ACTOR, policy=POLICY
+        )
 
 
 def ledger(sessions: sessionmaker[Session], **where: str) -> list[tuple[str, str, str]]:

@@ -44,8 +44,17 @@ def test_database_refuses_a_second_holder_of_ip_protocol_port(
     make_pool(sessions, "web", "127.20.0.0/30")
     allocate(sessions, "shop")
     with pytest.raises(IntegrityError), transaction(sessions) as s:
-        s.add(Allocation(ip="127.20.0.0", ip_key="x", pool_id=1, pool_name="web", family=4,
-                         service_namespace="default", service_name="intruder"))
+        s.add(
+            Allocation(
+                ip="127.20.0.0",
+                ip_key="x",
+                pool_id=1,
+                pool_name="web",
+                family=4,
+                service_namespace="default",
+                service_name="intruder",
+            )
+        )
         s.flush()
         s.add(AllocationPort(allocation_id=2, ip="127.20.0.0", protocol="TCP", port=80))
         s.flush()
@@ -57,8 +66,17 @@ def test_database_refuses_two_live_allocations_per_service_and_family(
     make_pool(sessions, "web", "127.20.0.0/30")
     allocate(sessions, "shop")
     with pytest.raises(IntegrityError), transaction(sessions) as s:
-        s.add(Allocation(ip="127.20.0.1", ip_key="y", pool_id=1, pool_name="web", family=4,
-                         service_namespace="default", service_name="shop"))
+        s.add(
+            Allocation(
+                ip="127.20.0.1",
+                ip_key="y",
+                pool_id=1,
+                pool_name="web",
+                family=4,
+                service_namespace="default",
+                service_name="shop",
+            )
+        )
         s.flush()
 
 
@@ -67,13 +85,17 @@ def test_release_then_recreate_gets_the_same_ip_back(sessions: sessionmaker[Sess
     ip = allocate(sessions, "shop").ips
     allocate(sessions, "other")
     with transaction(sessions) as s:
-        assert release_service(session=s, namespace="default", name="shop", actor=ACTOR,
-                               reason="Service deleted") == list(ip)
+        assert release_service(
+            session=s, namespace="default", name="shop", actor=ACTOR, reason="Service deleted"
+        ) == list(ip)
     assert count(sessions, IPLease) == 1
     assert allocate(sessions, "newcomer").ips != ip, "quarantined/held for shop"
     assert allocate(sessions, "shop").ips == ip
     assert [a for a, *_ in ledger(sessions, service_name="shop")] == [
-        "allocated", "released", "allocated"]
+        "allocated",
+        "released",
+        "allocated",
+    ]
 
 
 def test_held_address_goes_to_others_only_after_hold(sessions: sessionmaker[Session]) -> None:
@@ -86,8 +108,9 @@ def test_held_address_goes_to_others_only_after_hold(sessions: sessionmaker[Sess
     with transaction(sessions) as s:
         from lbprovider.services.allocations import allocate_service
 
-        out = allocate_service(session=s, request=svc_request("b"), actor=ACTOR, policy=POLICY,
-                               now=later)
+        out = allocate_service(
+            session=s, request=svc_request("b"), actor=ACTOR, policy=POLICY, now=later
+        )
     assert out.ips == ("127.20.0.0",)
 
 
@@ -107,8 +130,7 @@ def test_sharing_key_puts_two_services_on_one_ip(sessions: sessionmaker[Session]
 
         from lbprovider.services.allocations import allocate_service
 
-        req = replace(svc_request("dns-udp", sharing_key="dns"),
-                      ports=frozenset({("UDP", 53)}))
+        req = replace(svc_request("dns-udp", sharing_key="dns"), ports=frozenset({("UDP", 53)}))
         b = allocate_service(session=s, request=req, actor=ACTOR, policy=POLICY)
     assert a.ips == b.ips
     with transaction(sessions) as s:
@@ -119,8 +141,12 @@ def test_sharing_key_puts_two_services_on_one_ip(sessions: sessionmaker[Session]
 def test_adopt_records_an_existing_ip_without_change(sessions: sessionmaker[Session]) -> None:
     make_pool(sessions, "web", "127.20.0.0/24", disabled=True)
     with transaction(sessions) as s:
-        out = adopt_service(session=s, request=svc_request("legacy", requested_ips=("127.20.0.77",)),
-                            actor=ACTOR, policy=POLICY)
+        out = adopt_service(
+            session=s,
+            request=svc_request("legacy", requested_ips=("127.20.0.77",)),
+            actor=ACTOR,
+            policy=POLICY,
+        )
     assert out.reason is Reason.SATISFIED and out.ips == ("127.20.0.77",)
     assert ledger(sessions) == [("adopted", "127.20.0.77", "legacy")]
 
@@ -129,8 +155,12 @@ def test_adopt_reports_a_conflict_and_overwrites_nothing(sessions: sessionmaker[
     make_pool(sessions, "web", "127.20.0.0/24")
     owner = allocate(sessions, "owner")
     with transaction(sessions) as s:
-        out = adopt_service(session=s, request=svc_request("thief", requested_ips=owner.ips),
-                            actor=ACTOR, policy=POLICY)
+        out = adopt_service(
+            session=s,
+            request=svc_request("thief", requested_ips=owner.ips),
+            actor=ACTOR,
+            policy=POLICY,
+        )
     assert out.reason is Reason.ALREADY_ALLOCATED and "default/owner" in out.decision.message
     with sessions() as s:
         assert [a.service_name for a in s.scalars(select(Allocation))] == ["owner"]

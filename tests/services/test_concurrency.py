@@ -24,8 +24,11 @@ def _worker(url: str, worker: int, out: mp.Queue) -> None:  # type: ignore[type-
     for i in range(PER_WORKER):
         req = Request(service=ServiceRef(f"w{worker}", f"s{i}"), ports=frozenset({("TCP", 80)}))
         with transaction(factory) as s:
-            got.append(allocate_service(session=s, request=req, actor=Actor(f"w{worker}"),
-                                        policy=IPPolicy()).ips[0])
+            got.append(
+                allocate_service(
+                    session=s, request=req, actor=Actor(f"w{worker}"), policy=IPPolicy()
+                ).ips[0]
+            )
     engine.dispose()
     out.put(got)
 
@@ -37,8 +40,9 @@ def test_parallel_allocators_never_share_an_ip(pg_url: str, pg_engine: object) -
     _truncate(pg_engine)  # type: ignore[arg-type]
     factory = session_factory(pg_engine)  # type: ignore[arg-type]
     with transaction(factory) as s:
-        create_pool(session=s, data=PoolFields(name="race", ranges=["127.40.0.0/22"]),
-                    actor=Actor("test"))
+        create_pool(
+            session=s, data=PoolFields(name="race", ranges=["127.40.0.0/22"]), actor=Actor("test")
+        )
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(pg_url, w, q)) for w in range(WORKERS)]

@@ -63,14 +63,20 @@ def test_forced_edit_moves_each_service_and_writes_the_ledger(
         allocate(sessions, f"s{i}")
     data = edited(sessions, "web", ranges=["127.30.0.0/31"])
     with transaction(sessions) as s:
-        _, moved = update_pool(session=s, name="web", data=data, actor=ACTOR, policy=POLICY,
-                               force=True)
+        _, moved = update_pool(
+            session=s, name="web", data=data, actor=ACTOR, policy=POLICY, force=True
+        )
     assert [d.ip for d in moved] == ["127.30.0.2"]
     rows = ledger(sessions, service_name="s2")
-    assert rows == [("allocated", "127.30.0.2", "s2"), ("reassigned", "127.30.0.2", "s2"),
-                    ("reassigned", "127.31.0.0", "s2")]
+    assert rows == [
+        ("allocated", "127.30.0.2", "s2"),
+        ("reassigned", "127.30.0.2", "s2"),
+        ("reassigned", "127.31.0.0", "s2"),
+    ]
     with sessions() as s:
-        live = {a.service_name: a.ip for a in s.scalars(select(Allocation).where(Allocation.active))}
+        live = {
+            a.service_name: a.ip for a in s.scalars(select(Allocation).where(Allocation.active))
+        }
     assert live == {"s0": "127.30.0.0", "s1": "127.30.0.1", "s2": "127.31.0.0"}
 
 
@@ -83,8 +89,9 @@ def test_growing_a_pool_needs_no_confirmation_and_checks_the_version(
     with pytest.raises(PreconditionFailed), transaction(sessions) as s:
         update_pool(session=s, name="web", data=data, actor=ACTOR, policy=POLICY, if_match=7)
     with transaction(sessions) as s:
-        pool, moved = update_pool(session=s, name="web", data=data, actor=ACTOR, policy=POLICY,
-                                  if_match=1)
+        pool, moved = update_pool(
+            session=s, name="web", data=data, actor=ACTOR, policy=POLICY, if_match=1
+        )
     assert moved == [] and pool.version == 2
 
 
@@ -111,8 +118,9 @@ def test_utilisation_of_a_huge_ipv6_pool_is_computed(sessions: sessionmaker[Sess
     make_pool(sessions, "dual", "127.30.0.0/24", "2001:db8::/64", avoid_buggy_ips=True)
     allocate(sessions, "a", families=(4, 6), family_policy="RequireDualStack")
     with transaction(sessions) as s:
-        create_reservation(session=s, pool_name="dual", owner="ci", actor=ACTOR, policy=POLICY,
-                           family=4)
+        create_reservation(
+            session=s, pool_name="dual", owner="ci", actor=ACTOR, policy=POLICY, family=4
+        )
     with sessions() as s:
         u = {x.family: x for x in utilisation(session=s, pool=get_pool(session=s, name="dual"))}
     assert (u[4].total, u[4].used, u[4].reserved, u[4].free) == (254, 1, 1, 252)
@@ -124,22 +132,30 @@ def test_available_lists_next_free_without_allocating(sessions: sessionmaker[Ses
     allocate(sessions, "a")
     with sessions() as s:
         assert available_ips(session=s, name="web", limit=3, policy=POLICY) == [
-            "127.30.0.2", "127.30.0.3", "127.30.0.4"]
+            "127.30.0.2",
+            "127.30.0.3",
+            "127.30.0.4",
+        ]
         assert s.scalars(select(Allocation)).all().__len__() == 1
 
 
 def test_reservation_is_never_auto_assigned_and_expires(sessions: sessionmaker[Session]) -> None:
     make_pool(sessions, "web", "127.30.0.0/31")
     with transaction(sessions) as s:
-        r = create_reservation(session=s, pool_name="web", owner="dns-pipeline", actor=ACTOR,
-                               policy=POLICY, ip="127.30.0.0",
-                               expires_at=utcnow() + timedelta(minutes=5))
+        r = create_reservation(
+            session=s,
+            pool_name="web",
+            owner="dns-pipeline",
+            actor=ACTOR,
+            policy=POLICY,
+            ip="127.30.0.0",
+            expires_at=utcnow() + timedelta(minutes=5),
+        )
         assert r.ip == "127.30.0.0"
     assert allocate(sessions, "a").ips == ("127.30.0.1",)
     assert allocate(sessions, "b").reason.value == "OutOfIPs"
     with transaction(sessions) as s:
-        assert expire_reservations(session=s, actor=ACTOR,
-                                   now=utcnow() + timedelta(minutes=6)) == 1
+        assert expire_reservations(session=s, actor=ACTOR, now=utcnow() + timedelta(minutes=6)) == 1
     assert allocate(sessions, "b").ips == ("127.30.0.0",)
     assert ("unreserved", "127.30.0.0", "") in ledger(sessions)
 
@@ -147,8 +163,15 @@ def test_reservation_is_never_auto_assigned_and_expires(sessions: sessionmaker[S
 def test_reservation_for_a_future_service_goes_to_it(sessions: sessionmaker[Session]) -> None:
     make_pool(sessions, "web", "127.30.0.0/24")
     with transaction(sessions) as s:
-        r = create_reservation(session=s, pool_name="web", owner="ci", actor=ACTOR, policy=POLICY,
-                               ip="127.30.0.50", service_namespace="default",
-                               service_name="shop")
+        r = create_reservation(
+            session=s,
+            pool_name="web",
+            owner="ci",
+            actor=ACTOR,
+            policy=POLICY,
+            ip="127.30.0.50",
+            service_namespace="default",
+            service_name="shop",
+        )
     assert allocate(sessions, "other").ips == ("127.30.0.0",)
     assert allocate(sessions, "shop").ips == (r.ip,)

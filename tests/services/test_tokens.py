@@ -30,8 +30,13 @@ def test_secret_is_only_stored_as_a_hash(sessions: sessionmaker[Session]) -> Non
 def test_revoked_and_expired_tokens_are_refused(sessions: sessionmaker[Session]) -> None:
     with transaction(sessions) as s:
         t1, s1 = create_token(session=s, name="a", scopes=["read"], actor=ACTOR)
-        _, s2 = create_token(session=s, name="b", scopes=["read"], actor=ACTOR,
-                             expires_at=utcnow() + timedelta(seconds=1))
+        _, s2 = create_token(
+            session=s,
+            name="b",
+            scopes=["read"],
+            actor=ACTOR,
+            expires_at=utcnow() + timedelta(seconds=1),
+        )
         revoke_token(session=s, token_id=t1.id, actor=ACTOR)
     with sessions() as s:
         with pytest.raises(Unauthorized, match="revoked"):
@@ -42,8 +47,9 @@ def test_revoked_and_expired_tokens_are_refused(sessions: sessionmaker[Session])
 
 def test_cidr_bound_token(sessions: sessionmaker[Session]) -> None:
     with transaction(sessions) as s:
-        _, secret = create_token(session=s, name="a", scopes=["read"], actor=ACTOR,
-                                 allowed_cidrs=["127.0.0.0/8"])
+        _, secret = create_token(
+            session=s, name="a", scopes=["read"], actor=ACTOR, allowed_cidrs=["127.0.0.0/8"]
+        )
     with sessions() as s:
         assert authenticate(session=s, secret=secret, client_ip="127.1.2.3")
         with pytest.raises(Forbidden):
