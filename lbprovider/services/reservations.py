@@ -7,6 +7,7 @@ server runs on a timer — nobody has to call the API.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import Select, select
@@ -16,15 +17,17 @@ from sqlalchemy.orm import Session
 from lbprovider.db.models import IPLease, Reservation
 from lbprovider.db.types import utcnow
 from lbprovider.ipam.allocator import Allocator, Occupancy, Policy, Request, ServiceRef
+from lbprovider.ipam.pool import PoolSpec
 from lbprovider.ipam.ranges import RangeError, ip_key, parse_ip
 from lbprovider.services.allocations import lock_ip
 from lbprovider.services.audit import record_audit, record_ledger
 from lbprovider.services.context import Actor, IPPolicy
 from lbprovider.services.errors import Conflict, InvalidInput, NotFound
 from lbprovider.services.pools import get_pool
-from lbprovider.services.state import DBStateView, load_pool_specs
+from lbprovider.services.state import DBStateView, load_pool_specs, try_lock_ip
 
 CANDIDATES = 64
+SCAN_ROUNDS = 20
 
 
 def reservation_as_dict(r: Reservation) -> dict[str, object]:
@@ -72,48 +75,76 @@ def create_reservation(
     )
     owner_ref = ServiceRef(service_namespace or "", service_name or "")
     request = Request(service=owner_ref, ports=frozenset())
+
+    def reserve_first(candidates: list[str], wait: bool) -> Reservation | None:
+        for candidate in candidates:
+            row = _try_reserve(
+                session,
+                allocator,
+                request,
+                candidate,
+                pool.id,
+                owner,
+                purpose,
+                service_namespace,
+                service_name,
+                expires_at,
+                actor,
+                wait=wait,
+            )
+            if row is not None:
+                return row
+        return None
+
     if ip is not None:
-        candidates = [_explicit(spec_ip=ip, spec=spec)]
+        row = reserve_first([_explicit(spec_ip=ip, spec=spec)], wait=True)
     else:
-        fams = [family] if family else list(spec.families)
-        candidates = [a for f in fams for a in allocator.available(spec, f, CANDIDATES)]
-    for candidate in candidates:
-        row = _try_reserve(
-            session,
-            allocator,
-            request,
-            candidate,
-            pool.id,
-            owner,
-            purpose,
-            service_namespace,
-            service_name,
-            expires_at,
-            actor,
-        )
-        if row is not None:
-            record_ledger(
-                session,
-                actor=actor,
-                ip=row.ip,
-                action="reserved",
-                reason=f"reserved by {owner}" + (f": {purpose}" if purpose else ""),
-                pool=pool.name,
-                namespace=service_namespace or "",
-                name=service_name or "",
-            )
-            record_audit(
-                session,
-                actor=actor,
-                action="reservation.create",
-                object_type="reservation",
-                object_id=row.ip,
-                after=reservation_as_dict(row),
-            )
-            return row
-    if ip is not None:
+        row = _reserve_next_free(spec, family, allocator, reserve_first)
+    if row is None and ip is not None:
         raise Conflict(f"{ip} is not free in pool {pool.name!r}", field="ip")
-    raise Conflict(f"pool {pool.name!r} has no free address to reserve", field="pool")
+    if row is None:
+        raise Conflict(f"pool {pool.name!r} has no free address to reserve", field="pool")
+    record_ledger(
+        session,
+        actor=actor,
+        ip=row.ip,
+        action="reserved",
+        reason=f"reserved by {owner}" + (f": {purpose}" if purpose else ""),
+        pool=pool.name,
+        namespace=service_namespace or "",
+        name=service_name or "",
+    )
+    record_audit(
+        session,
+        actor=actor,
+        action="reservation.create",
+        object_type="reservation",
+        object_id=row.ip,
+        after=reservation_as_dict(row),
+    )
+    return row
+
+
+def _reserve_next_free(
+    spec: PoolSpec,
+    family: int | None,
+    allocator: Allocator,
+    reserve_first: Callable[[list[str], bool], Reservation | None],
+) -> Reservation | None:
+    """Scan, try the candidates (skipping addresses another writer is deciding on), and scan
+    again while concurrent writers took them all: "no free address" is only said after a fresh
+    scan finds none. Without the rescan, clients racing down the same list starve each other."""
+    if family is not None and family not in spec.families:
+        raise InvalidInput(f"pool {spec.name!r} has no IPv{family} range", field="family")
+    fams = [family] if family else list(spec.families)
+    for _ in range(SCAN_ROUNDS):
+        candidates = [a for f in fams for a in allocator.available(spec, f, CANDIDATES)]
+        if not candidates:
+            return None
+        row = reserve_first(candidates, False)
+        if row is not None:
+            return row
+    return None
 
 
 def _explicit(*, spec_ip: str, spec: object) -> str:
@@ -141,10 +172,15 @@ def _try_reserve(
     service_name: str | None,
     expires_at: datetime | None,
     actor: Actor,
+    *,
+    wait: bool = True,
 ) -> Reservation | None:
     try:
         with session.begin_nested():
-            lock_ip(session, ip)
+            if wait:
+                lock_ip(session, ip)
+            elif not try_lock_ip(session, ip):
+                return None
             occ = allocator.view.occupancy([ip]).get(ip, Occupancy())
             if occ.reserved or allocator.check(request, ip, occ) is not None:
                 return None
@@ -206,10 +242,12 @@ def delete_reservation(
 def expire_reservations(*, session: Session, actor: Actor, now: datetime | None = None) -> int:
     """Delete every reservation past its expiry (ledger row each). Returns how many."""
     now = now or utcnow()
+    # Every API replica sweeps: lock what we release and skip what another sweep holds, so an
+    # expiry is released (and written to the ledger) once.
     expired = session.scalars(
-        select(Reservation).where(
-            Reservation.expires_at.is_not(None), Reservation.expires_at <= now
-        )
+        select(Reservation)
+        .where(Reservation.expires_at.is_not(None), Reservation.expires_at <= now)
+        .with_for_update(skip_locked=True)
     ).all()
     for row in expired:
         delete_reservation(session=session, reservation_id=row.id, actor=actor, reason="expired")
