@@ -405,7 +405,9 @@ class Allocator:
         """Addresses among ``ips`` that ``request`` may take, lazily, in the given order.
         With ``claim``, addresses a concurrent writer is deciding on are skipped."""
         candidates = (ip for ip in ips if pool.usable(parse_ip(ip)))
-        while batch := list(itertools.islice(candidates, self.policy.batch)):
+        size = 1  # the first candidate is usually free: ask about few, then more
+        while batch := list(itertools.islice(candidates, size)):
+            size = min(size * 4, self.policy.batch)
             occ = self.view.occupancy(batch)
             for ip in batch:
                 if self._occupancy_problem(request, ip, occ.get(ip, Occupancy())) is None:

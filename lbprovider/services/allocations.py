@@ -35,7 +35,7 @@ from lbprovider.ipam.ranges import ip_key
 from lbprovider.services.audit import record_ledger
 from lbprovider.services.context import Actor, IPPolicy
 from lbprovider.services.errors import ConcurrentUpdate
-from lbprovider.services.state import DBStateView, load_pool_specs, try_lock_ip
+from lbprovider.services.state import DBStateView, load_pool_specs
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def _claim(
     pool_id: int,
     now: datetime,
 ) -> None:
-    if not try_lock_ip(session, a.ip):
+    if not allocator.view.claimable(a.ip):
         raise _LostRace(a.ip)
     fresh = allocator.view.occupancy([a.ip]).get(a.ip, Occupancy())
     if allocator.check(request, a.ip, fresh) is not None:

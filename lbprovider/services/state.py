@@ -118,6 +118,7 @@ class DBStateView:
         self.session = session
         self.pool_ids = pool_ids
         self.now = now
+        self.locked: set[str] = set()
 
     def occupancy(self, ips: Sequence[str]) -> Mapping[str, Occupancy]:
         """Holders, live reservation and last release of each address, in one round trip."""
@@ -212,7 +213,12 @@ class DBStateView:
 
     def claimable(self, ip: str) -> bool:
         """Take the per-address transaction lock if free (PostgreSQL; SQLite serialises)."""
-        return try_lock_ip(self.session, ip)
+        if ip in self.locked:
+            return True
+        if try_lock_ip(self.session, ip):
+            self.locked.add(ip)
+            return True
+        return False
 
 
 def try_lock_ip(session: Session, ip: str) -> bool:
