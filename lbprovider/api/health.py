@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import logging
 from functools import lru_cache
-from pathlib import Path
 
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
@@ -18,11 +14,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from lbprovider.api.deps import ContextDep
 from lbprovider.api.problems import problem_responses
+from lbprovider.db import migrate
 from lbprovider.services.errors import DomainError
 
 logger = logging.getLogger(__name__)
-
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 router = APIRouter(tags=["health"])
 
@@ -42,36 +37,29 @@ class Readiness(BaseModel):
     revision: str
 
 
-@lru_cache(maxsize=4)
-def migration_heads(location: str = str(MIGRATIONS)) -> frozenset[str]:
-    """The head revision(s) of the Alembic script directory shipped with this code."""
-    cfg = Config()
-    cfg.set_main_option("script_location", location)
-    return frozenset(ScriptDirectory.from_config(cfg).get_heads())
-
-
-def database_revisions(engine: Engine) -> frozenset[str]:
-    """The revision(s) stamped in the database (empty when never migrated)."""
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
-        return frozenset(MigrationContext.configure(conn).get_current_heads())
+@lru_cache(maxsize=1)
+def migration_head() -> str | None:
+    """The head revision of the migrations shipped with this code (read once)."""
+    return migrate.head_revision()
 
 
 def check_ready(engine: Engine) -> str:
+    """The database's revision when reachable and at head; ``NotReady`` otherwise."""
     try:
-        current = database_revisions(engine)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        current = migrate.current_revision(engine)
     except SQLAlchemyError as e:
         logger.warning("database unreachable", extra={"event": "not_ready", "error": str(e)})
         raise NotReady("the database is unreachable", field="database") from None
-    heads = migration_heads()
-    if current != heads:
-        have = ", ".join(sorted(current)) or "none"
+    head = migration_head()
+    if current != head:
         raise NotReady(
-            f"database schema at revision {have}, code expects {', '.join(sorted(heads))}; "
+            f"database schema at revision {current or 'none'}, code expects {head}; "
             "run `lbprovider db upgrade`",
             field="database",
         )
-    return ", ".join(sorted(current))
+    return current or ""
 
 
 @router.get("/healthz")
