@@ -62,6 +62,14 @@ class Settings(BaseSettings):
         default="127.0.0.1:8080",
         description="host:port of the API and dashboard. Loopback by default: expose on purpose.",
     )
+    migrations_dir: str | None = Field(
+        default=None,
+        description="Alembic scripts directory. Unset: `migrations/` next to the source tree.",
+    )
+    web_dir: str | None = Field(
+        default=None,
+        description="Templates and static files. Unset: `web/` next to the source tree.",
+    )
     log_level: str = Field(default="INFO", description="Python log level of the JSON logs.")
     log_json: bool = Field(default=True, description="JSON logs (stable keys) instead of text.")
 

@@ -10,12 +10,20 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+from lbprovider.config import get_settings
+
+SOURCE_MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def migrations_dir() -> Path:
+    """``LBP_MIGRATIONS_DIR`` (an installed image) or the source tree's ``migrations/``."""
+    configured = get_settings().migrations_dir
+    return Path(configured) if configured else SOURCE_MIGRATIONS
 
 
 def alembic_config(url: str) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
