@@ -14,10 +14,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     CompoundSelect,
+    Select,
     String,
     and_,
+    bindparam,
     cast,
     exists,
     func,
@@ -73,8 +76,10 @@ def live_reservation(now: datetime) -> ColumnElement[bool]:
     return or_(Reservation.expires_at.is_(None), Reservation.expires_at > now)
 
 
-def _occupancy_query(ips: Sequence[str], now: datetime) -> CompoundSelect[Any]:
-    """One UNION ALL over allocations (a), reservations (r) and releases (x) of ``ips``."""
+def _build_occupancy_query() -> CompoundSelect[Any]:
+    """One UNION ALL over allocations (a), reservations (r) and releases (x) of ``:ips``."""
+    ips: BindParameter[Any] = bindparam("ips", expanding=True)
+    now = bindparam("now", type_=UTCDateTime())
     no_time = null().cast(UTCDateTime())
     no_text = null().cast(String())
     return union_all(
@@ -97,7 +102,10 @@ def _occupancy_query(ips: Sequence[str], now: datetime) -> CompoundSelect[Any]:
             Reservation.owner,
             no_text,
             no_time,
-        ).where(Reservation.ip.in_(ips), live_reservation(now)),
+        ).where(
+            Reservation.ip.in_(ips),
+            or_(Reservation.expires_at.is_(None), Reservation.expires_at > now),
+        ),
         select(
             literal("x"),
             ReleasedIP.ip,
@@ -109,6 +117,46 @@ def _occupancy_query(ips: Sequence[str], now: datetime) -> CompoundSelect[Any]:
             ReleasedIP.released_at,
         ).where(ReleasedIP.ip.in_(ips)),
     )
+
+
+def _build_high_water_query() -> Select[Any]:
+    both = union_all(
+        *(
+            select(func.max(model.ip_key).label("k")).where(
+                model.pool_id == bindparam("pool_id"), model.family == bindparam("family")
+            )
+            for model in (IPLease, ReleasedIP)
+        )
+    ).subquery()
+    return select(func.max(both.c.k))
+
+
+# Built once: constructing SQLAlchemy statements costs more than running them on this path.
+OCCUPANCY = _build_occupancy_query()
+HIGH_WATER = _build_high_water_query()
+RESERVED_FOR = (
+    select(Reservation.ip)
+    .where(
+        Reservation.service_namespace == bindparam("ns"),
+        Reservation.service_name == bindparam("name"),
+        Reservation.family == bindparam("family"),
+        or_(
+            Reservation.expires_at.is_(None),
+            Reservation.expires_at > bindparam("now", type_=UTCDateTime()),
+        ),
+    )
+    .order_by(Reservation.ip_key)
+)
+STICKY = (
+    select(ReleasedIP.ip, ReleasedIP.released_at)
+    .where(
+        ReleasedIP.service_namespace == bindparam("ns"),
+        ReleasedIP.service_name == bindparam("name"),
+        ReleasedIP.family == bindparam("family"),
+    )
+    .order_by(ReleasedIP.released_at.desc())
+    .limit(1)
+)
 
 
 class DBStateView:
@@ -125,7 +173,7 @@ class DBStateView:
         holders: dict[str, list[Holder]] = defaultdict(list)
         reserved: dict[str, Any] = {}
         released: dict[str, Any] = {}
-        for row in self.session.execute(_occupancy_query(ips, self.now)):
+        for row in self.session.execute(OCCUPANCY, {"ips": list(ips), "now": self.now}):
             if row.kind == "a":
                 ports = frozenset((str(p[0]), int(p[1])) for p in json.loads(row.extra))
                 svc = ServiceRef(row.ns, row.name, row.uid or "")
@@ -148,28 +196,12 @@ class DBStateView:
         return out
 
     def reserved_for_service(self, service: ServiceRef, family: int) -> Sequence[str]:
-        return self.session.scalars(
-            select(Reservation.ip)
-            .where(
-                Reservation.service_namespace == service.namespace,
-                Reservation.service_name == service.name,
-                Reservation.family == family,
-                live_reservation(self.now),
-            )
-            .order_by(Reservation.ip_key)
-        ).all()
+        params = {"ns": service.namespace, "name": service.name, "family": family, "now": self.now}
+        return self.session.scalars(RESERVED_FOR, params).all()
 
     def sticky_ip(self, service: ServiceRef, family: int) -> tuple[str, datetime] | None:
-        row = self.session.execute(
-            select(ReleasedIP.ip, ReleasedIP.released_at)
-            .where(
-                ReleasedIP.service_namespace == service.namespace,
-                ReleasedIP.service_name == service.name,
-                ReleasedIP.family == family,
-            )
-            .order_by(ReleasedIP.released_at.desc())
-            .limit(1)
-        ).first()
+        params = {"ns": service.namespace, "name": service.name, "family": family}
+        row = self.session.execute(STICKY, params).first()
         return (row.ip, row.released_at) if row else None
 
     def sharing_ips(self, key: str, pool: str, family: int) -> Sequence[str]:
@@ -184,16 +216,7 @@ class DBStateView:
         ).all()
 
     def high_water(self, pool: str, family: int) -> str | None:
-        pid = self.pool_ids[pool]
-        both = union_all(
-            *(
-                select(func.max(model.ip_key).label("k")).where(
-                    model.pool_id == pid, model.family == family
-                )
-                for model in (IPLease, ReleasedIP)
-            )
-        ).subquery()
-        top = self.session.scalar(select(func.max(both.c.k)))
+        top = self.session.scalar(HIGH_WATER, {"pool_id": self.pool_ids[pool], "family": family})
         return ip_from_key(top) if top else None
 
     def released_lru(self, pool: str, family: int, limit: int) -> Sequence[str]:
