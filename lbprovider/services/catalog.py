@@ -1,0 +1,266 @@
+"""Read-side views of what Kubernetes asked for: LoadBalancer Services with the addresses they
+hold (or why they hold none), ExternalName mappings and Ingress routes.
+
+The dashboard lists and pages these; each list is a ``Select`` over one indexed table plus one
+batched query for the page's allocations, so a page costs the same with 10 or 10,000 rows.
+Nothing here writes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import Select, exists, func, or_, select, tuple_
+from sqlalchemy.orm import Session
+
+from lbprovider.db.models import (
+    Allocation,
+    ExternalNameMapping,
+    IngressRoute,
+    LedgerEntry,
+    ServiceRecord,
+)
+from lbprovider.services.errors import NotFound
+
+ServiceState = Literal["pending", "allocated"]
+WAITING = "waiting for the controller to decide"
+
+
+@dataclass(frozen=True)
+class ServiceRow:
+    """A LoadBalancer Service as an operator reads it: addresses, or ``<pending>`` and why."""
+
+    namespace: str
+    name: str
+    record: ServiceRecord | None
+    allocations: list[Allocation] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def ips(self) -> list[str]:
+        return [a.ip for a in self.allocations]
+
+    @property
+    def pools(self) -> list[str]:
+        return sorted({a.pool_name for a in self.allocations})
+
+    @property
+    def pending(self) -> bool:
+        return not self.allocations
+
+    @property
+    def reason(self) -> str:
+        if self.record is not None and self.record.condition_reason:
+            return self.record.condition_reason
+        return "Satisfied" if self.allocations else "Pending"
+
+    @property
+    def message(self) -> str:
+        if self.record is not None and self.record.condition_message:
+            return self.record.condition_message
+        return "" if self.allocations else WAITING
+
+    @property
+    def ports(self) -> list[str]:
+        if self.record is not None and self.record.ports:
+            return [_port_text(p) for p in self.record.ports]
+        seen = {(str(p[0]), int(p[1])) for a in self.allocations for p in a.ports}
+        return [f"{port}/{proto}" for proto, port in sorted(seen, key=lambda x: (x[1], x[0]))]
+
+    @property
+    def traffic_policy(self) -> str:
+        return self.record.external_traffic_policy if self.record is not None else ""
+
+    @property
+    def sharing_key(self) -> str:
+        keys = {a.sharing_key for a in self.allocations if a.sharing_key}
+        if not keys and self.record is not None:
+            keys = {str(self.record.options.get("sharing_key") or "")} - {""}
+        return ", ".join(sorted(keys))
+
+
+def _port_text(port: dict[str, Any]) -> str:
+    text = f"{port.get('port')}/{port.get('protocol', 'TCP')}"
+    node_port = port.get("nodePort") or port.get("node_port")
+    return f"{text} → {node_port}" if node_port else text
+
+
+def _has_live_allocation() -> Any:
+    return exists().where(
+        Allocation.active,
+        Allocation.service_namespace == ServiceRecord.namespace,
+        Allocation.service_name == ServiceRecord.name,
+    )
+
+
+def service_query(
+    *,
+    namespace: str | None = None,
+    q: str | None = None,
+    pool: str | None = None,
+    state: ServiceState | None = None,
+    reason: str | None = None,
+) -> Select[ServiceRecord]:
+    """Service records matching every filter, by namespace then name (the unique index)."""
+    stmt = select(ServiceRecord)
+    if namespace:
+        stmt = stmt.where(ServiceRecord.namespace == namespace)
+    if q:
+        stmt = stmt.where(func.lower(ServiceRecord.name).contains(q.lower(), autoescape=True))
+    if reason:
+        stmt = stmt.where(ServiceRecord.condition_reason == reason)
+    if pool:
+        stmt = stmt.where(
+            exists().where(
+                Allocation.active,
+                Allocation.pool_name == pool,
+                Allocation.service_namespace == ServiceRecord.namespace,
+                Allocation.service_name == ServiceRecord.name,
+            )
+        )
+    if state == "pending":
+        stmt = stmt.where(~_has_live_allocation())
+    elif state == "allocated":
+        stmt = stmt.where(_has_live_allocation())
+    return stmt.order_by(ServiceRecord.namespace, ServiceRecord.name)
+
+
+def service_rows(session: Session, records: Sequence[ServiceRecord]) -> list[ServiceRow]:
+    """Attach the live allocations of a page of records, in one query."""
+    keys = [(r.namespace, r.name) for r in records]
+    held: dict[tuple[str, str], list[Allocation]] = defaultdict(list)
+    if keys:
+        rows = session.scalars(
+            select(Allocation)
+            .where(
+                Allocation.active,
+                tuple_(Allocation.service_namespace, Allocation.service_name).in_(keys),
+            )
+            .order_by(Allocation.family, Allocation.ip_key)
+        )
+        for a in rows:
+            held[(a.service_namespace, a.service_name)].append(a)
+    return [ServiceRow(r.namespace, r.name, r, held[(r.namespace, r.name)]) for r in records]
+
+
+def get_service(*, session: Session, namespace: str, name: str) -> ServiceRow:
+    """One Service: its record (if the controller wrote one) and live allocations."""
+    record = session.scalar(
+        select(ServiceRecord).where(
+            ServiceRecord.namespace == namespace, ServiceRecord.name == name
+        )
+    )
+    allocations = list(
+        session.scalars(
+            select(Allocation)
+            .where(
+                Allocation.active,
+                Allocation.service_namespace == namespace,
+                Allocation.service_name == name,
+            )
+            .order_by(Allocation.family)
+        )
+    )
+    if record is None and not allocations and not _ever_known(session, namespace, name):
+        raise NotFound(f"no LoadBalancer Service {namespace}/{name} is known", field="name")
+    return ServiceRow(namespace, name, record, allocations)
+
+
+def _ever_known(session: Session, namespace: str, name: str) -> bool:
+    return (
+        session.scalar(
+            select(LedgerEntry.id)
+            .where(LedgerEntry.service_namespace == namespace, LedgerEntry.service_name == name)
+            .limit(1)
+        )
+        is not None
+    )
+
+
+def service_events(
+    *, session: Session, namespace: str, name: str, limit: int = 50
+) -> list[LedgerEntry]:
+    """The Service's ledger rows, newest first: its Events-like history."""
+    return list(
+        session.scalars(
+            select(LedgerEntry)
+            .where(LedgerEntry.service_namespace == namespace, LedgerEntry.service_name == name)
+            .order_by(LedgerEntry.id.desc())
+            .limit(limit)
+        )
+    )
+
+
+ExternalNameState = Literal["ok", "failed", "unknown", "removed"]
+
+
+def external_name_query(
+    *, namespace: str | None = None, q: str | None = None, status: str | None = None
+) -> Select[ExternalNameMapping]:
+    """ExternalName mappings; ``status`` is a DNS status word or ``removed``."""
+    stmt = select(ExternalNameMapping)
+    if namespace:
+        stmt = stmt.where(ExternalNameMapping.namespace == namespace)
+    if q:
+        like = q.lower()
+        stmt = stmt.where(
+            or_(
+                func.lower(ExternalNameMapping.name).contains(like, autoescape=True),
+                func.lower(ExternalNameMapping.external_name).contains(like, autoescape=True),
+            )
+        )
+    if status == "removed":
+        stmt = stmt.where(ExternalNameMapping.removed_at.is_not(None))
+    elif status:
+        stmt = stmt.where(
+            ExternalNameMapping.dns_status == status, ExternalNameMapping.removed_at.is_(None)
+        )
+    return stmt.order_by(ExternalNameMapping.namespace, ExternalNameMapping.name)
+
+
+def ingress_route_query(
+    *, namespace: str | None = None, q: str | None = None, broken: bool | None = None
+) -> Select[IngressRoute]:
+    """Ingress routes; ``broken`` True keeps those with an error (no NodePort, ...)."""
+    stmt = select(IngressRoute)
+    if namespace:
+        stmt = stmt.where(IngressRoute.namespace == namespace)
+    if q:
+        like = q.lower()
+        stmt = stmt.where(
+            or_(
+                func.lower(IngressRoute.host).contains(like, autoescape=True),
+                func.lower(IngressRoute.ingress_name).contains(like, autoescape=True),
+                func.lower(IngressRoute.backend_service).contains(like, autoescape=True),
+            )
+        )
+    if broken is True:
+        stmt = stmt.where(IngressRoute.error != "")
+    elif broken is False:
+        stmt = stmt.where(IngressRoute.error == "")
+    return stmt.order_by(
+        IngressRoute.namespace, IngressRoute.ingress_name, IngressRoute.host, IngressRoute.path
+    )
+
+
+def namespaces(session: Session, *, limit: int = 500) -> list[str]:
+    """Namespaces that have a Service record (for filter drop-downs)."""
+    return list(
+        session.scalars(
+            select(ServiceRecord.namespace)
+            .distinct()
+            .order_by(ServiceRecord.namespace)
+            .limit(limit)
+        )
+    )
+
+
+def pending_query() -> Select[ServiceRecord]:
+    """Services with no address, the ones an operator is asked about."""
+    return service_query(state="pending")

@@ -1,0 +1,236 @@
+"""One search box across pools, allocations, reservations, ExternalName mappings and Ingress
+routes: an operator types an IP, a CIDR, ``namespace/name``, a Service name or a namespace.
+
+The query's shape decides the lookups: an address or a network uses the sortable ``ip_key``
+indexes (no address is enumerated); a word matches Service and namespace names. Every section
+is capped at ``limit`` rows and says how many more there were. Reads only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import Select, String, cast, func, or_, select
+from sqlalchemy.orm import Session
+
+from lbprovider.db.models import (
+    Allocation,
+    ExternalNameMapping,
+    IngressRoute,
+    Pool,
+    Reservation,
+    ServiceRecord,
+)
+from lbprovider.ipam.ranges import IPRange, ip_key
+from lbprovider.services.catalog import ServiceRow, service_rows
+from lbprovider.services.queries import count_rows
+from lbprovider.services.state import pool_spec
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+QueryKind = Literal["ip", "cidr", "service", "word", "empty"]
+MAX_QUERY = 253
+
+
+@dataclass
+class Section:
+    rows: list[Any] = field(default_factory=list)
+    total: int = 0
+
+    @property
+    def more(self) -> int:
+        return max(self.total - len(self.rows), 0)
+
+
+@dataclass
+class SearchResult:
+    query: str
+    kind: QueryKind
+    pools: Section = field(default_factory=Section)
+    services: Section = field(default_factory=Section)
+    allocations: Section = field(default_factory=Section)
+    reservations: Section = field(default_factory=Section)
+    external_names: Section = field(default_factory=Section)
+    ingress_routes: Section = field(default_factory=Section)
+
+    @property
+    def total(self) -> int:
+        return sum(
+            s.total
+            for s in (
+                self.pools,
+                self.services,
+                self.allocations,
+                self.reservations,
+                self.external_names,
+                self.ingress_routes,
+            )
+        )
+
+
+def classify(query: str) -> tuple[QueryKind, str]:
+    """What the text is, and its canonical spelling (addresses and networks normalised)."""
+    text = query.strip()[:MAX_QUERY]
+    if not text:
+        return "empty", ""
+    try:
+        return "ip", str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if "/" in text:
+        try:
+            return "cidr", str(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            return "service", text
+    return "word", text
+
+
+def search(*, session: Session, query: str, limit: int = 25) -> SearchResult:
+    kind, text = classify(query)
+    result = SearchResult(query=text, kind=kind)
+    if kind in ("ip", "cidr"):
+        _search_network(session, result, ipaddress.ip_network(text), limit)
+    elif kind == "service":
+        namespace, _, name = text.partition("/")
+        _search_names(session, result, limit, namespace=namespace, name=name)
+    elif kind == "word":
+        _search_names(session, result, limit, word=text)
+    return result
+
+
+def _section(session: Session, stmt: Select[Any], limit: int) -> Section:
+    rows = list(session.scalars(stmt.limit(limit)))
+    total = len(rows) if len(rows) < limit else count_rows(session, stmt)
+    return Section(rows, total)
+
+
+def _search_network(session: Session, result: SearchResult, net: IPNetwork, limit: int) -> None:
+    low, high = ip_key(net.network_address), ip_key(net.broadcast_address)
+    allocations = (
+        select(Allocation)
+        .where(Allocation.ip_key >= low, Allocation.ip_key <= high)
+        .order_by(Allocation.active.desc(), Allocation.ip_key, Allocation.id.desc())
+    )
+    result.allocations = _section(session, allocations, limit)
+    reservations = (
+        select(Reservation)
+        .where(Reservation.ip_key >= low, Reservation.ip_key <= high)
+        .order_by(Reservation.ip_key)
+    )
+    result.reservations = _section(session, reservations, limit)
+    wanted = IPRange(int(net.network_address), int(net.broadcast_address), net.version)
+    pools = [
+        p
+        for p in session.scalars(select(Pool).order_by(Pool.name))
+        if pool_spec(p).by_family[net.version].overlaps(wanted)
+    ]
+    result.pools = Section(pools[:limit], len(pools))
+    result.services = _services_holding(session, result.allocations.rows, limit)
+    if net.num_addresses == 1:
+        ip = str(net.network_address)
+        result.external_names = _section(
+            session,
+            select(ExternalNameMapping)
+            .where(cast(ExternalNameMapping.dns_addresses, String).contains(f'"{ip}"'))
+            .order_by(ExternalNameMapping.namespace, ExternalNameMapping.name),
+            limit,
+        )
+
+
+def _services_holding(session: Session, allocations: Sequence[Allocation], limit: int) -> Section:
+    keys = sorted({(a.service_namespace, a.service_name) for a in allocations if a.active})
+    if not keys:
+        return Section()
+    records = {
+        (r.namespace, r.name): r
+        for r in session.scalars(
+            select(ServiceRecord).where(
+                or_(
+                    *(
+                        (ServiceRecord.namespace == ns) & (ServiceRecord.name == name)
+                        for ns, name in keys[:limit]
+                    )
+                )
+            )
+        )
+    }
+    rows = service_rows(session, [records[k] for k in keys[:limit] if k in records])
+    known = {(r.namespace, r.name) for r in rows}
+    rows += [
+        ServiceRow(ns, name, None, [a for a in allocations if a.active and a.service_name == name])
+        for ns, name in keys[:limit]
+        if (ns, name) not in known
+    ]
+    return Section(rows, len(keys))
+
+
+def _search_names(
+    session: Session,
+    result: SearchResult,
+    limit: int,
+    *,
+    word: str | None = None,
+    namespace: str | None = None,
+    name: str | None = None,
+) -> None:
+    """``namespace/name`` matches exactly (name may be a prefix); a word matches a namespace
+    exactly or a name by substring."""
+    if word is not None:
+        like = word.lower()
+
+        def match(ns_col: Any, name_col: Any) -> Any:
+            return or_(ns_col == word, func.lower(name_col).contains(like, autoescape=True))
+
+    else:
+        assert namespace is not None and name is not None
+
+        def match(ns_col: Any, name_col: Any) -> Any:
+            return (ns_col == namespace) & name_col.startswith(name, autoescape=True)
+
+    services = select(ServiceRecord).where(match(ServiceRecord.namespace, ServiceRecord.name))
+    svc = _section(session, services.order_by(ServiceRecord.namespace, ServiceRecord.name), limit)
+    result.services = Section(service_rows(session, svc.rows), svc.total)
+    result.allocations = _section(
+        session,
+        select(Allocation)
+        .where(Allocation.active, match(Allocation.service_namespace, Allocation.service_name))
+        .order_by(Allocation.service_namespace, Allocation.service_name, Allocation.family),
+        limit,
+    )
+    result.reservations = _section(
+        session,
+        select(Reservation)
+        .where(
+            or_(
+                match(Reservation.service_namespace, Reservation.service_name),
+                Reservation.owner == (word or f"{namespace}/{name}"),
+            )
+        )
+        .order_by(Reservation.ip_key),
+        limit,
+    )
+    result.external_names = _section(
+        session,
+        select(ExternalNameMapping)
+        .where(match(ExternalNameMapping.namespace, ExternalNameMapping.name))
+        .order_by(ExternalNameMapping.namespace, ExternalNameMapping.name),
+        limit,
+    )
+    ingress = match(IngressRoute.namespace, IngressRoute.backend_service)
+    if word is not None:
+        host = func.lower(IngressRoute.host).contains(word.lower(), autoescape=True)
+        ingress = or_(ingress, host)
+    result.ingress_routes = _section(
+        session,
+        select(IngressRoute)
+        .where(or_(ingress, match(IngressRoute.namespace, IngressRoute.ingress_name)))
+        .order_by(IngressRoute.namespace, IngressRoute.ingress_name),
+        limit,
+    )
+    if word is not None:
+        pools = select(Pool).where(
+            or_(Pool.name == word, func.lower(Pool.name).contains(word.lower(), autoescape=True))
+        )
+        result.pools = _section(session, pools.order_by(Pool.name), limit)
