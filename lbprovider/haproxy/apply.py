@@ -1,0 +1,382 @@
+"""Make a running HAProxy serve a desired state: runtime changes first, reload only if needed.
+
+Why: a per-Service change must not cost a reload, and the agent may have restarted or someone
+may have edited HAProxy by hand, so the diff is taken against HAProxy's *live* state (maps and
+servers read through the socket), not against a snapshot. Order protects traffic: servers are
+added and made ready before a map line points at them; a map line is removed before its servers
+drain and go. A runtime command that fails, or a skeleton that changed, falls back to a full
+reload of freshly written files; a file that fails ``haproxy -c`` or a reload that fails to bind
+never replaces what is serving.
+
+What it must not do: fetch desired state, talk to Kubernetes, or hide a failure: every problem
+ends up in :class:`ApplyResult.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lbprovider.haproxy import runtime as rt
+from lbprovider.haproxy.layout import (
+    NODES_BACKEND,
+    ROUTES_MAP,
+    Layout,
+    LiveAssignments,
+    ServerSpec,
+    allow_map_name,
+    build_layout,
+    build_skeleton,
+    parse_route_value,
+)
+from lbprovider.haproxy.model import DesiredState, Settings
+from lbprovider.haproxy.process import HAProxyProcess, ReloadFailed
+from lbprovider.haproxy.render import (
+    ADMIN_SOCKET,
+    CONFIG_NAME,
+    MASTER_SOCKET,
+    STATE_FILE,
+    ConfigCheckFailed,
+    config_digest,
+    render_config,
+    server_arguments,
+    write_atomic,
+    write_config,
+    write_maps,
+)
+from lbprovider.haproxy.runtime import CommandFailed, HAProxyError, RuntimeClient, ServerState
+
+logger = logging.getLogger(__name__)
+
+SWAP_THRESHOLD = 200  # more route changes than this: replace the map atomically
+
+
+@dataclass
+class ApplyResult:
+    """What an apply did. ``applied`` means HAProxy now serves the desired state."""
+
+    applied: bool = False
+    reloaded: bool = False
+    errors: list[str] = field(default_factory=list)
+    commands: int = 0
+    pending: list[str] = field(default_factory=list)  # e.g. servers kept until idle
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """HAProxy's state as read through the socket."""
+
+    routes: list[tuple[str, str]]
+    allow: dict[int, list[str]]
+    servers: list[ServerState]
+
+    def assignments(self) -> LiveAssignments:
+        """Slot ownership, for :func:`build_layout` to keep."""
+        backends = {}
+        for key, value in self.routes:
+            parsed = parse_route_value(value)
+            if parsed is not None:
+                backends[key] = parsed[0]
+        contents = {s: frozenset(c) for s, c in self.allow.items() if c}
+        return LiveAssignments(backends, contents)
+
+
+@dataclass
+class RuntimePlan:
+    """Runtime commands in the order that keeps traffic flowing."""
+
+    up: list[rt.Command] = field(default_factory=list)  # add/ready servers, set check ports
+    maps: list[rt.Command] = field(default_factory=list)  # allow lists, then routes
+    down: list[rt.Command] = field(default_factory=list)  # unmap, drain, maint
+    deletes: list[rt.Command] = field(default_factory=list)  # del server, one by one
+
+    def __len__(self) -> int:
+        return len(self.up) + len(self.maps) + len(self.down) + len(self.deletes)
+
+
+def paths(settings: Settings) -> tuple[Path, Path, Path]:
+    """(config, admin socket, master socket) under ``settings.run_dir``."""
+    run = Path(settings.run_dir)
+    return run / CONFIG_NAME, run / ADMIN_SOCKET, run / MASTER_SOCKET
+
+
+def read_live(client: RuntimeClient, settings: Settings, allow_slots: int) -> LiveState:
+    """Read maps and servers from the running worker."""
+    run = settings.run_dir
+    routes = client.show_map(f"{run}/{ROUTES_MAP}")
+    allow: dict[int, list[str]] = {}
+    for slot in range(1, allow_slots + 1):
+        try:
+            allow[slot] = [k for k, _ in client.show_map(f"{run}/{allow_map_name(slot)}")]
+        except CommandFailed:
+            break  # the running skeleton has fewer slots
+    return LiveState(routes, allow, client.show_servers_state())
+
+
+def _wanted_admin(spec: ServerSpec) -> str:
+    if spec.maintenance:
+        return "maint"
+    return "drain" if spec.drain else "ready"
+
+
+def _live_admin(server: ServerState) -> str:
+    if server.admin_state & 0x01:
+        return "maint"
+    return "drain" if server.drain else "ready"
+
+
+def _plan_servers(layout: Layout, live: LiveState, plan: RuntimePlan) -> None:
+    sk = layout.skeleton
+    current = {(s.backend, s.name): s for s in live.servers}
+    for spec in layout.servers:
+        have = current.get((spec.backend, spec.name))
+        wanted = _wanted_admin(spec)
+        if have is None:
+            args = server_arguments(spec, sk, dynamic=True).replace(" disabled", "")
+            plan.up.append(rt.add_server(spec.backend, spec.name, args))
+            plan.up.append(rt.enable_health(spec.backend, spec.name))
+            if wanted != "maint":
+                plan.up.append(rt.set_server_state(spec.backend, spec.name, wanted))
+            continue
+        if have.address != str(spec.address):
+            plan.up.append(rt.set_server_addr(spec.backend, spec.name, str(spec.address)))
+        if spec.check_port is not None and have.check_port != spec.check_port:
+            plan.up.append(rt.set_server_check_port(spec.backend, spec.name, spec.check_port))
+        state = _live_admin(have)
+        if state != wanted:
+            up = wanted == "ready" or state == "maint"
+            (plan.up if up else plan.down).append(
+                rt.set_server_state(spec.backend, spec.name, wanted)
+            )
+    _plan_deletes(layout, live, plan)
+
+
+def _plan_deletes(layout: Layout, live: LiveState, plan: RuntimePlan) -> None:
+    wanted = {(s.backend, s.name) for s in layout.servers}
+    ours = set(layout.backends())
+    gone = [s for s in live.servers if s.backend in ours and (s.backend, s.name) not in wanted]
+    # Trackers first: a server of be_nodes cannot go while others track it.
+    gone.sort(key=lambda s: (s.backend == NODES_BACKEND, s.backend, s.name))
+    for server in gone:
+        if not server.admin_state & 0x01:
+            plan.down.append(rt.set_server_state(server.backend, server.name, "maint"))
+        plan.deletes.append(rt.del_server(server.backend, server.name))
+
+
+def _plan_allow_maps(layout: Layout, live: LiveState, plan: RuntimePlan) -> None:
+    run = layout.skeleton.settings.run_dir
+    for slot, cidrs in layout.allow_maps.items():
+        have = live.allow.get(slot, [])
+        if sorted(have) == sorted(cidrs):
+            continue
+        path = f"{run}/{allow_map_name(slot)}"
+        target = plan.maps if cidrs else plan.down
+        target.append(rt.prepare_map(path))  # the answer carries the version: see _swap
+        target.append(_SWAP_MARK)
+        target.extend(rt.Command(f"{_ADD_PREFIX}{path} {rt.arg(c)} 1") for c in cidrs)
+        target.append(rt.Command(f"{_COMMIT_PREFIX}{path}"))
+
+
+# prepare/add @ver/commit need the version HAProxy answers; these markers are resolved while
+# sending (see _execute): the version is substituted in the following add/commit lines.
+_SWAP_MARK = rt.Command("#swap")
+_ADD_PREFIX = "add map @VER "
+_COMMIT_PREFIX = "commit map @VER "
+
+
+def _plan_routes(layout: Layout, live: LiveState, plan: RuntimePlan) -> None:
+    path = f"{layout.skeleton.settings.run_dir}/{ROUTES_MAP}"
+    have: dict[str, list[str]] = {}
+    for key, value in live.routes:
+        have.setdefault(key, []).append(value)
+    wanted = layout.route_map
+    changes = [k for k, v in wanted.items() if have.get(k) != [v]]
+    removals = [k for k in have if k not in wanted]
+    if len(changes) + len(removals) > SWAP_THRESHOLD:
+        plan.maps += [rt.prepare_map(path), _SWAP_MARK]
+        plan.maps += [
+            rt.Command(f"{_ADD_PREFIX}{path} {rt.arg(k)} {rt.arg(v)}")
+            for k, v in sorted(wanted.items())
+        ]
+        plan.maps.append(rt.Command(f"{_COMMIT_PREFIX}{path}"))
+        return
+    for key in changes:
+        if key not in have:
+            plan.maps.append(rt.add_map(path, key, wanted[key]))
+        elif len(have[key]) == 1:
+            plan.maps.append(rt.set_map(path, key, wanted[key]))
+        else:  # duplicates (a hand edit): replace them by one line
+            plan.maps += [rt.del_map(path, key), rt.add_map(path, key, wanted[key])]
+    plan.down[:0] = [rt.del_map(path, key) for key in sorted(removals)]
+
+
+def plan_runtime(layout: Layout, live: LiveState) -> RuntimePlan:
+    """The runtime commands that turn ``live`` into ``layout`` (skeleton unchanged)."""
+    plan = RuntimePlan()
+    _plan_servers(layout, live, plan)
+    _plan_allow_maps(layout, live, plan)
+    _plan_routes(layout, live, plan)
+    return plan
+
+
+def _execute(client: RuntimeClient, commands: Sequence[rt.Command]) -> int:
+    """Send ``commands`` pipelined, resolving map swaps; return how many were sent."""
+    sent = 0
+    chunk: list[rt.Command] = []
+    version = ""
+    for cmd in commands:
+        if cmd is _SWAP_MARK:
+            answer = client.execute(chunk)[-1]
+            sent += len(chunk)
+            version, chunk = answer.rsplit(" ", 1)[-1], []
+            continue
+        if cmd.text.startswith(("add map @VER ", "commit map @VER ")):
+            cmd = rt.Command(cmd.text.replace("@VER", f"@{rt.arg(version)}", 1), cmd.ok)
+        chunk.append(cmd)
+    client.execute(chunk)
+    return sent + len(chunk)
+
+
+def _execute_deletes(
+    client: RuntimeClient, deletes: Sequence[rt.Command], result: ApplyResult
+) -> None:
+    answers = client.send(deletes)
+    for cmd, answer in zip(deletes, answers, strict=True):
+        if cmd.succeeded(answer):
+            continue
+        # Still has connections, or a static server others point at: it stays in maintenance
+        # (no traffic) and goes with the next reload, whose config no longer declares it.
+        if "connection" in answer.lower() or "cannot be removed" in answer:
+            result.pending.append(f"{cmd.text}: {answer}")
+        else:
+            raise CommandFailed([(cmd.text, answer)])
+    result.commands += len(deletes)
+
+
+class Applier:
+    """Applies desired states to one HAProxy; keeps one persistent runtime connection."""
+
+    def __init__(self, settings: Settings, process: HAProxyProcess, haproxy_bin: str = "haproxy"):
+        self.settings = settings
+        self.process = process
+        self.haproxy_bin = haproxy_bin
+        self.config_path, admin, _ = paths(settings)
+        self.client = RuntimeClient(str(admin))
+
+    def close(self) -> None:
+        """Close the runtime connection (the process keeps running)."""
+        self.client.close()
+
+    def apply(self, desired: DesiredState) -> ApplyResult:
+        """Converge HAProxy to ``desired``; never raises for a HAProxy-side failure."""
+        result = ApplyResult()
+        try:
+            layout, live = self._layout(desired)
+        except HAProxyError as e:
+            result.errors.append(f"reading live state: {e}")
+            return result
+        if config_digest(self.config_path) != layout.skeleton.digest:
+            return self._reload(desired, result)
+        try:
+            self._apply_runtime(layout, live, result)
+        except HAProxyError as e:
+            logger.warning("runtime apply failed, reloading", extra={"error": str(e)})
+            result.errors.append(f"runtime: {e}")
+            return self._reload(desired, result)
+        self._persist(layout, result)
+        result.applied = True
+        return result
+
+    def _layout(self, desired: DesiredState) -> tuple[Layout, LiveState]:
+        slots = build_skeleton(desired, self.settings).allow_slots
+        live = read_live(self.client, self.settings, slots)
+        return build_layout(desired, self.settings, live.assignments()), live
+
+    def _apply_runtime(self, layout: Layout, live: LiveState, result: ApplyResult) -> None:
+        plan = plan_runtime(layout, live)
+        for phase in (plan.up, plan.maps, plan.down):
+            result.commands += _execute(self.client, phase)
+        if plan.deletes:
+            _execute_deletes(self.client, plan.deletes, result)
+        if len(plan):
+            logger.info(
+                "runtime changes applied", extra={"event": "runtime_apply", "commands": len(plan)}
+            )
+
+    def _persist(self, layout: Layout, result: ApplyResult) -> None:
+        """Keep files equal to what runs, so a reload or restart loses nothing."""
+        try:
+            write_maps(layout)
+            if _read(self.config_path) != render_config(layout):
+                write_config(layout, self.haproxy_bin)
+        except (OSError, ConfigCheckFailed) as e:
+            result.errors.append(f"persisting files: {e}")
+
+    def _save_server_state(self) -> None:
+        state = self.client.show("servers", "state")
+        write_atomic(Path(self.settings.run_dir) / STATE_FILE, state + "\n")
+
+    def _reload(self, desired: DesiredState, result: ApplyResult) -> ApplyResult:
+        previous = _read(self.config_path)
+        try:
+            layout, _ = self._layout(desired)
+            self._save_server_state()
+            write_config(layout, self.haproxy_bin)
+        except (HAProxyError, ConfigCheckFailed, OSError) as e:
+            result.errors.append(f"config refused, old config kept: {e}")
+            self._restore(previous)
+            return result
+        self.client.close()  # the admin socket moves to the new worker
+        try:
+            self.process.reload()
+        except (ReloadFailed, HAProxyError) as e:
+            result.errors.append(f"reload failed, previous worker still serving: {e}")
+            self._restore(previous)
+            return result
+        result.reloaded = True
+        return self._converge_after_reload(desired, result)
+
+    def _converge_after_reload(self, desired: DesiredState, result: ApplyResult) -> ApplyResult:
+        try:
+            layout, live = self._layout(desired)
+            self._apply_runtime(layout, live, result)
+        except HAProxyError as e:
+            result.errors.append(f"after reload: {e}")
+            return result
+        self._persist(layout, result)
+        result.applied = True
+        return result
+
+    def _restore(self, previous: str | None) -> None:
+        """Put back the config that runs, and map files equal to the live maps."""
+        if previous is not None:
+            write_atomic(self.config_path, previous)
+        try:
+            run = Path(self.settings.run_dir)
+            routes = self.client.show_map(f"{run}/{ROUTES_MAP}")
+            write_atomic(run / ROUTES_MAP, "".join(f"{k} {v}\n" for k, v in routes))
+        except (HAProxyError, OSError) as e:
+            logger.warning("could not restore map files", extra={"error": str(e)})
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def start_or_attach(
+    desired: DesiredState, settings: Settings, haproxy_bin: str = "haproxy"
+) -> HAProxyProcess:
+    """Attach to the master socket if a master answers there, else write files and start one."""
+    config, _, master = paths(settings)
+    if master.exists():
+        try:
+            return HAProxyProcess.attach(master)
+        except HAProxyError:
+            logger.info("stale master socket, starting haproxy", extra={"path": str(master)})
+    write_config(build_layout(desired, settings), haproxy_bin)
+    return HAProxyProcess.start(config, master, haproxy_bin=haproxy_bin)
