@@ -389,6 +389,7 @@ def _shutdown_response(response: Any) -> None:
 KINDS: dict[str, Callable[[k8s_client.ApiClient], ListFunc]] = {
     "services": lambda api: k8s_client.CoreV1Api(api).list_service_for_all_namespaces,
     "nodes": lambda api: k8s_client.CoreV1Api(api).list_node,
+    "namespaces": lambda api: k8s_client.CoreV1Api(api).list_namespace,
     "ingresses": lambda api: k8s_client.NetworkingV1Api(api).list_ingress_for_all_namespaces,
     "ingressclasses": lambda api: k8s_client.NetworkingV1Api(api).list_ingress_class,
     "endpointslices": (
