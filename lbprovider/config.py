@@ -98,6 +98,14 @@ class Settings(BaseSettings):
     controller_workers: int = Field(
         default=4, ge=1, description="Reconcile workers; keys are deduplicated, so 4 is plenty."
     )
+    reconcile_backoff_max_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Longest wait before retrying a failed reconcile (e.g. the database is away); "
+            "retries start at 50 ms and double, so recovery is quick once it returns."
+        ),
+    )
     resync_seconds: float = Field(
         default=300.0,
         gt=0,
@@ -124,6 +132,26 @@ class Settings(BaseSettings):
     )
     dns_check_seconds: float = Field(
         default=60.0, gt=0, description="Seconds between DNS checks of ExternalName targets."
+    )
+    dns_servers: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Nameservers (host or host:port) the ExternalName checker asks. Empty: the ones in "
+            "/etc/resolv.conf, i.e. what cluster workloads resolve with."
+        ),
+    )
+    dns_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds a DNS check waits for an answer before reporting `timeout`.",
+    )
+    serving_poll_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "Seconds between reads of the fleet's serving state from the database, to refresh "
+            "the lbprovider.io/Serving condition (one query, however many Services)."
+        ),
     )
 
     # API and dashboard
