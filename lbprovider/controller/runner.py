@@ -1,0 +1,409 @@
+"""The controller process: caches, queues, leader election and the start-up order, wired.
+
+Every replica keeps warm caches; only the leader reconciles. When a replica becomes leader it
+first adopts every address our Services already show (and other providers' annotations), and
+only then lets workers allocate, enqueueing Services oldest first: a restart or a failover
+never changes an IP. Losing the Lease stops reconciling at once (the writers also refuse).
+
+Watch handlers only enqueue keys, and only for changes a reconcile depends on (see
+``changes``). This module must not decide allocations or write to Kubernetes itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from lbprovider.config import Settings
+from lbprovider.controller.changes import fingerprint
+from lbprovider.controller.dns import Resolver
+from lbprovider.controller.externalnames import DNSChecker, ExternalNameReconciler
+from lbprovider.controller.ingresses import IngressReconciler, backend_names
+from lbprovider.controller.loadbalancers import ServiceReconciler
+from lbprovider.controller.nodes import NodeReconciler, node_data
+from lbprovider.controller.result import Action, Result
+from lbprovider.controller.status import (
+    COND_SERVING,
+    condition_matches,
+    is_ours,
+    key_of,
+    meta,
+    serving_condition,
+    spec,
+    status_ips,
+)
+from lbprovider.db.session import make_engine, session_factory, transaction
+from lbprovider.kube.cache import DELETED, make_cache, object_key
+from lbprovider.kube.client import load_api_client
+from lbprovider.kube.election import LeaderElector, default_identity
+from lbprovider.kube.errors import KubeNotConfigured, KubeNotFound, NotLeader
+from lbprovider.kube.queue import WorkQueue
+from lbprovider.kube.writers import KubeEventRecorder, KubeStatusWriter
+from lbprovider.services.context import IPPolicy
+from lbprovider.services.externalnames import live_external_names
+from lbprovider.services.ingress import ingress_keys
+from lbprovider.services.loadbalancers import known_service_keys, serving_states
+from lbprovider.services.nodes import node_names
+
+logger = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+CACHE_KINDS = ("services", "namespaces", "nodes", "ingresses", "ingressclasses")
+SYNC_TIMEOUT_SECONDS = 120.0
+
+
+class Controller:
+    """One controller replica. ``start()`` returns once caches are synced; ``stop()`` undoes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        api: Any = None,
+        sessions: sessionmaker[Session] | None = None,
+        identity: str | None = None,
+        resolver: Resolver | None = None,
+    ) -> None:
+        self.settings = settings
+        self.api = api if api is not None else load_api_client(settings)
+        self._engine: Engine | None = None
+        if sessions is None:
+            self._engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+            sessions = session_factory(self._engine)
+        self.sessions = sessions
+        self.identity = identity or default_identity()
+        self.caches = {kind: make_cache(kind, self.api, settings) for kind in CACHE_KINDS}
+        self.elector = self._make_elector()
+        is_leader = self.elector.is_leader if self.elector else _always
+        self.writer = KubeStatusWriter(self.api, is_leader=is_leader)
+        self.events = KubeEventRecorder(self.api, is_leader=is_leader, instance=self.identity)
+        self.queues: dict[str, WorkQueue[str]] = {
+            name: WorkQueue(name=name, backoff_max_seconds=settings.reconcile_backoff_max_seconds)
+            for name in ("services", "externalnames", "nodes", "ingresses")
+        }
+        self._stop = threading.Event()
+        self._want_active = threading.Event()
+        self._active = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._fingerprints: dict[str, Any] = {}
+        self._types: dict[str, str] = {}
+        self._node_data: dict[str, Any] = {}
+        self._build_reconcilers(resolver)
+
+    def _make_elector(self) -> LeaderElector | None:
+        if not self.settings.leader_election:
+            return None
+        return LeaderElector.from_settings(
+            self.api,
+            self.settings,
+            identity=self.identity,
+            on_started_leading=self._on_started_leading,
+            on_stopped_leading=self._on_stopped_leading,
+        )
+
+    def _build_reconcilers(self, resolver: Resolver | None) -> None:
+        s, c = self.settings, self.caches
+        self.services = ServiceReconciler(
+            settings=s,
+            services=c["services"],
+            namespaces=c["namespaces"],
+            writer=self.writer,
+            events=self.events,
+            sessions=self.sessions,
+            policy=IPPolicy.from_settings(s),
+        )
+        self.dns = DNSChecker(
+            sessions=self.sessions,
+            resolver=resolver or Resolver(s.dns_servers, timeout=s.dns_timeout_seconds),
+            every_seconds=s.dns_check_seconds,
+            active=self.is_active,
+        )
+        self.externalnames = ExternalNameReconciler(
+            services=c["services"], sessions=self.sessions, on_new_target=self.dns.wake
+        )
+        self.nodes = NodeReconciler(settings=s, nodes=c["nodes"], sessions=self.sessions)
+        self.ingresses = IngressReconciler(
+            settings=s,
+            ingresses=c["ingresses"],
+            classes=c["ingressclasses"],
+            services=c["services"],
+            sessions=self.sessions,
+        )
+
+    # -- state -----------------------------------------------------------------------------
+
+    def is_leader(self) -> bool:
+        return self.elector.is_leader() if self.elector else True
+
+    def is_active(self) -> bool:
+        """Leading, and start-up adoption is done for this term: reconciles may run."""
+        return self._active.is_set() and self.is_leader()
+
+    def wait_active(self, timeout: float | None = None) -> bool:
+        return self._active.wait(timeout)
+
+    def idle(self) -> bool:
+        """No key queued, delayed or being processed (used by tests and the benchmark)."""
+        return all(q.depth() == 0 and q.processing() == 0 for q in self.queues.values())
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> Controller:
+        self._add_handlers()
+        for cache in self.caches.values():
+            cache.start()
+        for name, cache in self.caches.items():
+            if not cache.wait_for_sync(SYNC_TIMEOUT_SECONDS):
+                raise RuntimeError(f"the {name} cache did not sync within {SYNC_TIMEOUT_SECONDS}s")
+        workers = self.settings.controller_workers
+        self.queues["services"].start_workers(self._handler(self.services.reconcile), workers)
+        self.queues["externalnames"].start_workers(self._handler(self.externalnames.reconcile), 1)
+        self.queues["nodes"].start_workers(self._handler(self.nodes.reconcile), 1)
+        self.queues["ingresses"].start_workers(self._handler(self.ingresses.reconcile), 1)
+        self.dns.start()
+        self._spawn(self._run_startup, "controller-startup")
+        self._spawn(self._run_serving_poll, "controller-serving")
+        if self.elector is not None:
+            self.elector.start()
+        else:
+            self._on_started_leading()
+        logger.info(
+            "controller started", extra={"event": "controller_started", "identity": self.identity}
+        )
+        return self
+
+    def stop(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._active.clear()
+        self._wake.set()
+        if self.elector is not None:
+            self.elector.stop(release=True)
+        for queue in self.queues.values():
+            queue.shutdown()
+        self.dns.stop()
+        for cache in self.caches.values():
+            cache.stop()
+        for thread in self._threads:
+            thread.join(5.0)
+        if self._engine is not None:
+            self._engine.dispose()
+        logger.info("controller stopped", extra={"event": "controller_stopped"})
+
+    def __enter__(self) -> Controller:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # -- leadership and start-up -----------------------------------------------------------
+
+    def _on_started_leading(self) -> None:
+        self._want_active.set()
+        self._wake.set()
+
+    def _on_stopped_leading(self) -> None:
+        self._want_active.clear()
+        self._active.clear()
+        logger.warning("standing by", extra={"event": "controller_standby"})
+
+    def _run_startup(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            if not self._want_active.is_set() or self._active.is_set():
+                continue
+            try:
+                self._activate()
+                failures = 0
+            except Exception as exc:  # the database may be away: adoption must finish first
+                failures += 1
+                logger.warning(
+                    "start-up adoption failed, retrying",
+                    extra={"event": "startup_retry", "error": str(exc), "failures": failures},
+                )
+                self._stop.wait(min(self.settings.reconcile_backoff_max_seconds, 0.2 * 2**failures))
+                self._wake.set()
+
+    def _activate(self) -> None:
+        """Adopt first, then open the gate and enqueue everything (Services oldest first)."""
+        with transaction(self.sessions) as session:
+            known = known_service_keys(session=session)
+            names = live_external_names(session=session)
+            nodes = node_names(session=session)
+            ingresses = ingress_keys(session=session)
+        self.services.remember(known)
+        self.services.adopt_all()
+        if not self._want_active.is_set():
+            return
+        self._active.set()
+        cached = self.caches["services"].list()
+        ours = sorted((s for s in cached if self.services.concerns(s)), key=_creation_order)
+        for key in [key_of(s) for s in ours] + sorted(known):
+            self.queues["services"].add(key)
+        extnames = {key_of(s) for s in cached if spec(s).get("type") == "ExternalName"}
+        for key in sorted(extnames | names):
+            self.queues["externalnames"].add(key)
+        for name in sorted(set(self.caches["nodes"].keys()) | nodes):
+            self.queues["nodes"].add(name)
+        for key in sorted(set(self.caches["ingresses"].keys()) | ingresses):
+            self.queues["ingresses"].add(key)
+        logger.info(
+            "reconciling",
+            extra={"event": "controller_active", "services": len(ours), "known": len(known)},
+        )
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def _handler(self, reconcile: Callable[[str], Result]) -> Callable[[str], float | None]:
+        def handle(key: str) -> float | None:
+            if not self.is_active():
+                return None  # standby: the next leader enqueues everything after adoption
+            try:
+                result = reconcile(key)
+            except NotLeader:
+                return None
+            except KubeNotFound:
+                return None  # deleted meanwhile: its DELETED event enqueues it again
+            if result.action is Action.REPROCESS_PENDING:
+                for pending in self.services.pending_keys():
+                    if pending != key:
+                        self.queues["services"].add(pending)
+            return result.after if result.action is Action.RETRY else None
+
+        return handle
+
+    # -- watch handlers (enqueue only) -----------------------------------------------------
+
+    def _add_handlers(self) -> None:
+        self.caches["services"].add_handler(self._on_service)
+        self.caches["nodes"].add_handler(self._on_node)
+        self.caches["ingresses"].add_handler(
+            lambda _t, obj: self._enqueue("ingresses", object_key(obj))
+        )
+        self.caches["ingressclasses"].add_handler(lambda _t, _obj: self._enqueue_all_ingresses())
+
+    def _enqueue(self, queue: str, key: str) -> None:
+        if self._active.is_set():
+            self.queues[queue].add(key)
+
+    def _enqueue_all_ingresses(self) -> None:
+        keys = self.caches["ingresses"].keys()
+        for key in keys:
+            self._enqueue("ingresses", key)
+
+    def _on_service(self, event_type: str, svc: Obj) -> None:
+        key = key_of(svc)
+        new = None if event_type == DELETED else fingerprint(svc)
+        old = self._fingerprints.pop(key, None)
+        old_type = self._types.pop(key, None)
+        if new is not None:
+            self._fingerprints[key] = new
+            self._types[key] = str(spec(svc).get("type") or "")
+        if old == new and event_type not in ("ADDED", "RESYNC"):
+            return  # label-only change or our own status write
+        if event_type == DELETED or self.services.concerns(svc):
+            self._enqueue("services", key)
+        if "ExternalName" in (spec(svc).get("type"), old_type):
+            self._enqueue("externalnames", key)
+        if old != new:
+            self._enqueue_ingresses_using(
+                str(meta(svc).get("namespace")), str(meta(svc).get("name"))
+            )
+
+    def _enqueue_ingresses_using(self, namespace: str, name: str) -> None:
+        for ingress in self.caches["ingresses"].list():
+            if meta(ingress).get("namespace") == namespace and name in backend_names(ingress):
+                self._enqueue("ingresses", object_key(ingress))
+
+    def _on_node(self, event_type: str, node: Obj) -> None:
+        name = object_key(node)
+        data = None if event_type == DELETED else node_data(node, self.settings.node_address_type)
+        if self._node_data.get(name) == data and event_type != "RESYNC":
+            return  # heartbeats and other changes the fleet does not care about
+        if data is None:
+            self._node_data.pop(name, None)
+        else:
+            self._node_data[name] = data
+        self._enqueue("nodes", name)
+
+    # -- serving state from the fleet ------------------------------------------------------
+
+    def _run_serving_poll(self) -> None:
+        while not self._stop.wait(self.settings.serving_poll_seconds):
+            if not self.is_active():
+                continue
+            try:
+                self.poll_serving()
+            except Exception as exc:
+                logger.warning(
+                    "reading serving state failed",
+                    extra={"event": "serving_error", "error": str(exc)},
+                )
+
+    def poll_serving(self) -> int:
+        """Enqueue Services whose Serving condition lags the fleet's report; returns how many."""
+        with transaction(self.sessions) as session:
+            states = serving_states(session=session)
+        lagging = 0
+        for key, (serving, message) in states.items():
+            svc = self.caches["services"].get(key)
+            if svc is None or not is_ours(svc, self.settings):
+                continue
+            wanted = serving_condition(status_ips(svc), serving, message)
+            if not condition_matches(svc, COND_SERVING, *wanted):
+                self.queues["services"].add(key)
+                lagging += 1
+        return lagging
+
+
+def _always() -> bool:
+    return True
+
+
+def _creation_order(obj: Obj) -> tuple[str, str]:
+    return (str(meta(obj).get("creationTimestamp") or ""), key_of(obj))
+
+
+def start_if_configured(settings: Settings) -> Controller | None:
+    """A started controller when a cluster is configured, else None (``serve`` runs without)."""
+    try:
+        controller = Controller(settings)
+    except KubeNotConfigured as exc:
+        logger.info(
+            "no cluster: controller not started",
+            extra={"event": "controller_off", "error": str(exc)},
+        )
+        return None
+    return controller.start()
+
+
+def run_controller(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM (``lbprovider controller``)."""
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        controller = Controller(settings).start()
+        try:
+            stop.wait()
+        finally:
+            controller.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
