@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lbprovider.haproxy.model import BindMode
+from lbprovider.haproxy.model import BindMode, Route
 from lbprovider.haproxy.process import HAProxyProcess
 from lbprovider.haproxy.render import CONFIG_NAME, ConfigCheckFailed, check_config
 from lbprovider.haproxy.runtime import RuntimeClient, add_map, del_map, set_server_state
@@ -68,7 +68,7 @@ def test_bind_failure_keeps_the_old_worker_serving_and_is_reported(lab_factory, 
     config = Path(lab.settings.run_dir) / CONFIG_NAME
     before = config.read_text()
     # 192.0.2.1 (TEST-NET) is on no interface: `haproxy -c` passes, the bind fails.
-    absent = good + [route(2, port, np).__class__("ns/absent:1", ip_address("192.0.2.1"), port, np)]
+    absent = [*good, Route("ns/absent:1", ip_address("192.0.2.1"), port, np)]
     result = lab.applier.apply(lab.state(absent))
     assert not result.applied and not result.reloaded
     assert any("192.0.2.1" in e for e in result.errors), result.errors
@@ -76,7 +76,7 @@ def test_bind_failure_keeps_the_old_worker_serving_and_is_reported(lab_factory, 
     assert get(vip(1), port).endswith(f":{np}")
     assert config.read_text() == before  # a master restart would not pick up the bad file
     # The next good state still applies normally.
-    result = lab.applier.apply(lab.state(good + [route(3, port, np)]))
+    result = lab.applier.apply(lab.state([*good, route(3, port, np)]))
     assert result.applied and result.reloaded, result.errors
     assert get(vip(3), port).endswith(f":{np}")
 
