@@ -96,7 +96,8 @@ def test_hostile_runtime_arguments_never_become_commands(value: str) -> None:
         lambda: del_map(value, "k"),
         lambda: set_server_state("b", value, "ready"),
         lambda: set_server_state("b", "s", value),
-        lambda: add_server("b", "s", f"127.0.0.1 {value}"),
+        lambda: add_server(value, "s", "127.0.0.1"),
+        lambda: add_server("b", value, "127.0.0.1"),
     ):
         with pytest.raises(UnsafeArgument):
             build()
