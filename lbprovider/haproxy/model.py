@@ -278,7 +278,8 @@ class Settings:
     bind_mode: BindMode = BindMode.WILDCARD
     bind_address: IPAddress | None = None  # wildcard mode: None = all IPv4 addresses
     transparent: bool = False  # per-vip mode: bind VIPs not configured on this host
-    maxconn: int = 20000
+    # HAProxy needs about 2 file descriptors per connection: 8000 fits a 20000 hard limit.
+    maxconn: int = 8000
     hard_stop_after_ms: int = 600_000
     timeout_client_ms: int = 60_000
     timeout_server_ms: int = 60_000
