@@ -28,6 +28,7 @@ from lbprovider.api.sweeper import sweep_forever
 from lbprovider.config import Settings, get_settings
 from lbprovider.db.session import make_engine, session_factory
 from lbprovider.services.context import IPPolicy
+from lbprovider.ui import include_ui
 
 logger = logging.getLogger(__name__)
 
@@ -78,4 +79,5 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     install_replay_handler(app)
     install_openapi(app)
     app.add_middleware(RequestIdMiddleware)
+    include_ui(app, settings=settings, sessions=ctx.sessions, policy=ctx.policy)
     return app

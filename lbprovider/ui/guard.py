@@ -1,0 +1,190 @@
+"""Who may see and do what on the dashboard: session check, scope check, and the cross-site
+request forgery defences every unsafe request passes.
+
+An unsafe request (POST) is refused when the browser says it is cross-site
+(``Sec-Fetch-Site``), when its ``Origin`` names another host, or when it lacks the session's
+CSRF token (``X-CSRF-Token`` header from htmx, or the ``csrf_token`` form field). These checks
+run before any form is parsed into a use case. Scope checks here mirror the API's: hiding a
+button is a courtesy, refusing the request is the rule.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import quote, urlsplit
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from lbprovider.config import Settings
+from lbprovider.db.session import transaction
+from lbprovider.db.types import utcnow
+from lbprovider.services.context import Actor, IPPolicy
+from lbprovider.services.errors import NotFound
+from lbprovider.services.tokens import get_token
+from lbprovider.ui.live import LiveHub
+from lbprovider.ui.sessions import COOKIE, LOGIN_CSRF_COOKIE, SessionSigner, UiUser
+from lbprovider.ui.templating import Renderer
+
+logger = logging.getLogger(__name__)
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SAME_SITE_FETCH = frozenset({"same-origin", "none"})
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+
+
+@dataclass
+class UiContext:
+    """What the dashboard of one app holds (never module-global)."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    policy: IPPolicy
+    signer: SessionSigner
+    renderer: Renderer
+    hub: LiveHub
+
+    def write(self) -> AbstractContextManager[Session]:
+        """One transaction for a dashboard write: commits at the end of the ``with`` block,
+        rolls back on any error (a ``DomainError`` is then shown inline)."""
+        return transaction(self.sessions)
+
+
+class LoginRequired(Exception):
+    """No valid session: send the browser to the sign-in page."""
+
+
+class Refused(Exception):
+    """Signed in, but this request is not allowed (scope, cross-site, CSRF)."""
+
+    def __init__(self, detail: str, status: int = 403) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status
+
+
+def ui_context(request: Request) -> UiContext:
+    ctx: UiContext = request.app.state.ui
+    return ctx
+
+
+UiDep = Annotated[UiContext, Depends(ui_context)]
+
+
+def read_session(ctx: UiDep) -> Iterator[Session]:
+    """A session for a page read (no commit)."""
+    with ctx.sessions() as session:
+        yield session
+
+
+ReadDB = Annotated[Session, Depends(read_session)]
+
+
+def current_user(request: Request, ctx: UiDep) -> UiUser:
+    """The signed-in user; ``LoginRequired`` when the cookie is missing, forged, too old, or
+    its token was revoked or expired since."""
+    data = ctx.signer.verify(request.cookies.get(COOKIE))
+    if data is None:
+        raise LoginRequired()
+    with ctx.sessions() as session:
+        try:
+            token = get_token(session=session, token_id=data.token_id)
+        except NotFound:
+            raise LoginRequired() from None
+        now = utcnow()
+        if token.revoked_at is not None or (token.expires_at and token.expires_at <= now):
+            raise LoginRequired()
+        user = UiUser.of(token, data.csrf)
+    if not user.can("read"):
+        raise LoginRequired()
+    request.state.ui_user = user
+    return user
+
+
+UserDep = Annotated[UiUser, Depends(current_user)]
+
+
+def require(scope: str) -> Any:
+    def dependency(user: UserDep) -> UiUser:
+        if not user.can(scope):
+            raise Refused(f"your token {user.name!r} lacks the {scope!r} scope")
+        return user
+
+    dependency.__name__ = f"ui_require_{scope}"
+    return Depends(dependency)
+
+
+def need(user: UiUser, scope: str) -> None:
+    """Refuse the request unless the user's token grants ``scope``."""
+    if not user.can(scope):
+        raise Refused(f"your token {user.name!r} lacks the {scope!r} scope")
+
+
+WRITE = require("write")
+ADMIN = require("admin")
+
+
+def check_same_origin(request: Request) -> None:
+    """Refuse a request the browser marks as coming from another site or origin."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site not in SAME_SITE_FETCH:
+        raise Refused(f"cross-site request refused (Sec-Fetch-Site: {fetch_site})")
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        host = request.headers.get("Host", "")
+        if origin == "null" or urlsplit(origin).netloc.lower() != host.lower():
+            raise Refused("cross-origin request refused (Origin does not match this site)")
+
+
+async def submitted_csrf(request: Request) -> str:
+    header = request.headers.get(CSRF_HEADER)
+    if header:
+        return header
+    content_type = request.headers.get("Content-Type", "")
+    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        form = await request.form()
+        value = form.get(CSRF_FIELD)
+        return value if isinstance(value, str) else ""
+    return ""
+
+
+async def protect(request: Request, user: UserDep) -> UiUser:
+    """For every dashboard write: same origin, and the session's CSRF token."""
+    check_same_origin(request)
+    given = await submitted_csrf(request)
+    if not given or not hmac.compare_digest(given, user.csrf):
+        raise Refused("missing or wrong CSRF token; reload the page and try again")
+    return user
+
+
+ProtectedUser = Annotated[UiUser, Depends(protect)]
+
+
+async def protect_login(request: Request) -> None:
+    """Sign-in has no session yet: same origin, and the double-submitted login CSRF cookie."""
+    check_same_origin(request)
+    given = await submitted_csrf(request)
+    expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if not expected or not given or not hmac.compare_digest(given, expected):
+        raise Refused("the sign-in form expired; reload the page and try again")
+
+
+def actor_of(request: Request, user: UiUser) -> Actor:
+    """The audit identity of a dashboard write: the token's name, under the request id."""
+    request_id = getattr(request.state, "request_id", None)
+    return Actor(user.name, request_id) if request_id else Actor(user.name)
+
+
+def login_url(request: Request) -> str:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    if request.headers.get("HX-Request") == "true":
+        target = request.headers.get("HX-Current-URL", target)
+        parts = urlsplit(target)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+    return "/login" + ("" if target in ("/", "/login") else f"?next={quote(target, safe='')}")

@@ -1,0 +1,1 @@
+"""Dashboard routers. Thin: parse the request, call one service function, render."""
