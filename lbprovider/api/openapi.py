@@ -26,6 +26,8 @@ accept `Idempotency-Key`. Every answer carries `X-Request-ID` (yours, or a new o
 def _rewrite_errors(schema: dict[str, Any]) -> None:
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
+            if "requestBody" in operation:
+                operation["responses"].setdefault("400", {"description": "The body is not JSON."})
             for code, response in operation.get("responses", {}).items():
                 if code.isdigit() and int(code) >= 400:
                     response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_REF}}

@@ -61,6 +61,8 @@ def create_token(
     bad = [s for s in scopes if s not in SCOPES]
     if bad or not scopes:
         raise InvalidInput(f"scopes must be among {', '.join(SCOPES)}", field="scopes")
+    if expires_at is not None and expires_at <= utcnow():
+        raise InvalidInput("expires_at is in the past", field="expires_at")
     if "agent" in scopes and not host:
         raise InvalidInput("an agent token names its fleet host", field="host")
     cidrs = []

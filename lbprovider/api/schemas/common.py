@@ -6,11 +6,19 @@ its field named instead of failing inside PostgreSQL.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Annotated, Generic, TypeVar
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+)
 
 NO_NUL = r"^[^\x00]*$"
 
@@ -31,7 +39,19 @@ def _to_utc(value: datetime) -> datetime:
         raise ValueError("timestamp is out of range") from e
 
 
-UTCDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+RFC3339_START = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]")
+
+
+def _text_only(value: object) -> object:
+    """Timestamps are RFC 3339 text: pydantic would otherwise read 0.5 as a Unix time."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not RFC3339_START.match(value):
+        raise ValueError("give an RFC 3339 timestamp with an offset, e.g. 2030-01-01T00:00:00Z")
+    return value
+
+
+UTCDatetime = Annotated[AwareDatetime, BeforeValidator(_text_only), AfterValidator(_to_utc)]
 """A timestamp with an explicit offset (naive ones are refused), stored in UTC."""
 
 
