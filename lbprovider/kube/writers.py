@@ -285,7 +285,7 @@ class KubeEventRecorder:
                 _preload_content=False,
                 _request_timeout=REQUEST_TIMEOUT,
             )
-            response.release_conn()
+            _discard(response)
         except Exception as exc:
             error = translate_error(exc, f"update event {namespace}/{name}")
             if isinstance(error, KubeNotFound):
@@ -323,7 +323,7 @@ class KubeEventRecorder:
             response = self._core.create_namespaced_event(
                 namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
             )
-            response.release_conn()
+            _discard(response)
         except Exception as exc:
             raise translate_error(exc, f"create event {namespace}/{name}") from exc
         self._remember(key, namespace, name, 1)
@@ -350,3 +350,10 @@ def _involved_object(obj: Mapping[str, Any]) -> dict[str, str]:
         "uid": str(meta.get("uid") or ""),
         "resource_version": str(meta.get("resourceVersion") or ""),
     }
+
+
+def _discard(response: Any) -> None:
+    """Read the unread body, then pool the connection: a connection pooled with its body
+    unread makes the next request on it parse that body as a status line."""
+    response.drain_conn()
+    response.release_conn()
