@@ -77,5 +77,14 @@ def serve(
     run_server(get_settings(), listen=listen)
 
 
+@app.command()
+def controller() -> None:
+    """Run the Kubernetes controller alone (leader-elected; cluster from LBP_KUBECONFIG,
+    in-cluster or ~/.kube/config; database from LBP_DATABASE_URL, migrated with `db upgrade`)."""
+    from lbprovider.controller.runner import run_controller
+
+    run_controller(get_settings())
+
+
 def main() -> None:
     app()

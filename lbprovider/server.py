@@ -19,9 +19,15 @@ def run_server(settings: Settings, *, listen: str | None = None) -> None:
     import uvicorn
 
     from lbprovider.api.app import create_app
+    from lbprovider.controller.runner import start_in_background
     from lbprovider.db.migrate import upgrade
 
     upgrade(settings.database_url)
     host, port = split_listen(listen or settings.listen)
+    controller = start_in_background(settings)
     logger.info("serving", extra={"event": "serve", "host": host, "port": port})
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    finally:
+        if controller is not None:
+            controller.stop()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -159,9 +160,9 @@ class Controller:
         self._add_handlers()
         for cache in self.caches.values():
             cache.start()
-        for name, cache in self.caches.items():
-            if not cache.wait_for_sync(SYNC_TIMEOUT_SECONDS):
-                raise RuntimeError(f"the {name} cache did not sync within {SYNC_TIMEOUT_SECONDS}s")
+        self._wait_for_caches()
+        if self._stop.is_set():
+            return self
         workers = self.settings.controller_workers
         self.queues["services"].start_workers(self._handler(self.services.reconcile), workers)
         self.queues["externalnames"].start_workers(self._handler(self.externalnames.reconcile), 1)
@@ -179,14 +180,24 @@ class Controller:
         )
         return self
 
-    def stop(self) -> None:
+    def _wait_for_caches(self) -> None:
+        deadline = time.monotonic() + SYNC_TIMEOUT_SECONDS
+        for name, cache in self.caches.items():
+            while not cache.wait_for_sync(0.5):
+                if self._stop.is_set():
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the {name} cache did not sync in {SYNC_TIMEOUT_SECONDS}s")
+
+    def stop(self, *, release_lease: bool = True) -> None:
+        """Stop everything; by default hand the Lease over so a standby takes over now."""
         if self._stop.is_set():
             return
         self._stop.set()
         self._active.clear()
         self._wake.set()
         if self.elector is not None:
-            self.elector.stop(release=True)
+            self.elector.stop(release=release_lease)
         for queue in self.queues.values():
             queue.shutdown()
         self.dns.stop()
@@ -379,8 +390,9 @@ def _creation_order(obj: Obj) -> tuple[str, str]:
     return (str(meta(obj).get("creationTimestamp") or ""), key_of(obj))
 
 
-def start_if_configured(settings: Settings) -> Controller | None:
-    """A started controller when a cluster is configured, else None (``serve`` runs without)."""
+def start_in_background(settings: Settings) -> Controller | None:
+    """For ``serve``: a controller starting on its own thread (a slow or absent API server must
+    not hold up the HTTP server), or None when no cluster is configured."""
     try:
         controller = Controller(settings)
     except KubeNotConfigured as exc:
@@ -389,7 +401,15 @@ def start_if_configured(settings: Settings) -> Controller | None:
             extra={"event": "controller_off", "error": str(exc)},
         )
         return None
-    return controller.start()
+
+    def run() -> None:
+        try:
+            controller.start()
+        except Exception:
+            logger.exception("controller failed to start", extra={"event": "controller_error"})
+
+    threading.Thread(target=run, name="controller-start", daemon=True).start()
+    return controller
 
 
 def run_controller(settings: Settings) -> None:
