@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -83,7 +84,10 @@ def current_url(request: Request) -> str:
     return request.url.path + (f"?{request.url.query}" if request.url.query else "")
 
 
+@lru_cache(maxsize=1)
 def make_environment() -> Environment:
+    """The dashboard's template environment, shared by every app in the process (templates
+    compile once; rendering is thread-safe and nothing per-app is stored in it)."""
     env = Environment(
         loader=FileSystemLoader(TEMPLATES_DIR),
         autoescape=select_autoescape(["html"], default_for_string=True, default=True),

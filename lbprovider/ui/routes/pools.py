@@ -68,18 +68,18 @@ def _form(
     values: dict[str, Any],
     *,
     mode: str,
-    pool: Pool | None = None,
+    name: str = "",
     error: DomainError | None = None,
     displaced: list[dict[str, str]] | None = None,
     status: int = 200,
 ) -> Response:
-    title = "New pool" if mode == "create" else f"Edit pool {pool.name if pool else ''}"
+    title = "New pool" if mode == "create" else f"Edit pool {name}"
     context = {
         "title": title,
         "active": "pools",
         "mode": mode,
         "v": values,
-        "pool": pool,
+        "pool_name": name,
         "error": error,
         "displaced": displaced,
     }
@@ -152,26 +152,20 @@ def edit_pool_page(
     except NotFound as e:
         return not_found(request, ctx, e.detail)
     values = pool_form_values(pool_service.fields_of(pool)) | {"version": pool.version}
-    return _form(request, ctx, values, mode="edit", pool=pool)
+    return _form(request, ctx, values, mode="edit", name=pool.name)
 
 
 @router.post("/pools/{name}/edit")
-async def edit_pool(
-    name: str, request: Request, ctx: UiDep, user: ProtectedUser, session: ReadDB
-) -> Response:
+async def edit_pool(name: str, request: Request, ctx: UiDep, user: ProtectedUser) -> Response:
     """Without ``confirm``: apply only if nothing moves, else show what would move (409). With
     ``confirm``: apply at the version the operator previewed, moving the listed allocations."""
     need(user, "write")
     form = await request.form()
-    try:
-        pool = pool_service.get_pool(session=session, name=name)
-    except NotFound as e:
-        return not_found(request, ctx, e.detail)
-    session.rollback()
     values = _submitted(form) | {"name": name}
     try:
-        data = pool_fields(form, name=name, disabled=pool.disabled)
         with ctx.write() as tx:
+            current = pool_service.get_pool(session=tx, name=name)
+            data = pool_fields(form, name=name, disabled=current.disabled)
             _, displaced = pool_service.update_pool(
                 session=tx,
                 name=name,
@@ -181,11 +175,13 @@ async def edit_pool(
                 if_match=integer(form, "version", -1),
                 force=text(form, "confirm") == "yes",
             )
+    except NotFound as e:
+        return not_found(request, ctx, e.detail)
     except EditWouldMoveAllocations as e:
         moving = e.extra["displaced"]
-        return _form(request, ctx, values, mode="edit", pool=pool, displaced=moving, status=409)
+        return _form(request, ctx, values, mode="edit", name=name, displaced=moving, status=409)
     except DomainError as e:
-        return _form(request, ctx, values, mode="edit", pool=pool, error=e, status=e.status)
+        return _form(request, ctx, values, mode="edit", name=name, error=e, status=e.status)
     url = f"/pools/{name}?done=saved&pool={name}&moved={len(displaced)}"
     return RedirectResponse(url, status_code=303)
 
