@@ -1,0 +1,351 @@
+"""Compile the database into the FleetState each fleet host must serve.
+
+Why: the agents never read the database; the API hands each one a :class:`FleetState` built
+here from Service records, live allocations, nodes and fleet hosts. The output is
+deterministic (sorted, canonical values), so its digest — the state's version — changes only
+when what a host must serve changes. Values that could not be served safely (a name outside
+Kubernetes' rules, an option out of range, a Local Service without a health-check port) are
+left out and named in ``problems``, which becomes the Service's ``Serving`` reason.
+
+Every enabled host serves every VIP for now (announcement and failover is its own issue):
+:func:`hosts_for_vip` is the one place that rule lives.
+
+What it must not do: write to the database, or reach Kubernetes or HAProxy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from lbprovider.config import Settings
+from lbprovider.db.models import Allocation, FleetHost, Node, ServiceRecord
+from lbprovider.fleet.models import (
+    FleetState,
+    HealthCheckSpec,
+    NodeSpec,
+    RouteOptionsSpec,
+    RouteSpec,
+)
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+PROXY_PROTOCOLS = ("v1", "v2")
+BALANCES = ("roundrobin", "leastconn", "first", "random", "source")
+MAX_TIMEOUT_MS = 24 * 3600 * 1000
+MAX_MAXCONN = 1_000_000
+MAX_SOURCE_RANGES = 1000
+
+
+class Unservable(ValueError):
+    """A Service value the fleet refuses to program (the message is shown to its owner)."""
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """The fleet-wide result: routes per Service, the nodes, and what could not be served."""
+
+    routes: tuple[RouteSpec, ...]
+    nodes: tuple[NodeSpec, ...]
+    health_check: HealthCheckSpec
+    by_service: Mapping[str, tuple[RouteSpec, ...]]
+    problems: Mapping[str, str]
+    no_routes: Mapping[str, str] = field(default_factory=dict)  # why a Service has none
+
+    def state_for(self, host: str, *, enabled: bool) -> FleetState:
+        """The versioned state of one host (a disabled host serves nothing)."""
+        if not enabled:
+            return FleetState(host=host, enabled=False).with_version()
+        routes = self.routes  # every enabled host serves every VIP: see hosts_for_vip
+        vips = tuple(sorted({r.address for r in routes}, key=_addr_key))
+        return FleetState(
+            host=host,
+            routes=routes,
+            nodes=self.nodes,
+            health_check=self.health_check,
+            vips=vips,
+        ).with_version()
+
+
+def hosts_for_vip(address: str, enabled_hosts: Iterable[str]) -> list[str]:
+    """The fleet hosts that must serve ``address``: every enabled host, for now."""
+    del address
+    return sorted(enabled_hosts)
+
+
+def health_check_of(settings: Settings) -> HealthCheckSpec:
+    return HealthCheckSpec(
+        kind=settings.fleet_health_check_kind,
+        port=settings.fleet_health_check_port,
+        path=settings.fleet_health_check_path,
+        interval_ms=settings.fleet_health_check_interval_ms,
+    )
+
+
+def compile_fleet(session: Session, settings: Settings) -> Compiled:
+    """Read every record the fleet needs and compile it (one query per table)."""
+    ips = _service_ips(session)
+    routes: list[RouteSpec] = []
+    by_service: dict[str, tuple[RouteSpec, ...]] = {}
+    problems: dict[str, str] = {}
+    no_routes: dict[str, str] = {}
+    for rec in session.scalars(select(ServiceRecord)):
+        key = f"{rec.namespace}/{rec.name}"
+        try:
+            found = service_routes(rec, ips.get((rec.namespace, rec.name), ()))
+        except Unservable as e:
+            problems[key] = str(e)
+            continue
+        if not found:
+            no_routes[key] = _why_no_routes(rec, ips.get((rec.namespace, rec.name), ()))
+        by_service[key] = found
+        routes.extend(found)
+    routes = _without_clashes(routes, by_service, problems)
+    return Compiled(
+        routes=tuple(sorted(routes, key=lambda r: (_addr_key(r.address), r.port))),
+        nodes=_nodes(session),
+        health_check=health_check_of(settings),
+        by_service=by_service,
+        problems=problems,
+        no_routes=no_routes,
+    )
+
+
+def _service_ips(session: Session) -> dict[tuple[str, str], tuple[str, ...]]:
+    rows = session.execute(
+        select(Allocation.service_namespace, Allocation.service_name, Allocation.ip).where(
+            Allocation.active
+        )
+    )
+    out: dict[tuple[str, str], list[str]] = {}
+    for ns, name, ip in rows:
+        out.setdefault((ns, name), []).append(ip)
+    return {k: tuple(sorted(v, key=_addr_key)) for k, v in out.items()}
+
+
+def _why_no_routes(rec: ServiceRecord, ips: tuple[str, ...]) -> str:
+    if not ips:
+        return "no address allocated"
+    return "no TCP port to serve (the fleet serves TCP only; UDP and SCTP are not supported)"
+
+
+def _without_clashes(
+    routes: list[RouteSpec],
+    by_service: dict[str, tuple[RouteSpec, ...]],
+    problems: dict[str, str],
+) -> list[RouteSpec]:
+    """Two Services on one VIP:port (only possible through a corrupt record): serve neither."""
+    owners: dict[str, set[str]] = {}
+    for r in routes:
+        owners.setdefault(r.key, set()).add(r.service)
+    bad = {svc for keys in owners.values() if len(keys) > 1 for svc in keys}
+    for svc in sorted(bad):
+        by_service.pop(svc, None)
+        problems[svc] = "another Service claims the same VIP:port"
+    return [r for r in routes if r.service not in bad]
+
+
+def service_routes(rec: ServiceRecord, ips: Iterable[str]) -> tuple[RouteSpec, ...]:
+    """The TCP routes of one Service record; raises :class:`Unservable` on a bad value."""
+    _check_name(rec.namespace, "namespace")
+    _check_name(rec.name, "name")
+    options = route_options(rec)
+    local = rec.external_traffic_policy == "Local"
+    hc_port = _port(rec.health_check_node_port, "healthCheckNodePort") if local else None
+    if local and hc_port is None:
+        raise Unservable("externalTrafficPolicy Local without spec.healthCheckNodePort")
+    addresses = [_address(ip) for ip in ips]
+    routes = []
+    for port in _tcp_ports(rec.ports):
+        for address in addresses:
+            routes.append(
+                RouteSpec(
+                    route_id=f"{rec.namespace}/{rec.name}/{address}:{port[0]}",
+                    service=f"{rec.namespace}/{rec.name}",
+                    address=address,
+                    port=port[0],
+                    node_port=port[1],
+                    health_check_node_port=hc_port,
+                    options=options,
+                )
+            )
+    return tuple(routes)
+
+
+def _check_name(value: object, what: str) -> None:
+    if not isinstance(value, str) or not _DNS_LABEL.fullmatch(value):
+        raise Unservable(f"{what} {str(value)[:80]!r} is not a Kubernetes name (DNS label)")
+
+
+def _port(value: object, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise Unservable(f"{what} {str(value)[:20]!r} is not a port")
+    return value
+
+
+def _address(text: object) -> str:
+    try:
+        addr = ipaddress.ip_address(str(text))
+    except ValueError:
+        raise Unservable(f"allocated address {str(text)[:60]!r} is not an IP address") from None
+    if addr.is_unspecified or addr.is_multicast:
+        raise Unservable(f"allocated address {addr} cannot carry traffic")
+    return str(addr)
+
+
+def _tcp_ports(ports: object) -> list[tuple[int, int]]:
+    """(port, nodePort) of every TCP port; a TCP port without a nodePort is refused."""
+    out: list[tuple[int, int]] = []
+    for entry in ports if isinstance(ports, list) else []:
+        if not isinstance(entry, dict) or str(entry.get("protocol") or "TCP") != "TCP":
+            continue
+        port = _port(entry.get("port"), "port")
+        node_port = _port(entry.get("nodePort"), "nodePort")
+        if port is None or node_port is None:
+            raise Unservable(f"TCP port {entry.get('port')!r} has no nodePort to send traffic to")
+        out.append((port, node_port))
+    return sorted(set(out))
+
+
+def route_options(rec: ServiceRecord) -> RouteOptionsSpec:
+    """Annotations (as parsed by the controller) and spec fields, checked again."""
+    opts: Mapping[str, Any] = rec.options if isinstance(rec.options, dict) else {}
+    proxy = opts.get("proxy_protocol")
+    if proxy is not None and proxy not in PROXY_PROTOCOLS:
+        raise Unservable(f"proxy-protocol {str(proxy)[:40]!r} is not one of v1, v2")
+    balance = opts.get("balance") or "roundrobin"
+    if balance not in BALANCES:
+        raise Unservable(f"balance {str(balance)[:40]!r} is not one of {', '.join(BALANCES)}")
+    maxconn = opts.get("maxconn") or 0
+    if isinstance(maxconn, bool) or not isinstance(maxconn, int) or not 0 <= maxconn <= MAX_MAXCONN:
+        raise Unservable(f"maxconn {str(maxconn)[:40]!r} is not a number from 0 to {MAX_MAXCONN}")
+    return RouteOptionsSpec(
+        proxy_protocol=proxy,
+        timeout_client_ms=_timeout(opts.get("timeout_client_ms"), "timeout-client"),
+        timeout_server_ms=_timeout(opts.get("timeout_server_ms"), "timeout-server"),
+        timeout_connect_ms=_timeout(opts.get("timeout_connect_ms"), "timeout-connect"),
+        balance=balance,
+        maxconn=maxconn,
+        source_ranges=_source_ranges(rec.source_ranges),
+        source_affinity=rec.session_affinity == "ClientIP",
+    )
+
+
+def _timeout(value: object, what: str) -> int | None:
+    if value is None:
+        return None
+    ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_TIMEOUT_MS
+    if not ok:
+        raise Unservable(f"{what} {str(value)[:40]!r} is not a duration from 1 ms to 24 h")
+    assert isinstance(value, int)
+    return value
+
+
+def _source_ranges(values: object) -> tuple[str, ...]:
+    items = values if isinstance(values, list) else []
+    if len(items) > MAX_SOURCE_RANGES:
+        raise Unservable(f"more than {MAX_SOURCE_RANGES} loadBalancerSourceRanges")
+    nets = set()
+    for item in items:
+        try:
+            nets.add(ipaddress.ip_network(str(item).strip(), strict=False))
+        except ValueError:
+            raise Unservable(
+                f"loadBalancerSourceRanges entry {str(item)[:60]!r} is not a CIDR"
+            ) from None
+    ordered = sorted(nets, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
+    return tuple(str(n) for n in ordered)
+
+
+def _nodes(session: Session) -> tuple[NodeSpec, ...]:
+    """Eligible nodes with an address; a cordoned one is ``draining``. A node that is leaving
+    (not eligible) or gone is left out: the agent drains it, then deletes it when idle."""
+    out: list[NodeSpec] = []
+    seen: set[str] = set()
+    rows = session.scalars(select(Node).where(Node.eligible).order_by(Node.name))
+    for row in rows:
+        if not _NODE_NAME.fullmatch(row.name) or not row.address:
+            continue
+        try:
+            address = _address(row.address)
+        except Unservable:
+            continue
+        if address in seen:
+            continue
+        seen.add(address)
+        state = "draining" if row.draining else "ready"
+        out.append(NodeSpec(name=row.name, address=address, state=state))
+    return tuple(out)
+
+
+def _addr_key(text: str) -> tuple[int, int]:
+    addr = ipaddress.ip_address(text)
+    return (addr.version, int(addr))
+
+
+def change_stamp(session: Session) -> tuple[Any, ...]:
+    """A cheap fingerprint of everything :func:`compile_fleet` reads: equal stamps, equal
+    compilation. (Counts catch deletions; maxima catch inserts and updates.)"""
+    svc = session.execute(
+        select(func.count(), func.max(ServiceRecord.updated_at), func.max(ServiceRecord.id))
+    ).one()
+    alloc = session.execute(
+        select(func.count(), func.max(Allocation.id)).where(Allocation.active)
+    ).one()
+    released = session.execute(select(func.max(Allocation.released_at))).scalar()
+    nodes = session.execute(select(func.count(), func.max(Node.updated_at))).one()
+    return (tuple(svc), tuple(alloc), released, tuple(nodes))
+
+
+def host_enabled(session: Session, host: str) -> bool:
+    """An unknown host is enabled (it registers with its first report)."""
+    enabled = session.scalar(select(FleetHost.enabled).where(FleetHost.name == host))
+    return True if enabled is None else bool(enabled)
+
+
+class StateCache:
+    """Compiled fleets keyed by change stamp, so a long-poll check costs one stamp query.
+
+    One per API app; safe to share between request threads.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._stamp: tuple[Any, ...] | None = None
+        self._compiled: Compiled | None = None
+        self._states: dict[tuple[str, bool], FleetState] = {}
+
+    def compiled(self, session: Session) -> Compiled:
+        """The compilation of the database as ``session`` sees it now."""
+        stamp = change_stamp(session)
+        with self._lock:
+            if stamp == self._stamp and self._compiled is not None:
+                return self._compiled
+        compiled = compile_fleet(session, self.settings)
+        with self._lock:
+            self._stamp, self._compiled, self._states = stamp, compiled, {}
+        return compiled
+
+    def state(self, session: Session, host: str) -> FleetState:
+        """The current state of ``host``."""
+        compiled = self.compiled(session)
+        key = (host, host_enabled(session, host))
+        with self._lock:
+            cached = self._states.get(key)
+            if cached is not None and self._compiled is compiled:
+                return cached
+        state = compiled.state_for(host, enabled=key[1])
+        with self._lock:
+            if self._compiled is compiled:
+                self._states[key] = state
+        return state

@@ -1,0 +1,153 @@
+"""The agent protocol: the desired state an agent pulls and the status it reports back.
+
+Why: the API (which compiles states from the database) and the agent (which must never import
+the database) share these pydantic models, so both sides agree on one wire format and one
+content digest. A state's ``version`` is a digest of its content: equal content, equal version,
+on every API replica and across restarts.
+
+What it must not do: import the database, services or HAProxy code (the agent imports this
+module), or trust its input. Values here are only shape-checked; the agent still validates
+every value through ``lbprovider.haproxy.model`` before it reaches HAProxy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class RouteOptionsSpec(_Model):
+    """Per-route behaviour from annotations and spec (None: the host's default)."""
+
+    proxy_protocol: Literal["v1", "v2"] | None = None
+    timeout_client_ms: int | None = None
+    timeout_server_ms: int | None = None
+    timeout_connect_ms: int | None = None
+    balance: Literal["roundrobin", "leastconn", "first", "random", "source"] = "roundrobin"
+    maxconn: int = 0
+    source_ranges: tuple[str, ...] = ()
+    source_affinity: bool = False
+
+
+class RouteSpec(_Model):
+    """One TCP VIP:port of a Service and the NodePort behind it."""
+
+    route_id: str
+    service: str  # namespace/name
+    address: str
+    port: int
+    node_port: int
+    health_check_node_port: int | None = None  # set: externalTrafficPolicy Local
+    options: RouteOptionsSpec = Field(default_factory=RouteOptionsSpec)
+
+    @property
+    def key(self) -> str:
+        """``<vip>:<port>`` as HAProxy sees the destination (IPv6 unbracketed)."""
+        return f"{self.address}:{self.port}"
+
+    def digest(self) -> str:
+        """A short digest of the route's content: "applied" means this digest was applied."""
+        return _digest(self.model_dump(mode="json"))[:12]
+
+
+class NodeSpec(_Model):
+    """A node as a server. ``draining``: cordoned, no new connections."""
+
+    name: str
+    address: str
+    state: Literal["ready", "draining"] = "ready"
+
+
+class HealthCheckSpec(_Model):
+    """The per-node check of Cluster routes."""
+
+    kind: Literal["http", "tcp"] = "http"
+    port: int = 10256
+    path: str = "/healthz"
+    interval_ms: int = 2000
+
+
+class FleetState(_Model):
+    """Everything one fleet host should serve. ``version`` digests the rest."""
+
+    protocol: int = PROTOCOL_VERSION
+    host: str
+    version: str = ""
+    enabled: bool = True
+    routes: tuple[RouteSpec, ...] = ()
+    nodes: tuple[NodeSpec, ...] = ()
+    health_check: HealthCheckSpec = Field(default_factory=HealthCheckSpec)
+    vips: tuple[str, ...] = ()
+
+    def content_digest(self) -> str:
+        """The version this content deserves (the ``version`` field itself excluded)."""
+        return _digest(self.model_dump(mode="json", exclude={"version"}))[:20]
+
+    def with_version(self) -> FleetState:
+        """This state with ``version`` set from its content."""
+        return self.model_copy(update={"version": self.content_digest()})
+
+
+class ServerHealth(_Model):
+    """One HAProxy server as ``show stat`` / ``show servers state`` describe it."""
+
+    backend: str
+    server: str
+    state: str  # UP, DOWN, DRAIN, MAINT, NOLB ...
+    check: str = ""
+    address: str = ""
+
+
+class RouteCounters(_Model):
+    """Per VIP:port counters from the routes stick table."""
+
+    conn_cur: int = 0
+    conn_cnt: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class HostStatus(_Model):
+    """What an agent reports: heartbeat, what it applied, errors, health and counters.
+
+    ``applied_routes`` (route_id -> digest) is sent when it changed since the last accepted
+    report, ``None`` otherwise; ``route_errors`` names routes that are applied-but-failing
+    (the serving check) or refused (an invalid value): route_id -> reason.
+    """
+
+    desired_version: str = ""
+    applied_version: str = ""
+    applied_routes: dict[str, str] | None = None
+    route_errors: dict[str, str] = Field(default_factory=dict)
+    errors: list[str] = Field(default_factory=list)
+    pending: list[str] = Field(default_factory=list)
+    reloads: int = 0
+    failed_reloads: int = 0
+    worker_pid: int = 0
+    worker_exits: list[str] = Field(default_factory=list)
+    api_outage_seconds: float = 0.0
+    servers: list[ServerHealth] = Field(default_factory=list)
+    counters: dict[str, RouteCounters] = Field(default_factory=dict)
+    vips: list[str] = Field(default_factory=list)
+
+
+class StatusAck(_Model):
+    """The API's answer to a report; ``resend_routes`` asks for ``applied_routes`` again."""
+
+    host: str
+    desired_version: str
+    resend_routes: bool = False
+
+
+def _digest(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,95 @@
+"""The agent protocol's server side: hand out a host's state (long-poll), take its reports.
+
+Why: the API routers stay thin; the long-poll loop and the report handling live here. A
+long-poll must not hold a database transaction while it waits (SQLite takes its write lock at
+BEGIN), so each check opens a short one; a check costs one change-stamp query thanks to
+:class:`StateCache`.
+
+What it must not do: authenticate (the router does), or talk to agents other than by return
+values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import timedelta
+
+import anyio.to_thread
+from sqlalchemy.orm import Session, sessionmaker
+
+from lbprovider.config import Settings
+from lbprovider.db.session import transaction
+from lbprovider.db.types import utcnow
+from lbprovider.fleet.compile import StateCache
+from lbprovider.fleet.models import FleetState, HostStatus, StatusAck
+from lbprovider.fleet.serving import live_hosts, serving_states
+from lbprovider.services.fleet import HostReport, fleet_hosts, record_host_report, set_serving
+
+logger = logging.getLogger(__name__)
+
+
+def current_state(sessions: sessionmaker[Session], cache: StateCache, host: str) -> FleetState:
+    """The state ``host`` should serve now (one short transaction)."""
+    with transaction(sessions) as session:
+        return cache.state(session, host)
+
+
+async def wait_for_state(
+    *,
+    sessions: sessionmaker[Session],
+    cache: StateCache,
+    host: str,
+    known_version: str,
+    wait: float,
+    poll: float,
+) -> FleetState | None:
+    """The host's state as soon as its version differs from ``known_version``; ``None`` if
+    it did not within ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        state = await anyio.to_thread.run_sync(current_state, sessions, cache, host)
+        if state.version != known_version:
+            return state
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        await asyncio.sleep(min(poll, left))
+
+
+def accept_status(
+    *, session: Session, cache: StateCache, settings: Settings, host: str, report: HostStatus
+) -> StatusAck:
+    """Store a host's report and refresh every Service's ``serving`` from all hosts' reports."""
+    status = report.model_dump(mode="json")
+    row_status = {k: v for k, v in status.items() if k != "applied_routes"}
+    row_status["applied_routes"] = report.applied_routes
+    error = "; ".join(report.errors)
+    record_host_report(
+        session=session,
+        name=host,
+        report=HostReport(report.applied_version, error, row_status),
+    )
+    compiled = cache.compiled(session)
+    views = live_hosts(
+        fleet_hosts(session=session),
+        now=utcnow(),
+        stale=timedelta(seconds=settings.fleet_host_stale_seconds),
+    )
+    changed = set_serving(session=session, states=serving_states(compiled, views))
+    desired = cache.state(session, host).version
+    if report.errors or changed:
+        logger.info(
+            "fleet host reported",
+            extra={
+                "event": "host_status",
+                "host": host,
+                "version": report.applied_version,
+                "error": error,
+                "serving_changed": changed,
+            },
+        )
+    stored = next((v for v in views if v.name == host), None)
+    resend = report.applied_routes is None and (stored is None or not stored.applied)
+    return StatusAck(host=host, desired_version=desired, resend_routes=resend and bool(desired))

@@ -1,0 +1,93 @@
+"""Fleet hosts and what they report, and the ``serving`` flag of Service records.
+
+Why: agents report through the API; these are the unit-of-work writes behind a report (host
+registered on first contact, heartbeat, applied version, errors, health and counters kept in
+``FleetHost.status``), and the one write that turns the fleet's view into each Service's
+``serving``/``serving_message`` for the controller to publish. Deciding *whether* a Service is
+served needs the compiled fleet and lives in ``lbprovider.fleet``; this module only stores.
+
+What it must not do: compile desired state, or commit (the caller owns the transaction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from lbprovider.db.models import FleetHost, ServiceRecord
+from lbprovider.db.types import utcnow
+
+MAX_ERROR_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class HostReport:
+    """What one report changes on a host's row."""
+
+    applied_version: str
+    error: str
+    status: dict[str, Any]  # JSON-ready; ``applied_routes`` None keeps the stored one
+
+
+def get_or_register_host(*, session: Session, name: str) -> FleetHost:
+    """The host's row, created (enabled) on its first contact."""
+    host = session.scalar(select(FleetHost).where(FleetHost.name == name))
+    if host is None:
+        host = FleetHost(name=name)
+        session.add(host)
+        session.flush()
+    return host
+
+
+def record_host_report(
+    *, session: Session, name: str, report: HostReport, now: datetime | None = None
+) -> FleetHost:
+    """Store a heartbeat: applied version, errors, and the status the dashboard reads."""
+    host = get_or_register_host(session=session, name=name)
+    previous = host.status if isinstance(host.status, dict) else {}
+    status = dict(report.status)
+    if status.get("applied_routes") is None:
+        status["applied_routes"] = previous.get("applied_routes")
+    host.status = status
+    host.applied_version = report.applied_version[:64]
+    host.error = report.error[:MAX_ERROR_CHARS]
+    host.last_heartbeat = now or utcnow()
+    session.flush()
+    return host
+
+
+def fleet_hosts(*, session: Session) -> list[FleetHost]:
+    """Every fleet host, by name."""
+    return list(session.scalars(select(FleetHost).order_by(FleetHost.name)))
+
+
+def set_serving(*, session: Session, states: Mapping[str, tuple[bool, str]]) -> int:
+    """Write ``namespace/name -> (serving, message)`` where it differs; returns rows changed."""
+    changed = 0
+    rows = session.execute(
+        select(
+            ServiceRecord.id,
+            ServiceRecord.namespace,
+            ServiceRecord.name,
+            ServiceRecord.serving,
+            ServiceRecord.serving_message,
+        )
+    )
+    updates = []
+    for row_id, ns, name, serving, message in rows:
+        wanted = states.get(f"{ns}/{name}")
+        if wanted is not None and (bool(serving), message or "") != wanted:
+            updates.append({"id": row_id, "serving": wanted[0], "serving_message": wanted[1]})
+    if updates:
+        now = utcnow()
+        for item in updates:
+            item["updated_at"] = now
+        # ORM bulk UPDATE by primary key: one executemany, however many Services changed.
+        session.execute(update(ServiceRecord), updates)
+        changed = len(updates)
+    return changed

@@ -1,0 +1,191 @@
+"""The compiler: a deterministic FleetState whose version moves only with its content, and
+every Service value checked before it becomes a route (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from lbprovider.config import Settings
+from lbprovider.db.session import transaction
+from lbprovider.fleet.compile import StateCache, compile_fleet
+from lbprovider.fleet.models import FleetState
+from lbprovider.services.records import upsert_service_record
+
+from .helpers import add_service, make_pool, remove_service, service_data, set_node
+
+SETTINGS = Settings(database_url="sqlite://")
+
+
+def state(sessions: sessionmaker[Session], host: str = "edge-1") -> FleetState:
+    with transaction(sessions) as s:
+        return compile_fleet(s, SETTINGS).state_for(host, enabled=True)
+
+
+@pytest.fixture
+def fleet(sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+    make_pool(sessions, "127.20.0.1-127.20.0.50")
+    set_node(sessions, "node-b", "127.0.0.3")
+    set_node(sessions, "node-a", "127.0.0.2")
+    return sessions
+
+
+def test_routes_nodes_and_vips_of_a_service(fleet: sessionmaker[Session]) -> None:
+    ips = add_service(fleet, service_data("web", [(80, 30080), (443, 30443)]))
+    st = state(fleet)
+    assert [(r.address, r.port, r.node_port) for r in st.routes] == [
+        (ips[0], 80, 30080),
+        (ips[0], 443, 30443),
+    ]
+    assert [r.service for r in st.routes] == ["shop/web", "shop/web"]
+    assert [(n.name, n.address, n.state) for n in st.nodes] == [
+        ("node-a", "127.0.0.2", "ready"),
+        ("node-b", "127.0.0.3", "ready"),
+    ]
+    assert st.vips == ips
+    assert st.version == st.content_digest() and len(st.version) == 20
+
+
+def test_version_is_stable_and_moves_only_with_content(fleet: sessionmaker[Session]) -> None:
+    add_service(fleet, service_data("web"))
+    first = state(fleet)
+    # Same content, compiled again (and a no-op rewrite of the record): same version.
+    add_service(fleet, service_data("web"))
+    assert state(fleet).version == first.version
+    add_service(fleet, service_data("web", [(80, 30081)]))
+    moved = state(fleet)
+    assert moved.version != first.version
+    add_service(fleet, service_data("web"))
+    assert state(fleet).version == first.version
+    assert state(fleet, "edge-2").version != first.version  # the host is part of the content
+
+
+def test_insertion_order_does_not_change_the_state(sessions: sessionmaker[Session]) -> None:
+    make_pool(sessions, "127.21.0.1-127.21.0.9")
+    add_service(sessions, service_data("b", [(81, 30081)]))
+    add_service(sessions, service_data("a", [(80, 30080)]))
+    set_node(sessions, "n2", "127.0.0.3")
+    set_node(sessions, "n1", "127.0.0.2")
+    one = state(sessions)
+    keys = [(tuple(int(x) for x in r.address.split(".")), r.port) for r in one.routes]
+    assert keys == sorted(keys) and len(keys) == 2
+    assert [n.name for n in one.nodes] == ["n1", "n2"]
+    assert state(sessions).model_dump_json() == one.model_dump_json()
+
+
+def test_cordoned_node_drains_and_a_leaving_node_is_left_out(fleet: sessionmaker[Session]) -> None:
+    add_service(fleet, service_data("web"))
+    set_node(fleet, "node-a", "127.0.0.2", draining=True)
+    set_node(fleet, "node-b", "127.0.0.3", eligible=False, reason="being deleted")
+    set_node(fleet, "node-c", None)  # type: ignore[arg-type]
+    assert [(n.name, n.state) for n in state(fleet).nodes] == [("node-a", "draining")]
+
+
+def test_options_from_annotations_and_spec(fleet: sessionmaker[Session]) -> None:
+    options = {
+        "proxy_protocol": "v2",
+        "balance": "leastconn",
+        "maxconn": 5,
+        "timeout_client_ms": 30000,
+        "timeout_server_ms": None,
+        "timeout_connect_ms": 1500,
+    }
+    add_service(
+        fleet,
+        service_data(
+            "web",
+            options=options,
+            source_ranges=["10.0.0.0/8", "192.168.1.7/24", "10.0.0.0/8"],
+            session_affinity="ClientIP",
+        ),
+    )
+    o = state(fleet).routes[0].options
+    assert (o.proxy_protocol, o.balance, o.maxconn) == ("v2", "leastconn", 5)
+    assert (o.timeout_client_ms, o.timeout_server_ms, o.timeout_connect_ms) == (30000, None, 1500)
+    assert o.source_ranges == ("10.0.0.0/8", "192.168.1.0/24")
+    assert o.source_affinity is True
+
+
+def test_local_policy_routes_carry_the_health_check_node_port(fleet: sessionmaker[Session]) -> None:
+    add_service(
+        fleet,
+        service_data("web", external_traffic_policy="Local", health_check_node_port=31999),
+    )
+    assert [r.health_check_node_port for r in state(fleet).routes] == [31999]
+    with transaction(fleet) as s:
+        compiled = compile_fleet(s, SETTINGS)
+    assert compiled.problems == {}
+
+
+def test_udp_and_sctp_ports_are_not_routes_but_tcp_ones_are(fleet: sessionmaker[Session]) -> None:
+    data = service_data(
+        "dns", [(53, 30053), (54, 30054), (55, 30055)], protocols={53: "UDP", 55: "SCTP"}
+    )
+    add_service(fleet, data)
+    add_service(fleet, service_data("voice", [(5060, 30060)], protocols={5060: "UDP"}))
+    with transaction(fleet) as s:
+        compiled = compile_fleet(s, SETTINGS)
+    assert [(r.service, r.port) for r in compiled.routes] == [("shop/dns", 54)]
+    assert "UDP and SCTP are not supported" in compiled.no_routes["shop/voice"]
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"options": {"proxy_protocol": "v3"}}, "proxy-protocol"),
+        ({"options": {"balance": "static-rr"}}, "balance"),
+        ({"options": {"maxconn": -1}}, "maxconn"),
+        ({"options": {"timeout_client_ms": 0}}, "timeout-client"),
+        ({"source_ranges": ["10.0.0.0/8\nbind :1"]}, "loadBalancerSourceRanges"),
+        ({"external_traffic_policy": "Local"}, "healthCheckNodePort"),
+        ({"ports": [{"protocol": "TCP", "port": 80}]}, "no nodePort"),
+    ],
+    ids=[
+        "proxy v3",
+        "static-rr",
+        "negative maxconn",
+        "zero timeout",
+        "CIDR with newline",
+        "Local without hc port",
+        "TCP port without nodePort",
+    ],
+)
+def test_bad_values_are_left_out_and_named(
+    fleet: sessionmaker[Session], change: dict[str, object], problem: str
+) -> None:
+    add_service(fleet, service_data("good", [(81, 30081)]))
+    add_service(fleet, service_data("bad"))  # allocated while valid, then the record goes bad
+    with transaction(fleet) as s:
+        data = service_data("bad")
+        for key, value in change.items():
+            setattr(data, key, value)
+        upsert_service_record(session=s, data=data)
+        compiled = compile_fleet(s, SETTINGS)
+    assert [r.service for r in compiled.routes] == ["shop/good"]
+    assert problem in compiled.problems["shop/bad"]
+
+
+def test_removed_service_leaves_the_state(fleet: sessionmaker[Session]) -> None:
+    empty = state(fleet)
+    add_service(fleet, service_data("web"))
+    assert state(fleet).routes
+    remove_service(fleet, "web")
+    assert state(fleet).version == empty.version
+
+
+def test_cache_recompiles_only_when_the_database_changed(fleet: sessionmaker[Session]) -> None:
+    cache = StateCache(SETTINGS)
+    with transaction(fleet) as s:
+        one = cache.compiled(s)
+        assert cache.compiled(s) is one
+    add_service(fleet, service_data("web"))
+    with transaction(fleet) as s:
+        two = cache.compiled(s)
+        assert two is not one and [r.service for r in two.routes] == ["shop/web"]
+        assert cache.state(s, "edge-1") is cache.state(s, "edge-1")
+    set_node(fleet, "node-a", "127.0.0.9")
+    with transaction(fleet) as s:
+        assert cache.state(s, "edge-1").nodes[0].address == "127.0.0.9"
+    remove_service(fleet, "web")
+    with transaction(fleet) as s:
+        assert cache.state(s, "edge-1").routes == ()
