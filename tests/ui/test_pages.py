@@ -1,0 +1,307 @@
+"""Read pages through real HTTP: full page vs fragment, pagination with filters in the URL,
+Services (pending + reason), search, ExternalName mappings, Ingress routes, fleet, history,
+audit, tokens, and the vendored htmx."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, select
+
+from lbprovider.db.models import (
+    ApiToken,
+    AuditEntry,
+    ExternalNameMapping,
+    FleetHost,
+    IngressRoute,
+)
+from lbprovider.db.session import transaction
+from lbprovider.db.types import utcnow
+
+from .conftest import Ui, add_service, make_pool
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def shop(ui: Ui) -> Ui:
+    make_pool(ui.sessions, "web", "127.1.0.0/24")
+    add_service(ui.sessions, "shop", "front", pool="web")
+    add_service(ui.sessions, "shop", "back", allocate=False)
+    return ui
+
+
+@pytest.mark.parametrize(
+    ("headers", "fragment"),
+    [
+        ({}, False),
+        ({"HX-Request": "true"}, True),
+        ({"HX-Request": "true", "HX-Boosted": "true"}, False),
+        ({"HX-Request": "true", "HX-History-Restore-Request": "true"}, False),
+    ],
+    ids=["plain GET", "htmx request", "boosted navigation", "history restore"],
+)
+def test_fragment_only_for_htmx_requests_and_always_vary(
+    shop: Ui, headers: dict[str, str], fragment: bool
+) -> None:
+    r = shop.signed_in("read").get("/services", **headers)
+    assert r.status_code == 200 and r.headers["Vary"] == "HX-Request"
+    assert ("<html" in r.text) is not fragment
+    assert 'id="services-table"' in r.text and "shop/front" in r.text
+    if fragment:
+        assert r.text.lstrip().startswith('<div id="services-table"')
+
+
+def test_services_show_ip_pool_ports_policy_and_pending_reason(shop: Ui) -> None:
+    html = shop.signed_in("read").get("/services").text
+    front = html[html.index("shop/front") :]
+    assert "127.1.0.0" in front[:2000] and 'href="/pools/web"' in front[:2000]
+    assert "80/TCP → 30080" in front[:2000] and "Cluster" in front[:2000]
+    back = html[html.index("shop/back") :]
+    assert "&lt;pending&gt;" in back[:2000] and "NoPool" in back[:2000]
+    assert "no pool serves namespace shop" in back[:2000]
+
+
+def test_service_detail_has_events_and_the_record(shop: Ui) -> None:
+    b = shop.signed_in("read")
+    html = b.get("/services/shop/front").text
+    assert "allocated 127.1.0.0 from pool" in html and "Events" in html
+    assert "uid-shop-front" in html
+    assert b.get("/services/shop/nope").status_code == 404
+
+
+def test_services_paginate_server_side_and_keep_filters_in_links(ui: Ui) -> None:
+    make_pool(ui.sessions, "web", "127.1.0.0/24")
+    for i in range(60):
+        add_service(ui.sessions, "bulk", f"svc-{i:03d}", allocate=False)
+    add_service(ui.sessions, "other", "svc-x", allocate=False)
+    b = ui.signed_in("read")
+    first = b.get("/services?namespace=bulk").text
+    assert "1–50 of 60 Services" in first and "svc-049" in first and "svc-050" not in first
+    nxt = re.search(r'href="([^"]+)" rel="next"', first)
+    assert nxt and "namespace=bulk" in nxt.group(1) and "offset=50" in nxt.group(1)
+    second = b.get(nxt.group(1).replace("&amp;", "&")).text
+    assert "51–60 of 60" in second and "svc-059" in second and "svc-x" not in second
+    pending = b.get("/services?state=pending&q=svc-x").text
+    assert "1–1 of 1" in pending and "other/svc-x" in pending
+
+
+def test_filters_that_match_nothing_say_so(ui: Ui) -> None:
+    b = ui.signed_in("read")
+    assert "No LoadBalancer Services yet." in b.get("/services").text
+    assert "No Service matches these filters." in b.get("/services?namespace=zzz").text
+
+
+@pytest.mark.parametrize(
+    ("query", "expect"),
+    [
+        ("127.1.0.0", ["shop/front", 'href="/pools/web"', "History of 127.1.0.0"]),
+        ("127.001.000.000", ["shop/front"]),  # any spelling of the address is rejected or not
+        ("127.1.0.0/30", ["shop/front", "Pools"]),
+        ("shop/front", ["shop/front", "127.1.0.0"]),
+        ("shop", ["shop/front", "shop/back", "&lt;pending&gt;"]),
+        ("web", ['href="/pools/web"']),
+    ],
+    ids=["an IP", "a zero-padded IP", "a CIDR", "namespace/name", "a namespace", "a pool name"],
+)
+def test_search_finds(shop: Ui, query: str, expect: list[str]) -> None:
+    html = shop.signed_in("read").get(f"/search?q={query}").text
+    if query == "127.001.000.000":  # not an address: searched as a name, finds nothing
+        assert "Nothing matches" in html
+        return
+    for text in expect:
+        assert text in html, text
+
+
+def test_search_covers_reservations_externalnames_and_ingress(shop: Ui) -> None:
+    with transaction(shop.sessions) as s:
+        s.add(
+            ExternalNameMapping(
+                namespace="shop",
+                name="db",
+                external_name="db.example.net",
+                dns_status="ok",
+                dns_addresses=["192.0.2.7"],
+            )
+        )
+        s.add(
+            IngressRoute(
+                namespace="shop",
+                ingress_name="site",
+                host="shop.example.com",
+                backend_service="front",
+                backend_port="80",
+                node_port=30080,
+            )
+        )
+    b = shop.signed_in("read")
+    assert "db.example.net" in b.get("/search?q=192.0.2.7").text
+    by_host = b.get("/search?q=shop.example").text
+    assert "shop.example.com" in by_host and "NodePort 30080" in by_host
+    assert "Type an IP" in b.get("/search").text
+
+
+def test_search_fragment_for_htmx(shop: Ui) -> None:
+    r = shop.signed_in("read").get("/search?q=127.1.0.0", **{"HX-Request": "true"})
+    assert r.text.lstrip().startswith('<div id="results">') and "<html" not in r.text
+
+
+def test_externalnames_and_ingress_tables_show_status(ui: Ui) -> None:
+    with transaction(ui.sessions) as s:
+        s.add(ExternalNameMapping(namespace="a", name="ok", external_name="good.example"))
+        s.add(
+            ExternalNameMapping(
+                namespace="a",
+                name="bad",
+                external_name="nx.invalid",
+                dns_status="failed",
+                dns_checked_at=utcnow(),
+            )
+        )
+        s.add(
+            IngressRoute(
+                namespace="a", ingress_name="broken", host="x.example", error="no such Service a/x"
+            )
+        )
+        s.add(IngressRoute(namespace="a", ingress_name="fine", host="y.example", node_port=31000))
+    b = ui.signed_in("read")
+    names = b.get("/externalnames").text
+    assert "nx.invalid" in names and "does not resolve" in names
+    only_failed = b.get("/externalnames?status=failed").text
+    assert "nx.invalid" in only_failed and "good.example" not in only_failed
+    routes = b.get("/ingress").text
+    assert "no such Service a/x" in routes and "NodePort 31000" in routes
+    broken = b.get("/ingress?broken=yes").text
+    assert "x.example" in broken and "y.example" not in broken
+
+
+def test_empty_tables_have_empty_states(ui: Ui) -> None:
+    b = ui.signed_in("admin")
+    for url, text in [
+        ("/externalnames", "No ExternalName mappings."),
+        ("/ingress", "No Ingress routes."),
+        ("/fleet", "No fleet hosts have registered yet."),
+        ("/history", "The ledger is empty."),
+        ("/pools", "No pools yet."),
+        ("/", "Every Service has its address."),
+    ]:
+        r = b.get(url)
+        assert r.status_code == 200 and text in r.text, url
+
+
+def test_fleet_page_renders_heartbeat_versions_vips_and_haproxy_states(ui: Ui) -> None:
+    now = utcnow()
+    with transaction(ui.sessions) as s:
+        s.add(
+            FleetHost(
+                name="edge-1",
+                address="10.9.0.1",
+                last_heartbeat=now - timedelta(seconds=5),
+                applied_version="42",
+                status={
+                    "vips": ["127.1.0.0"],
+                    "servers": [
+                        {
+                            "backend": "shop_front_80",
+                            "server": "node-a",
+                            "state": "UP",
+                            "check_status": "L4OK",
+                        },
+                        {
+                            "backend": "shop_front_80",
+                            "server": "node-b",
+                            "state": "DOWN",
+                            "check_status": "L4CON",
+                        },
+                        {"backend": "shop_front_80", "server": "node-c", "state": "DRAIN"},
+                    ],
+                },
+            )
+        )
+        s.add(
+            FleetHost(
+                name="edge-2", last_heartbeat=now - timedelta(minutes=10), applied_version="41"
+            )
+        )
+    b = ui.signed_in("read")
+    html = b.get("/fleet").text
+    assert "edge-1" in html and re.search(r">\d+ s ago<", html) and "127.1.0.0" in html
+    for word in ("UP", "DOWN", "DRAIN", "L4CON"):
+        assert f">{word}<" in html or word in html
+    assert "no heartbeat for" in html and "applied version 41, desired 42" in html
+    overview = b.get("/").text
+    assert "Fleet hosts needing attention" in overview and "edge-2" in overview
+
+
+def test_history_filters_live_in_the_url(shop: Ui) -> None:
+    add_service(shop.sessions, "shop", "side", pool="web")
+    b = shop.signed_in("read")
+    html = b.get("/history?service=side").text
+    assert "shop/side" in html and "shop/front" not in html.split("<tbody>")[1]
+    bad = b.get("/history?ip=not-an-ip").text
+    assert "is not an IP address" in bad
+    by_ip = b.get("/history?ip=127.1.0.0").text
+    assert "shop/front" in by_ip.split("<tbody>")[1]
+
+
+def test_audit_is_admin_only_and_filterable(shop: Ui) -> None:
+    b = shop.signed_in("admin")
+    html = b.get("/audit?object_type=pool").text
+    assert "pool.create" in html and "token.create" not in html
+    assert "token.create" in b.get("/audit?object_type=token").text
+
+
+def test_tokens_create_shows_the_secret_once_and_revoke_is_audited(ui: Ui) -> None:
+    b = ui.signed_in("admin")
+    r = b.post("/tokens", {"name": "ci", "scope": "write", "days": "30"})
+    assert r.status_code == 201
+    secret = re.search(r'value="(lbp_[a-z0-9]{12}_[^"]+)"', r.text)
+    assert secret and "shown <strong>once</strong>" in r.text
+    listing = b.get("/tokens").text
+    assert "ci" in listing and secret.group(1) not in listing
+    with ui.sessions() as s:
+        tid = s.scalar(select(ApiToken.id).where(ApiToken.name == "ci"))
+    revoke = b.post(f"/tokens/{tid}/revoke")
+    assert revoke.status_code == 303
+    assert "Token ci revoked." in b.get(revoke.headers["location"]).text
+    with ui.sessions() as s:
+        row = s.scalar(select(AuditEntry).where(AuditEntry.action == "token.revoke"))
+        assert row is not None and row.actor == "admin" and row.object_id == "ci"
+    dup = b.post("/tokens", {"name": "ci", "scope": "read"})
+    assert dup.status_code == 422 and "exists" in dup.text
+
+
+def test_htmx_is_vendored_pinned_and_no_page_loads_a_cdn(shop: Ui) -> None:
+    b = shop.signed_in("admin")
+    js = b.get("/static/htmx-2.0.11.min.js")
+    assert js.status_code == 200 and js.text.startswith("var htmx=function")
+    readme = (ROOT / "web" / "static" / "README.md").read_text()
+    assert "2.0.11" in readme and "0BSD" in readme
+    for url in ("/", "/pools", "/services", "/search?q=shop", "/tokens", "/login"):
+        html = b.get(url).text
+        sources = re.findall(r'<(?:script|link)[^>]+(?:src|href)="([^"]+)"', html)
+        assert sources and all(src.startswith("/static/") for src in sources), url
+
+
+def test_ten_thousand_rows_stay_paged(ui: Ui) -> None:
+    now = utcnow()
+    with transaction(ui.sessions) as s:
+        s.execute(
+            insert(AuditEntry),
+            [
+                {
+                    "at": now,
+                    "actor": "bulk",
+                    "action": "x.y",
+                    "object_type": "t",
+                    "object_id": str(i),
+                }
+                for i in range(10_000)
+            ],
+        )
+    html = ui.signed_in("admin").get("/audit?actor=bulk&offset=9950").text
+    assert "9951–10000 of 10000 entries" in html
+    assert html.count("<tr>") <= 51
