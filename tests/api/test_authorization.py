@@ -47,6 +47,13 @@ MATRIX: list[tuple[str, str, str, str, Any]] = [
     ("get", "/api/v1/fleet/hosts", "/api/v1/fleet/hosts", "read", None),
 ]
 PUBLIC = {("get", "/healthz"), ("get", "/readyz")}
+AGENT_PREFIX = "/api/v1/fleet/hosts/{name}/"
+"""Routes the fleet package adds for agents; checked by ``test_agent_routes_by_every_scope``."""
+
+
+def _documented(api: Api) -> set[tuple[str, str]]:
+    doc = httpx.get(api.url + "/api/v1/openapi.json").json()
+    return {(m, p) for p, ops in doc["paths"].items() for m in ops}
 
 
 def _body(method: str, path: str, scope: str, given: Any) -> Any:
@@ -67,9 +74,25 @@ def _call(client: httpx.Client, method: str, path: str, body: Any) -> httpx.Resp
 
 
 def test_matrix_covers_every_documented_route(api: Api) -> None:
-    doc = httpx.get(api.url + "/api/v1/openapi.json").json()
-    documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    documented = {(m, p) for m, p in _documented(api) if not p.startswith(AGENT_PREFIX)}
     assert documented == {(m, t) for m, t, *_ in MATRIX} | PUBLIC
+
+
+def test_agent_routes_by_every_scope(api: Api) -> None:
+    """An agent token opens only its own host's routes; no other scope below admin does."""
+    wrong = []
+    for method, template in sorted(_documented(api)):
+        if not template.startswith(AGENT_PREFIX):
+            continue
+        own, other = template.replace("{name}", AGENT_HOST), template.replace("{name}", "edge-9")
+        cases = [("none", own, "401"), ("read", own, "403"), ("write", own, "403")]
+        cases += [("agent", own, "allowed"), ("agent", other, "403")]
+        for scope, path, expected in cases:
+            client = api.anonymous if scope == "none" else api.clients[scope]
+            got = _outcome(client.request(method.upper(), path, json={}))
+            if got != expected:
+                wrong.append(f"{method.upper()} {path} as {scope}: {got}, expected {expected}")
+    assert wrong == []
 
 
 def _expected(scope: str, least: str) -> str:
@@ -114,9 +137,9 @@ def fleet_api(engine: Engine, sessions: sessionmaker[Session]) -> Iterator[dict[
     """The app plus an agent-style route guarded the way the fleet router guards its own."""
     url = engine.url.render_as_string(hide_password=False)
     app = create_app(api_settings(url), engine=engine)
-    extra = APIRouter(prefix="/api/v1/fleet")
+    extra = APIRouter(prefix="/api/v1/test-guard")
 
-    @extra.get("/hosts/{name}/state")
+    @extra.get("/hosts/{name}")
     def state(name: str, token: Annotated[ApiToken, Depends(require_host_agent)]) -> dict[str, str]:
         return {"host": name, "token": token.name}
 
@@ -130,10 +153,10 @@ def fleet_api(engine: Engine, sessions: sessionmaker[Session]) -> Iterator[dict[
         yield {"url": server.url, "secrets": secrets}
 
 
-def test_agent_reaches_only_its_own_host(fleet_api: dict[str, Any]) -> None:
+def test_require_host_agent_admits_only_its_own_host(fleet_api: dict[str, Any]) -> None:
     def get(scope: str, host: str) -> int:
         headers = {"Authorization": f"Bearer {fleet_api['secrets'][scope]}"}
-        url = f"{fleet_api['url']}/api/v1/fleet/hosts/{host}/state"
+        url = f"{fleet_api['url']}/api/v1/test-guard/hosts/{host}"
         return httpx.get(url, headers=headers).status_code
 
     assert get("agent", AGENT_HOST) == 200
