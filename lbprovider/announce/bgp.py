@@ -99,6 +99,7 @@ class BgpAnnouncer:
         self._backup: frozenset[IPAddress] = frozenset()
         self._serving: frozenset[IPAddress] = frozenset()
         self._since: dict[IPAddress, datetime] = {}
+        self._haproxy_healthy = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -132,8 +133,8 @@ class BgpAnnouncer:
         owned: Collection[str] | None = None,
     ) -> None:
         """Announce exactly the serving VIPs (or the owned ones); nothing if HAProxy is down."""
-        serving = check_vips(vips_serving) if haproxy_healthy else frozenset()
-        announce, backup = self._split(serving, owned)
+        serving = check_vips(vips_serving)
+        announce, backup = self._split(serving if haproxy_healthy else frozenset(), owned)
         if not self.daemon.alive():
             logger.warning("bird not running; restarting", extra={"event": "bird_restart"})
             self._announce, self._backup = announce, backup
@@ -143,6 +144,7 @@ class BgpAnnouncer:
             self._configure()
         self._note_changes(announce, backup)
         self._announce, self._backup, self._serving = announce, backup, serving
+        self._haproxy_healthy = haproxy_healthy
 
     def _split(
         self, serving: frozenset[IPAddress], owned: Collection[str] | None
@@ -208,7 +210,7 @@ class BgpAnnouncer:
         since = self._since.get(vip, utc_now())
         detail = f"bgp: {len(up)}/{total} peers established"
         if vip not in self._announce and vip not in self._backup:
-            why = "not owned" if self._serving else "haproxy down"
+            why = "not owned" if self._haproxy_healthy else "haproxy down"
             return Announcement(str(vip), AnnounceState.WITHDRAWN, since, f"{detail}; {why}")
         if not up:
             return Announcement(str(vip), AnnounceState.WITHDRAWN, since, detail)
