@@ -86,5 +86,24 @@ def controller() -> None:
     run_controller(get_settings())
 
 
+@app.command()
+def agent() -> None:
+    """Run the fleet agent of this HAProxy host: pull its state from LBP_AGENT_API_URL with
+    LBP_AGENT_TOKEN, serve it through a supervised HAProxy, report health. HAProxy keeps
+    running when the agent exits; the next agent attaches to it."""
+    import signal
+
+    from lbprovider.agent.loop import Agent, AgentConfig
+
+    runner = Agent(AgentConfig.from_settings(get_settings()))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: runner.stop())
+    runner.start()
+    try:
+        runner.run()
+    finally:
+        runner.close()
+
+
 def main() -> None:
     app()

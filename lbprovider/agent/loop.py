@@ -1,0 +1,417 @@
+"""The fleet agent: pull the desired state, make HAProxy serve it, report what is served.
+
+Why: each HAProxy host runs one agent. It long-polls the API for its FleetState, validates it
+(``translate``), puts VIPs on the host, applies through ``lbprovider.haproxy`` (runtime API,
+reload only when the skeleton changes), checks that each new VIP:port carries a connection,
+and reports health and counters. When the API is away it keeps serving the last good state —
+also across its own restart (the state is kept in its state directory) — and says how long the
+API was away once it is back. Every heartbeat it re-applies against HAProxy's *live* state, so
+a hand edit through the socket is undone.
+
+Reloads are rate-limited (``reload_debounce_seconds``): a change that needs one within that
+window waits, and whatever else arrives meanwhile is applied with it.
+
+What it must not do: read the database or Kubernetes, or build HAProxy text itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lbprovider.agent.checks import check_targets
+from lbprovider.agent.client import ApiUnavailable, FleetApi
+from lbprovider.agent.report import observe
+from lbprovider.agent.translate import Translated, translate
+from lbprovider.agent.vips import InterfaceVips, RoutedVips, Vips
+from lbprovider.config import Settings
+from lbprovider.fleet.models import FleetState, HostStatus
+from lbprovider.haproxy import model as hx
+from lbprovider.haproxy.apply import Applier, ApplyResult, paths, start_or_attach
+from lbprovider.haproxy.layout import build_skeleton
+from lbprovider.haproxy.process import HAProxyProcess
+from lbprovider.haproxy.render import config_digest
+from lbprovider.haproxy.runtime import HAProxyError
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "desired-state.json"
+MAX_BACKOFF = 60.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """What one agent needs, from ``LBP_AGENT_*`` settings (see ``lbprovider.config``)."""
+
+    api_url: str
+    token: str
+    host: str
+    state_dir: Path
+    haproxy_bin: str = "haproxy"
+    vip_mode: str = "none"
+    vip_interface: str = "lo"
+    bind_mode: str = "wildcard"
+    bind_address: str | None = None
+    reload_debounce_seconds: float = 2.0
+    long_poll_seconds: float = 30.0
+    heartbeat_seconds: float = 10.0
+    retry_seconds: float = 2.0
+    maxconn: int = 8000
+    hard_stop_after_seconds: float = 600.0
+    nbthread: int = 2
+    check_timeout_seconds: float = 0.3
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> AgentConfig:
+        return cls(
+            api_url=s.agent_api_url,
+            token=s.agent_token,
+            host=s.agent_host or socket.gethostname().split(".")[0],
+            state_dir=Path(s.agent_state_dir),
+            haproxy_bin=s.agent_haproxy_bin,
+            vip_mode=s.agent_vip_mode,
+            vip_interface=s.agent_vip_interface,
+            bind_mode=s.agent_bind_mode,
+            bind_address=s.agent_bind_address,
+            reload_debounce_seconds=s.agent_reload_debounce_seconds,
+            long_poll_seconds=s.agent_long_poll_seconds,
+            heartbeat_seconds=s.agent_heartbeat_seconds,
+            retry_seconds=s.agent_retry_seconds,
+            maxconn=s.agent_maxconn,
+            hard_stop_after_seconds=s.agent_hard_stop_after_seconds,
+            nbthread=s.agent_nbthread,
+            check_timeout_seconds=s.agent_check_timeout_seconds,
+        )
+
+    def haproxy_settings(self) -> hx.Settings:
+        """The HAProxy host settings (raises ``InvalidModel`` on a bad value)."""
+        bind = hx.parse_address(self.bind_address) if self.bind_address else None
+        per_vip = self.bind_mode == "per-vip"
+        return hx.Settings(
+            run_dir=str(self.state_dir / "run"),
+            bind_mode=hx.BindMode.PER_VIP if per_vip else hx.BindMode.WILDCARD,
+            bind_address=bind,
+            transparent=per_vip and self.vip_mode == "none",
+            maxconn=self.maxconn,
+            hard_stop_after_ms=int(self.hard_stop_after_seconds * 1000),
+            nbthread=self.nbthread,
+        )
+
+
+@dataclass
+class Progress:
+    """What the agent has applied and learnt; reported in every heartbeat."""
+
+    desired: FleetState | None = None
+    applied: FleetState | None = None
+    applied_routes: dict[str, str] = field(default_factory=dict)
+    route_errors: dict[str, str] = field(default_factory=dict)
+    checked: dict[str, str] = field(default_factory=dict)  # route_id -> digest checked OK
+    errors: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    routes_sent: dict[str, str] | None = None
+    outage_started: float | None = None
+    outage_seconds: float = 0.0
+
+
+class Agent:
+    """One host's agent. ``start`` brings HAProxy up; ``run`` loops until ``stop``."""
+
+    def __init__(self, config: AgentConfig, api: FleetApi | None = None) -> None:
+        self.config = config
+        self.hsettings = config.haproxy_settings()
+        self.api = api or FleetApi(config.api_url, config.token, config.host)
+        self.vips: Vips = (
+            InterfaceVips(config.vip_interface, config.state_dir)
+            if config.vip_mode == "local"
+            else RoutedVips()
+        )
+        self.progress = Progress()
+        self.process: HAProxyProcess | None = None
+        self.applier: Applier | None = None
+        self._stop = threading.Event()
+        self._last_reload = float("-inf")
+        self._next_apply = 0.0
+        self._next_heartbeat = 0.0
+        self._failures = 0
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start or attach to HAProxy, serving the last good state kept on disk (if any)."""
+        Path(self.hsettings.run_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        saved = self._load_saved()
+        translated = translate(saved or FleetState(host=self.config.host))
+        self.vips.sync(set(saved.vips) if saved else set())
+        self.process = start_or_attach(translated.desired, self.hsettings, self.config.haproxy_bin)
+        self.applier = Applier(self.hsettings, self.process, self.config.haproxy_bin)
+        if saved is not None:
+            self.progress.desired = saved
+            self._apply(saved)
+        logger.info(
+            "agent started",
+            extra={"event": "agent_started", "host": self.config.host, "version": _v(saved)},
+        )
+
+    def stop(self) -> None:
+        """Ask ``run`` to return (HAProxy keeps running for the next agent to attach)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Release the runtime connection and the HTTP client."""
+        if self.applier is not None:
+            self.applier.close()
+        self.api.close()
+
+    def run(self) -> None:
+        """Loop: fetch, apply when needed, report; until :meth:`stop`."""
+        while not self._stop.is_set():
+            self.step()
+
+    # -- one iteration -----------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Fetch (long-poll up to the next due task), then apply and report what is due."""
+        wait = max(0.0, min(self._next_heartbeat, self._next_apply_due()) - time.monotonic())
+        if not self._fetch(min(wait, self.config.long_poll_seconds)):
+            self._stop.wait(min(self.config.retry_seconds, max(wait, 0.05)))
+        now = time.monotonic()
+        if self._needs_apply() and now >= self._next_apply:
+            self._maybe_apply(now)
+        if time.monotonic() >= self._next_heartbeat:
+            self._resync()
+            self._heartbeat()
+
+    def _next_apply_due(self) -> float:
+        return self._next_apply if self._needs_apply() else float("inf")
+
+    def _needs_apply(self) -> bool:
+        p = self.progress
+        if p.desired is None:
+            return False
+        return p.applied is None or p.applied.version != p.desired.version or bool(p.pending)
+
+    def _fetch(self, wait: float) -> bool:
+        known = self.progress.desired.version if self.progress.desired else ""
+        try:
+            state = self.api.fetch_state(known, wait)
+        except ApiUnavailable as e:
+            self._api_down(e)
+            return False
+        self._api_up()
+        if state is not None:
+            logger.info(
+                "new desired state",
+                extra={
+                    "event": "state_fetched",
+                    "host": self.config.host,
+                    "version": state.version,
+                },
+            )
+            self.progress.desired = state
+            self._next_apply = time.monotonic()
+        return True
+
+    def _api_down(self, error: Exception) -> None:
+        if self.progress.outage_started is None:
+            self.progress.outage_started = time.monotonic()
+            logger.warning(
+                "API unreachable, serving the last good state",
+                extra={"event": "api_unreachable", "host": self.config.host, "error": str(error)},
+            )
+
+    def _api_up(self) -> None:
+        started = self.progress.outage_started
+        if started is not None:
+            self.progress.outage_seconds = time.monotonic() - started
+            self.progress.outage_started = None
+            self._next_heartbeat = 0.0  # tell the API at once
+            logger.info(
+                "API reachable again",
+                extra={
+                    "event": "api_back",
+                    "host": self.config.host,
+                    "outage_seconds": round(self.progress.outage_seconds, 1),
+                },
+            )
+
+    # -- applying ----------------------------------------------------------------------------
+
+    def _maybe_apply(self, now: float) -> None:
+        desired = self.progress.desired
+        assert desired is not None
+        if self._needs_reload(desired):
+            ready_at = self._last_reload + self.config.reload_debounce_seconds
+            if now < ready_at:
+                self._next_apply = ready_at  # debounced: newer states may still arrive
+                return
+        self._apply(desired)
+
+    def _needs_reload(self, state: FleetState) -> bool:
+        try:
+            skeleton = build_skeleton(translate(state).desired, self.hsettings)
+        except hx.InvalidModel:
+            return False
+        config, _, _ = paths(self.hsettings)
+        return config_digest(config) != skeleton.digest
+
+    def _apply(self, state: FleetState) -> None:
+        assert self.applier is not None
+        translated = translate(state)
+        vip_errors = self.vips.sync(set(state.vips))
+        try:
+            result = self.applier.apply(translated.desired)
+        except (hx.InvalidModel, HAProxyError) as e:
+            result = ApplyResult(errors=[f"refused: {e}"])
+        if result.reloaded:
+            self._last_reload = time.monotonic()
+        self._record(state, translated, result, vip_errors)
+
+    def _record(
+        self, state: FleetState, translated: Translated, result: ApplyResult, vip_errors: list[str]
+    ) -> None:
+        p = self.progress
+        p.errors = [*result.errors, *translated.problems, *vip_errors]
+        p.pending = list(result.pending)
+        if result.applied:
+            self._failures = 0
+            p.applied = state
+            p.applied_routes = {
+                r.route_id: r.digest() for r in state.routes if r.route_id not in translated.refused
+            }
+            self._save(state)
+            self._next_apply = time.monotonic() + (self.config.retry_seconds if p.pending else 0)
+            self._check_routes(state, translated.refused)
+        else:
+            self._failures += 1
+            backoff = self.config.retry_seconds * 2 ** min(self._failures - 1, 5)
+            self._next_apply = time.monotonic() + min(backoff, MAX_BACKOFF)
+            why = "; ".join(result.errors) or "not applied"
+            p.route_errors = {
+                r.route_id: f"not applied: {why}"[:500]
+                for r in state.routes
+                if p.applied_routes.get(r.route_id) != r.digest()
+            } | dict(translated.refused)
+        self._next_heartbeat = 0.0
+        level = logging.WARNING if p.errors else logging.INFO
+        logger.log(
+            level,
+            "state applied" if result.applied else "state not applied",
+            extra={
+                "event": "applied" if result.applied else "apply_failed",
+                "host": self.config.host,
+                "version": state.version,
+                "reloaded": result.reloaded,
+                "commands": result.commands,
+                "error": "; ".join(p.errors),
+            },
+        )
+
+    def _check_routes(self, state: FleetState, refused: dict[str, str]) -> None:
+        """Connect to every new, changed or failing VIP:port; keep the verdicts."""
+        p = self.progress
+        digests = {r.route_id: r.digest() for r in state.routes}
+        p.checked = {k: d for k, d in p.checked.items() if digests.get(k) == d}
+        todo = [
+            (r.route_id, r.address, r.port)
+            for r in state.routes
+            if r.route_id not in refused and p.checked.get(r.route_id) != digests[r.route_id]
+        ]
+        verdicts = check_targets(todo, self.config.check_timeout_seconds)
+        errors = {k: v for k, v in p.route_errors.items() if k in digests and k not in verdicts}
+        for route_id, error in verdicts.items():
+            if error:
+                errors[route_id] = error
+            else:
+                p.checked[route_id] = digests[route_id]
+                errors.pop(route_id, None)
+        p.route_errors = {k: v for k, v in errors.items() if k not in p.checked} | refused
+
+    def _resync(self) -> None:
+        """Re-apply the applied state against HAProxy's live state (undoes hand edits) and
+        re-check the routes that failed."""
+        p = self.progress
+        if p.applied is None or self._needs_apply():
+            return
+        assert self.applier is not None
+        translated = translate(p.applied)
+        try:
+            result = self.applier.apply(translated.desired)
+        except (hx.InvalidModel, HAProxyError) as e:
+            result = ApplyResult(errors=[f"refused: {e}"])
+        if result.commands or result.reloaded or result.errors:
+            self._record(p.applied, translated, result, self.vips.sync(set(p.applied.vips)))
+        elif p.route_errors:
+            self._check_routes(p.applied, translated.refused)
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def status(self) -> HostStatus:
+        """The report HAProxy and the agent's progress make now."""
+        assert self.applier is not None and self.process is not None
+        p = self.progress
+        seen = observe(self.applier.client, self.process)
+        routes = p.applied_routes if p.routes_sent != p.applied_routes else None
+        return HostStatus(
+            desired_version=p.desired.version if p.desired else "",
+            applied_version=p.applied.version if p.applied else "",
+            applied_routes=dict(routes) if routes is not None else None,
+            route_errors=dict(p.route_errors),
+            errors=[*p.errors, *seen.errors],
+            pending=list(p.pending),
+            reloads=seen.reloads,
+            failed_reloads=seen.failed_reloads,
+            worker_pid=seen.worker_pid,
+            worker_exits=seen.worker_exits,
+            api_outage_seconds=round(p.outage_seconds, 3),
+            servers=seen.servers,
+            counters=seen.counters,
+            vips=self.vips.owned(),
+        )
+
+    def _heartbeat(self) -> None:
+        self._next_heartbeat = time.monotonic() + self.config.heartbeat_seconds
+        status = self.status()
+        try:
+            ack = self.api.post_status(status)
+        except ApiUnavailable as e:
+            self._api_down(e)
+            self._next_heartbeat = time.monotonic() + self.config.retry_seconds
+            return
+        self._api_up()
+        p = self.progress
+        if status.applied_routes is not None:
+            p.routes_sent = dict(status.applied_routes)
+        if ack.resend_routes:
+            p.routes_sent = None
+        p.outage_seconds = 0.0
+
+    # -- last good state ---------------------------------------------------------------------
+
+    def _save(self, state: FleetState) -> None:
+        path = self.config.state_dir / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(state.model_dump_json())
+            tmp.replace(path)
+        except OSError as e:
+            logger.warning("could not keep the state on disk", extra={"error": str(e)})
+
+    def _load_saved(self) -> FleetState | None:
+        path = self.config.state_dir / STATE_FILE
+        try:
+            state = FleetState.model_validate(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return None
+        if state.host != self.config.host or state.version != state.content_digest():
+            return None
+        return state
+
+
+def _v(state: FleetState | None) -> str:
+    return state.version if state else ""

@@ -1,0 +1,83 @@
+"""Read what HAProxy is doing, for the agent's heartbeat: server health, counters, process.
+
+Why: operators and the controller see the fleet through these reports (dashboard, Serving
+condition); they come from HAProxy's own runtime view, not from what the agent believes.
+
+What it must not do: change HAProxy, or fail the heartbeat: a read that fails becomes an error
+line in the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lbprovider.fleet.models import RouteCounters, ServerHealth
+from lbprovider.haproxy.layout import TABLE_BACKEND
+from lbprovider.haproxy.process import HAProxyProcess
+from lbprovider.haproxy.runtime import HAProxyError, RuntimeClient
+
+
+@dataclass
+class Observed:
+    """One look at HAProxy."""
+
+    servers: list[ServerHealth] = field(default_factory=list)
+    counters: dict[str, RouteCounters] = field(default_factory=dict)
+    reloads: int = 0
+    failed_reloads: int = 0
+    worker_pid: int = 0
+    worker_exits: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def observe(client: RuntimeClient, process: HAProxyProcess) -> Observed:
+    """Servers (``show stat``), per-route counters (the routes table) and ``show proc``."""
+    seen = Observed()
+    try:
+        seen.servers = servers(client)
+        seen.counters = counters(client)
+    except HAProxyError as e:
+        seen.errors.append(f"reading haproxy stats: {e}")
+    try:
+        proc = process.show_proc()
+        seen.reloads, seen.failed_reloads = proc.reloads, proc.failed_reloads
+        seen.worker_pid = proc.workers[-1] if proc.workers else 0
+    except HAProxyError as e:
+        seen.errors.append(f"reading haproxy master: {e}")
+    for ex in process.worker_exits():
+        if ex.code != 0:
+            kind = "old worker" if ex.former else "worker"
+            seen.worker_exits.append(f"{kind} {ex.pid} exited with code {ex.code} ({ex.reason})")
+    return seen
+
+
+def servers(client: RuntimeClient) -> list[ServerHealth]:
+    """Every server row of ``show stat``."""
+    out = []
+    for row in client.show_stat():
+        name = row.get("svname", "")
+        if name in ("FRONTEND", "BACKEND", ""):
+            continue
+        out.append(
+            ServerHealth(
+                backend=row.get("pxname", ""),
+                server=name,
+                state=row.get("status", ""),
+                check=row.get("check_status", ""),
+                address=row.get("addr", ""),
+            )
+        )
+    return out
+
+
+def counters(client: RuntimeClient) -> dict[str, RouteCounters]:
+    """VIP:port -> connection and byte counters from the routes stick table."""
+    out = {}
+    for key, values in client.show_table(TABLE_BACKEND).items():
+        out[key] = RouteCounters(
+            conn_cur=values.get("conn_cur", 0),
+            conn_cnt=values.get("conn_cnt", 0),
+            bytes_in=values.get("bytes_in_cnt", 0),
+            bytes_out=values.get("bytes_out_cnt", 0),
+        )
+    return out

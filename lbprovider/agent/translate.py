@@ -1,0 +1,111 @@
+"""Turn a FleetState from the API into the validated HAProxy model, route by route.
+
+Why: a value that came over the network must pass ``lbprovider.haproxy.model``'s checks
+before it can reach a config file, a map or a runtime command. One bad route must not stop
+every other Service: it is left out and reported as refused (``route_errors``).
+
+What it must not do: talk to HAProxy or the API.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from lbprovider.fleet.models import FleetState, NodeSpec, RouteSpec
+from lbprovider.haproxy.model import (
+    Balance,
+    DesiredState,
+    HealthCheck,
+    HealthCheckKind,
+    InvalidModel,
+    Node,
+    NodeState,
+    ProxyProtocol,
+    Route,
+    RouteOptions,
+    parse_address,
+)
+
+
+@dataclass
+class Translated:
+    """The HAProxy model of a state, plus what was refused and why."""
+
+    desired: DesiredState
+    refused: dict[str, str] = field(default_factory=dict)  # route_id -> reason
+    problems: list[str] = field(default_factory=list)  # nodes, health check
+
+
+def translate(state: FleetState) -> Translated:
+    """Validate every route and node of ``state``; never raises on bad content."""
+    refused: dict[str, str] = {}
+    problems: list[str] = []
+    routes: list[Route] = []
+    keys: set[str] = set()
+    ids: set[str] = set()
+    for spec in state.routes:
+        try:
+            route = _route(spec)
+        except (InvalidModel, ValueError) as e:
+            refused[spec.route_id[:300]] = f"refused: {e}"
+            continue
+        if route.key in keys or route.route_id in ids:
+            refused[spec.route_id] = "refused: duplicate VIP:port or route id"
+            continue
+        keys.add(route.key)
+        ids.add(route.route_id)
+        routes.append(route)
+    nodes = _nodes(state.nodes, problems)
+    try:
+        hc = HealthCheck(
+            kind=HealthCheckKind(state.health_check.kind),
+            port=state.health_check.port,
+            path=state.health_check.path,
+            interval_ms=state.health_check.interval_ms,
+        )
+    except (InvalidModel, ValueError) as e:
+        problems.append(f"health check refused, default used: {e}")
+        hc = HealthCheck()
+    return Translated(DesiredState(tuple(routes), tuple(nodes), hc), refused, problems)
+
+
+def _route(spec: RouteSpec) -> Route:
+    o = spec.options
+    options = RouteOptions(
+        proxy_protocol=ProxyProtocol(o.proxy_protocol) if o.proxy_protocol else None,
+        timeout_client_ms=o.timeout_client_ms,
+        timeout_server_ms=o.timeout_server_ms,
+        timeout_connect_ms=o.timeout_connect_ms,
+        balance=Balance(o.balance),
+        maxconn=o.maxconn,
+        source_ranges=tuple(ipaddress.ip_network(n, strict=True) for n in o.source_ranges),
+        source_affinity=o.source_affinity,
+    )
+    return Route(
+        route_id=spec.route_id,
+        address=parse_address(spec.address),
+        port=spec.port,
+        node_port=spec.node_port,
+        options=options,
+        health_check_node_port=spec.health_check_node_port,
+    )
+
+
+def _nodes(specs: tuple[NodeSpec, ...], problems: list[str]) -> list[Node]:
+    nodes: list[Node] = []
+    names: set[str] = set()
+    addresses: set[str] = set()
+    for spec in specs:
+        try:
+            node = Node(spec.name, parse_address(spec.address), NodeState(spec.state))
+        except (InvalidModel, ValueError) as e:
+            problems.append(f"node refused: {e}")
+            continue
+        if node.name in names or str(node.address) in addresses:
+            problems.append(f"node refused: duplicate {node.name}")
+            continue
+        names.add(node.name)
+        addresses.add(str(node.address))
+        nodes.append(node)
+    return nodes
