@@ -4,8 +4,10 @@ Why: VRRP moves addresses between hosts on one L2 segment. VIPs are hashed into 
 instance each, virtual router id ``base + g``) so a VIP keeps its group while others come and
 go; each host's priority for group ``g`` follows a rotation over the sorted host addresses, so
 every host is the preferred master of a share of the groups. All VIPs sit in
-``virtual_ipaddress_excluded``: adverts carry no addresses, hence no 255-address limit and no
-mismatch while hosts briefly disagree about which VIPs serve. A ``track_file`` written by the
+``virtual_ipaddress_excluded``: adverts carry only the group's *anchor* — a link-local address
+derived from the virtual router id, the same on every host (keepalived needs one address per
+instance) — hence no 255-address limit and no advert mismatch while hosts briefly disagree
+about which VIPs serve. A ``track_file`` written by the
 agent (HAProxy down → ``1``) puts every instance in FAULT at once (priority-0 advert, the backup
 takes over after its skew time); an optional check script probes HAProxy's master socket in
 case the agent is gone too. On takeover keepalived sends gratuitous ARP / unsolicited NA.
@@ -124,7 +126,6 @@ def _global(cfg: VrrpConfig) -> list[str]:
         "    vrrp_garp_lower_prio_repeat 1",
         "    vrrp_skip_check_adv_addr",
         f'    notify_fifo "{files["fifo"]}"',
-        "    script_user root",
         "    enable_script_security",
         "}",
         "",
@@ -139,6 +140,7 @@ def _global(cfg: VrrpConfig) -> list[str]:
         lines += [
             "vrrp_script lbp_haproxy_alive {",
             f'    script "{files["check"]}"',
+            "    user root",
             "    interval 1",
             "    timeout 1",
             "    fall 2",
@@ -149,8 +151,22 @@ def _global(cfg: VrrpConfig) -> list[str]:
     return lines
 
 
-def _addresses(cfg: VrrpConfig, vips: list[IPAddress]) -> list[str]:
-    lines = ["    virtual_ipaddress_excluded {"]
+def anchor(cfg: VrrpConfig, group: int) -> IPAddress:
+    """The group's advertised address: link-local, derived from the virtual router id."""
+    vrid = cfg.router_id_base + group
+    if cfg.address.version == 4:
+        return ipaddress.IPv4Address(f"169.254.253.{vrid}")
+    return ipaddress.IPv6Address(f"fe80::fd:{vrid:x}")
+
+
+def _addresses(cfg: VrrpConfig, group: int, vips: list[IPAddress]) -> list[str]:
+    lines = [
+        "    virtual_ipaddress {",
+        f"        {anchor(cfg, group)}/{anchor(cfg, group).max_prefixlen} dev {cfg.interface}"
+        " scope link",
+        "    }",
+        "    virtual_ipaddress_excluded {",
+    ]
     for vip in vips:
         if vip.version == 4:
             lines.append(f"        {vip}/32 dev {cfg.interface}")
@@ -178,7 +194,7 @@ def _instance(cfg: VrrpConfig, group: int, vips: list[IPAddress]) -> list[str]:
     ]
     if cfg.check_socket is not None:
         lines += ["    track_script {", "        lbp_haproxy_alive", "    }"]
-    return [*lines, *_addresses(cfg, vips), "}", ""]
+    return [*lines, *_addresses(cfg, group, vips), "}", ""]
 
 
 def render_keepalived(cfg: VrrpConfig, vips: Iterable[IPAddress]) -> str:
@@ -208,7 +224,3 @@ def render_check_script(cfg: VrrpConfig, python: str) -> str:
             "",
         ]
     )
-
-
-def is_ipv4(addr: IPAddress) -> bool:
-    return isinstance(addr, ipaddress.IPv4Address)

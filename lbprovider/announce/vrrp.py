@@ -12,6 +12,7 @@ start; edit any sysctl but ``ip_nonlocal_bind`` (HAProxy must bind VIPs it does 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -27,6 +28,7 @@ from pathlib import Path
 from lbprovider.announce.daemon import Daemon, run_tool
 from lbprovider.announce.keepalived import (
     VrrpConfig,
+    anchor,
     group_of,
     instance_name,
     paths,
@@ -131,6 +133,7 @@ class VrrpAnnouncer:
         self._healthy = False
         self._since: dict[IPAddress, datetime] = {}
         self._fifo: _FifoReader | None = None
+        self._groups: dict[str, tuple[str, datetime]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -215,16 +218,45 @@ class VrrpAnnouncer:
         os.replace(tmp, self.files["config"])
 
     # -- status ----------------------------------------------------------------------------
-    def status(self) -> list[Announcement]:
-        out = []
-        groups = self.config.group_count
-        for vip in sorted(self._vips, key=vip_key):
-            name = instance_name(group_of(vip, groups))
+    def _present(self) -> set[str]:
+        out = run_tool(["ip", "-j", "addr", "show", "dev", self.config.interface],
+                       netns=self.netns, timeout=3)
+        if out.returncode != 0:
+            return set()
+        infos = json.loads(out.stdout or "[]")
+        return {a["local"] for i in infos for a in i.get("addr_info", [])}
+
+    def group_states(self) -> dict[str, tuple[str, datetime]]:
+        """Per instance: MASTER when its anchor is on the interface, else FAULT/BACKUP/STOPPED.
+
+        The address is the truth; keepalived's FIFO only supplies the exact transition time.
+        """
+        present = self._present() if self.daemon.alive() else set()
+        now = utc_now()
+        for group in range(self.config.group_count):
+            name, state = instance_name(group), ""
+            if not self.daemon.alive():
+                state = "STOPPED"
+            elif str(anchor(self.config, group)) in present:
+                state = "MASTER"
             seen = self._fifo.get(name) if self._fifo is not None else None
-            state, since = seen if seen is not None else ("UNKNOWN", utc_now())
+            if state == "" and (not self._healthy or (seen is not None and seen[0] == "FAULT")):
+                state = "FAULT"  # the agent said HAProxy is down, or the check script did
+            state = state or "BACKUP"
+            known = self._groups.get(name)
+            if known is None or known[0] != state:
+                since = seen[1] if seen is not None and seen[0] == state else now
+                self._groups[name] = (state, since)
+        return dict(self._groups)
+
+    def status(self) -> list[Announcement]:
+        """Per serving VIP: announced (this host is its group's master), standby or withdrawn."""
+        groups = self.group_states()
+        out = []
+        for vip in sorted(self._vips, key=vip_key):
+            name = instance_name(group_of(vip, self.config.group_count))
+            state, since = groups[name]
             since = max(since, self._since.get(vip, since))
             kind = _STATES.get(state, AnnounceState.WITHDRAWN)
-            if not self.daemon.alive():
-                kind, state = AnnounceState.WITHDRAWN, "STOPPED"
             out.append(Announcement(str(vip), kind, since, f"vrrp: {name} {state}"))
         return out

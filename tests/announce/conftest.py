@@ -18,7 +18,7 @@ from tests.announce.netlab import NetLab, sh, wait_for
 
 GAPS: list[tuple[str, float, int, int]] = []
 
-PASSWORD = "lab s3cret#1"  # noqa: S105 (a lab-only TCP-MD5 password)
+PASSWORD = "lab s3cret#1"
 VIP4 = "198.51.100.10"
 VIP6 = "2001:db8:100::10"
 
@@ -205,4 +205,4 @@ def vrrp_lab() -> Iterator[Lab]:
 
 
 VIP4_A = "192.0.2.50"
-VIP4_B = "192.0.2.51"
+VIP4_B = "192.0.2.52"  # hashes into the other group than VIP4_A
