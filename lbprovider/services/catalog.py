@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Select, exists, func, or_, select, tuple_
+from sqlalchemy import Select, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from lbprovider.db.models import (
@@ -133,19 +133,23 @@ def service_query(
 
 def service_rows(session: Session, records: Sequence[ServiceRecord]) -> list[ServiceRow]:
     """Attach the live allocations of a page of records, in one query."""
-    keys = [(r.namespace, r.name) for r in records]
+    keys = {(r.namespace, r.name) for r in records}
     held: dict[tuple[str, str], list[Allocation]] = defaultdict(list)
     if keys:
+        # Two plain IN lists use the (namespace, name) index on both databases; a row-value
+        # IN does not on SQLite. The few extra combinations are dropped below.
         rows = session.scalars(
             select(Allocation)
             .where(
+                Allocation.service_namespace.in_({k[0] for k in keys}),
+                Allocation.service_name.in_({k[1] for k in keys}),
                 Allocation.active,
-                tuple_(Allocation.service_namespace, Allocation.service_name).in_(keys),
             )
             .order_by(Allocation.family, Allocation.ip_key)
         )
         for a in rows:
-            held[(a.service_namespace, a.service_name)].append(a)
+            if (a.service_namespace, a.service_name) in keys:
+                held[(a.service_namespace, a.service_name)].append(a)
     return [ServiceRow(r.namespace, r.name, r, held[(r.namespace, r.name)]) for r in records]
 
 

@@ -108,17 +108,25 @@ def _section(session: Session, stmt: Select[Any], limit: int) -> Section:
 
 def _search_network(session: Session, result: SearchResult, net: IPNetwork, limit: int) -> None:
     low, high = ip_key(net.network_address), ip_key(net.broadcast_address)
+    single = str(net.network_address) if net.num_addresses == 1 else None
+    # One address: the unique/indexed ``ip`` columns; a network: the sortable key range.
+    in_alloc = (
+        Allocation.ip == single
+        if single
+        else (Allocation.ip_key >= low) & (Allocation.ip_key <= high)
+    )
     allocations = (
         select(Allocation)
-        .where(Allocation.ip_key >= low, Allocation.ip_key <= high)
+        .where(in_alloc)
         .order_by(Allocation.active.desc(), Allocation.ip_key, Allocation.id.desc())
     )
     result.allocations = _section(session, allocations, limit)
-    reservations = (
-        select(Reservation)
-        .where(Reservation.ip_key >= low, Reservation.ip_key <= high)
-        .order_by(Reservation.ip_key)
+    in_res = (
+        Reservation.ip == single
+        if single
+        else (Reservation.ip_key >= low) & (Reservation.ip_key <= high)
     )
+    reservations = select(Reservation).where(in_res).order_by(Reservation.ip_key)
     result.reservations = _section(session, reservations, limit)
     wanted = IPRange(int(net.network_address), int(net.broadcast_address), net.version)
     pools = [
