@@ -1,0 +1,198 @@
+"""Dashboard server time with 10,000 allocations: the Services page and searches, against
+``/healthz`` measured in the same run on the same server.
+
+Seeds N LoadBalancer Services (record + live allocation + lease + ledger row each, as the
+controller leaves them) with bulk inserts, serves the real app (API + dashboard) with uvicorn on
+a loopback port, signs in, then times sequential GETs (keep-alive). "Server time" is the
+client-observed time on loopback: the same HTTP overhead is in every figure, including
+``/healthz``'s, so the ratio isolates what the page itself costs.
+
+    .venv/bin/python bench/ui.py [--rows 10000] [--requests 200] [--database-url URL]
+
+Default database: a fresh SQLite file in a temporary directory. ``--database-url`` takes an
+empty PostgreSQL database (the schema is created; nothing else may be in it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import uvicorn
+from sqlalchemy import insert
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lbprovider.api.app import create_app  # noqa: E402
+from lbprovider.config import Settings  # noqa: E402
+from lbprovider.db.models import (  # noqa: E402
+    Allocation,
+    Base,
+    IPLease,
+    LedgerEntry,
+    ServiceRecord,
+)
+from lbprovider.db.session import make_engine, session_factory, transaction  # noqa: E402
+from lbprovider.db.types import utcnow  # noqa: E402
+from lbprovider.ipam.ranges import ip_key  # noqa: E402
+from lbprovider.services.context import Actor  # noqa: E402
+from lbprovider.services.pools import PoolFields, create_pool  # noqa: E402
+from lbprovider.services.tokens import create_token  # noqa: E402
+
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def seed(url: str, rows: int) -> str:
+    """Schema, a /16 pool, ``rows`` Services with an address each; returns an admin secret."""
+    engine = make_engine(url)
+    Base.metadata.create_all(engine)
+    sessions = session_factory(engine)
+    now = utcnow()
+    with transaction(sessions) as s:
+        pool = create_pool(
+            session=s, data=PoolFields(name="bench", ranges=["10.20.0.0/16"]), actor=Actor("b")
+        )
+        pool_id = pool.id
+        _, secret = create_token(session=s, name="bench", scopes=["admin"], actor=Actor("b"))
+    ips = [f"10.20.{i // 256}.{i % 256}" for i in range(rows)]
+    with transaction(sessions) as s:
+        s.execute(
+            insert(ServiceRecord),
+            [
+                {
+                    "namespace": f"ns-{i % 50:02d}",
+                    "name": f"svc-{i:05d}",
+                    "uid": f"uid-{i}",
+                    "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30000 + i % 2000}],
+                    "condition_reason": "Satisfied",
+                    "condition_message": f"allocated {ips[i]}",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for i in range(rows)
+            ],
+        )
+        s.execute(
+            insert(IPLease),
+            [
+                {"ip": ip, "ip_key": ip_key(ip), "pool_id": pool_id, "family": 4, "created_at": now}
+                for ip in ips
+            ],
+        )
+        s.execute(
+            insert(Allocation),
+            [
+                {
+                    "ip": ip,
+                    "ip_key": ip_key(ip),
+                    "pool_id": pool_id,
+                    "pool_name": "bench",
+                    "family": 4,
+                    "service_namespace": f"ns-{i % 50:02d}",
+                    "service_name": f"svc-{i:05d}",
+                    "service_uid": f"uid-{i}",
+                    "ports": [["TCP", 80]],
+                    "active": True,
+                    "allocated_at": now,
+                }
+                for i, ip in enumerate(ips)
+            ],
+        )
+        s.execute(
+            insert(LedgerEntry),
+            [
+                {
+                    "at": now,
+                    "ip": ip,
+                    "pool": "bench",
+                    "service_namespace": f"ns-{i % 50:02d}",
+                    "service_name": f"svc-{i:05d}",
+                    "action": "allocated",
+                    "reason": f"allocated {ip} from pool 'bench'",
+                    "actor": "controller",
+                }
+                for i, ip in enumerate(ips)
+            ],
+        )
+    engine.dispose()
+    return secret
+
+
+def serve(url: str) -> tuple[uvicorn.Server, threading.Thread, int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = create_app(Settings(database_url=url, session_secret="bench", log_json=False))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    return server, thread, port
+
+
+def sign_in(client: httpx.Client, secret: str) -> None:
+    csrf = CSRF_RE.search(client.get("/login").text)
+    assert csrf
+    r = client.post("/login", data={"token": secret, "csrf_token": csrf.group(1)})
+    assert r.status_code == 303, r.text
+
+
+def timed(client: httpx.Client, path: str, n: int) -> list[float]:
+    client.get(path)  # warm: templates compiled, connection open
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        r = client.get(path)
+        out.append((time.perf_counter() - started) * 1000)
+        assert r.status_code == 200, (path, r.status_code)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--database-url", default=None)
+    args = parser.parse_args()
+    tmp = tempfile.TemporaryDirectory()
+    url = args.database_url or f"sqlite:///{tmp.name}/bench.db"
+    secret = seed(url, args.rows)
+    server, thread, port = serve(url)
+    cases = {
+        "/healthz": "/healthz",
+        "Services page (first 50 of all)": "/services",
+        "Services page, offset 9,950": f"/services?offset={max(args.rows - 50, 0)}",
+        "Services page, name filter": "/services?q=svc-0999",
+        "Search an IP": "/search?q=10.20.19.42",
+        "Search a namespace": "/search?q=ns-07",
+    }
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            sign_in(client, secret)
+            results = {name: timed(client, path, args.requests) for name, path in cases.items()}
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        tmp.cleanup()
+    base = statistics.median(results["/healthz"])
+    db = url.split(":", 1)[0]
+    print(f"database: {db}; rows: {args.rows}; requests per case: {args.requests}")
+    print(f"{'case':34} {'p50 ms':>8} {'p95 ms':>8} {'p50 / healthz':>14}")
+    for name, samples in results.items():
+        p50 = statistics.median(samples)
+        p95 = statistics.quantiles(samples, n=20)[18]
+        print(f"{name:34} {p50:8.2f} {p95:8.2f} {p50 / base:14.1f}")
+
+
+if __name__ == "__main__":
+    main()
