@@ -97,6 +97,7 @@ class ServiceReconciler:
         self._actor = actor
         self._known_lock = threading.Lock()
         self._known: set[str] = set()  # keys the database holds state for
+        self.writes = 0  # Kubernetes writes (status, finalizers); Events are counted apart
 
     # -- which keys matter -----------------------------------------------------------------
 
@@ -175,7 +176,9 @@ class ServiceReconciler:
         if opts.problems:
             return self._invalid(svc, opts)
         # The finalizer goes on before anything external exists for this Service.
-        svc = self._writer.add_finalizer(svc, FINALIZER)
+        if not has_finalizer(svc):
+            svc = self._writer.add_finalizer(svc, FINALIZER)
+            self.writes += 1
         converged = self._converge(svc, opts)
         return self._publish(svc, converged)
 
@@ -223,6 +226,7 @@ class ServiceReconciler:
         self, svc: Obj, ingress: Sequence[Mapping[str, Any]], conditions: list[Obj]
     ) -> None:
         m = meta(svc)
+        self.writes += 1
         self._writer.patch_service_status(
             str(m.get("namespace")),
             str(m.get("name")),
@@ -264,6 +268,7 @@ class ServiceReconciler:
         conditions = with_condition(
             conditions_of(svc), COND_ALLOCATED, "False", "InvalidRequest", message
         )
+        self.writes += 1
         self._writer.patch_service_status(
             namespace,
             name,
@@ -319,6 +324,7 @@ class ServiceReconciler:
             svc = self._clear_status(svc, released)
         # Last: once the finalizer is gone the API server may delete the Service.
         if has_finalizer(svc):
+            self.writes += 1
             self._writer.remove_finalizer(svc, FINALIZER)
         return REPROCESS_PENDING if released else DONE
 
@@ -328,6 +334,7 @@ class ServiceReconciler:
         if not current_ingress(svc) and len(kept_conditions) == len(conditions_of(svc)):
             return svc
         m = meta(svc)
+        self.writes += 1
         updated = self._writer.patch_service_status(
             str(m.get("namespace")),
             str(m.get("name")),

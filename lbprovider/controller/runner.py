@@ -277,6 +277,26 @@ class Controller:
             "reconciling",
             extra={"event": "controller_active", "services": len(ours), "known": len(known)},
         )
+        self._spawn(self._report_converged, "controller-converged")
+
+    def _report_converged(self) -> None:
+        """Log once the start-up backlog is drained: how long a restart takes to settle."""
+        started = time.monotonic()
+        while not self._stop.wait(0.05):
+            if self.idle():
+                logger.info(
+                    "start-up backlog converged",
+                    extra={
+                        "event": "controller_converged",
+                        "seconds": round(time.monotonic() - started, 3),
+                        "writes": self.writes(),
+                    },
+                )
+                return
+
+    def writes(self) -> int:
+        """Kubernetes writes so far: Service status and finalizers, Events."""
+        return self.services.writes + self.events.created + self.events.aggregated
 
     # -- workers ---------------------------------------------------------------------------
 
