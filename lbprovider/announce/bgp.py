@@ -200,8 +200,13 @@ class BgpAnnouncer:
         names = {f"lbp_peer{i}": p for i, p in enumerate(self.config.peers, start=1)}
         out = []
         for vip in sorted(self._serving | self._announce | self._backup, key=vip_key):
-            up = [s for n, s in peers.items() if s.established
-                  and names.get(n) is not None and names[n].address.version == vip.version]
+            up = [
+                s
+                for n, s in peers.items()
+                if s.established
+                and names.get(n) is not None
+                and names[n].address.version == vip.version
+            ]
             total = sum(1 for p in self.config.peers if p.address.version == vip.version)
             out.append(self._announcement(vip, up, total))
         return out

@@ -92,8 +92,10 @@ class Daemon:
         self._adopted = None
         self._reader = threading.Thread(target=self._read_log, daemon=True, name=self.name)
         self._reader.start()
-        logger.info("daemon started", extra={"event": "daemon_start", "daemon": self.name,
-                                             "pid": self._popen.pid})
+        logger.info(
+            "daemon started",
+            extra={"event": "daemon_start", "daemon": self.name, "pid": self._popen.pid},
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
@@ -113,8 +115,9 @@ class Daemon:
         if self.marker not in _cmdline(pid):
             return False
         self._popen, self._adopted = None, pid
-        logger.info("daemon adopted", extra={"event": "daemon_adopt", "daemon": self.name,
-                                             "pid": pid})
+        logger.info(
+            "daemon adopted", extra={"event": "daemon_adopt", "daemon": self.name, "pid": pid}
+        )
         return True
 
     def _read_log(self) -> None:

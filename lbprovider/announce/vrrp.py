@@ -18,6 +18,7 @@ import os
 import re
 import select
 import signal
+import socket
 import stat
 import sys
 import threading
@@ -122,9 +123,23 @@ class VrrpAnnouncer:
         self.keepalived_bin = keepalived_bin
         self.daemon = Daemon(
             "keepalived",
-            [keepalived_bin, "-n", "-l", "-D", "-P", "-f", self.files["config"],
-             "-p", f"{run}/keepalived.pid", "-r", f"{run}/vrrp.pid",
-             "-c", f"{run}/checkers.pid", "-b", f"{run}/bfd.pid"],
+            [
+                keepalived_bin,
+                "-n",
+                "-l",
+                "-D",
+                "-P",
+                "-f",
+                self.files["config"],
+                "-p",
+                f"{run}/keepalived.pid",
+                "-r",
+                f"{run}/vrrp.pid",
+                "-c",
+                f"{run}/checkers.pid",
+                "-b",
+                f"{run}/bfd.pid",
+            ],
             pidfile=f"{run}/keepalived.pid",
             marker=self.files["config"],
             netns=netns,
@@ -219,8 +234,9 @@ class VrrpAnnouncer:
 
     # -- status ----------------------------------------------------------------------------
     def _present(self) -> set[str]:
-        out = run_tool(["ip", "-j", "addr", "show", "dev", self.config.interface],
-                       netns=self.netns, timeout=3)
+        out = run_tool(
+            ["ip", "-j", "addr", "show", "dev", self.config.interface], netns=self.netns, timeout=3
+        )
         if out.returncode != 0:
             return set()
         infos = json.loads(out.stdout or "[]")
@@ -232,6 +248,7 @@ class VrrpAnnouncer:
         The address is the truth; keepalived's FIFO only supplies the exact transition time.
         """
         present = self._present() if self.daemon.alive() else set()
+        haproxy_ok = self._healthy and self._socket_answers()
         now = utc_now()
         for group in range(self.config.group_count):
             name, state = instance_name(group), ""
@@ -240,14 +257,26 @@ class VrrpAnnouncer:
             elif str(anchor(self.config, group)) in present:
                 state = "MASTER"
             seen = self._fifo.get(name) if self._fifo is not None else None
-            if state == "" and (not self._healthy or (seen is not None and seen[0] == "FAULT")):
-                state = "FAULT"  # the agent said HAProxy is down, or the check script did
+            if state == "" and not haproxy_ok:
+                state = "FAULT"  # the agent said HAProxy is down, or the check script sees it
             state = state or "BACKUP"
             known = self._groups.get(name)
             if known is None or known[0] != state:
                 since = seen[1] if seen is not None and seen[0] == state else now
                 self._groups[name] = (state, since)
         return dict(self._groups)
+
+    def _socket_answers(self) -> bool:
+        """The check script's own test, so FAULT by script is reported without the FIFO."""
+        if self.config.check_socket is None:
+            return True
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(0.5)
+            try:
+                s.connect(self.config.check_socket)
+            except OSError:
+                return False
+        return True
 
     def status(self) -> list[Announcement]:
         """Per serving VIP: announced (this host is its group's master), standby or withdrawn."""

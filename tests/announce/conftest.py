@@ -33,8 +33,10 @@ template bgp fleet { local as 65000; hold time 9; keepalive time 3; connect retr
   bfd on; password "PASSWORD"; }
 protocol bgp h1v4 from fleet { neighbor 192.0.2.11 as 65001; ipv4 { import all; export none; }; }
 protocol bgp h2v4 from fleet { neighbor 192.0.2.12 as 65001; ipv4 { import all; export none; }; }
-protocol bgp h1v6 from fleet { neighbor 2001:db8:1::11 as 65001; ipv6 { import all; export none; }; }
-protocol bgp h2v6 from fleet { neighbor 2001:db8:1::12 as 65001; ipv6 { import all; export none; }; }
+protocol bgp h1v6 from fleet { neighbor 2001:db8:1::11 as 65001;
+  ipv6 { import all; export none; }; }
+protocol bgp h2v6 from fleet { neighbor 2001:db8:1::12 as 65001;
+  ipv6 { import all; export none; }; }
 """.replace("PASSWORD", PASSWORD)
 
 
@@ -42,7 +44,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if GAPS:
         terminalreporter.section("announce: measured gaps")
         for name, ms, failed, total in GAPS:
-            terminalreporter.write_line(f"{name}: gap {ms:.0f} ms ({failed}/{total} requests failed)")
+            terminalreporter.write_line(
+                f"{name}: gap {ms:.0f} ms ({failed}/{total} requests failed)"
+            )
 
 
 @pytest.fixture(autouse=True)
@@ -95,8 +99,13 @@ def _switch_lab(net: NetLab, with_router: bool) -> Lab:
         net.addr(router, "nd", "192.0.2.69/30")
         net.addr(node, "eth0", "192.0.2.70/30")
         net.route(node, "default", "via", "192.0.2.69")
-        net.sysctl(router, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
-                   "net.ipv4.fib_multipath_hash_policy=1", "net.ipv6.fib_multipath_hash_policy=1")
+        net.sysctl(
+            router,
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv4.fib_multipath_hash_policy=1",
+            "net.ipv6.fib_multipath_hash_policy=1",
+        )
         net.node(node, "192.0.2.70")
     else:
         net.port(sw, client, "eth0", "p-cl")
@@ -119,8 +128,14 @@ def _bgp_host(lab: Lab, name: str, last: int, vips: list[str]) -> Host:
         BgpPeer(address=check_ip(a, "peer"), asn=65000, password=PASSWORD, bfd=True)
         for a in ("192.0.2.1", "2001:db8:1::1")
     )
-    cfg = BgpConfig(local_asn=65001, router_id=check_ip(f"192.0.2.{last}", "id"),  # type: ignore[arg-type]
-                    peers=peers, hold_seconds=9, bfd_interval_ms=100, bfd_multiplier=3)
+    cfg = BgpConfig(
+        local_asn=65001,
+        router_id=check_ip(f"192.0.2.{last}", "id"),  # type: ignore[arg-type]
+        peers=peers,
+        hold_seconds=9,
+        bfd_interval_ms=100,
+        bfd_multiplier=3,
+    )
     announcer = BgpAnnouncer(cfg, run_dir=f"{net.tmp}/{name}", netns=ns)
     announcer.start()
     announcer.hold_addresses(vips)  # HAProxy binds the VIPs on lo...
@@ -156,8 +171,10 @@ def bgp_lab() -> Iterator[Lab]:
         net.spawn(lab.router, "bird", "-f", "-c", str(conf), "-s", str(net.tmp / "router.ctl"))
         for name, last in (("h1", 11), ("h2", 12)):
             lab.hosts[name] = _bgp_host(lab, name, last, [VIP4, VIP6])
-        wait_for(lambda: nexthops(lab, VIP4) == {"h1", "h2"} and nexthops(lab, VIP6) == {
-            "h1", "h2"}, "router ECMP route from both hosts")
+        wait_for(
+            lambda: nexthops(lab, VIP4) == {"h1", "h2"} and nexthops(lab, VIP6) == {"h1", "h2"},
+            "router ECMP route from both hosts",
+        )
         yield lab
     finally:
         if lab is not None:

@@ -119,8 +119,15 @@ class NetLab:
     def node(self, ns: str, address: str, port: int = 8080) -> None:
         """The Service's endpoint: an HTTP server answering "service ok"."""
         self.spawn(ns, sys.executable, "-c", NODE_SERVER, address, str(port))
-        wait_for(lambda: sh("ip", "netns", "exec", ns, "ss", "-ltn", check=False).stdout.count(
-            f"{address}:{port}") > 0, "node server listening")
+        wait_for(
+            lambda: (
+                sh("ip", "netns", "exec", ns, "ss", "-ltn", check=False).stdout.count(
+                    f"{address}:{port}"
+                )
+                > 0
+            ),
+            "node server listening",
+        )
 
     def haproxy(
         self, ns: str, label: str, vips: list[str], node: str, stats_socket: str | None = None
@@ -131,16 +138,20 @@ class NetLab:
         cfg.write_text(
             "global\n    maxconn 500\n"
             + (f"    stats socket {stats_socket} mode 600\n" if stats_socket else "")
-            +
-            "defaults\n    mode http\n    timeout connect 1s\n    timeout client 30s\n"
+            + "defaults\n    mode http\n    timeout connect 1s\n    timeout client 30s\n"
             "    timeout server 5s\n    timeout http-keep-alive 30s\n"
             f"frontend fe\n{binds}\n    http-response set-header X-Host {label}\n"
             "    default_backend be\n"
             f"backend be\n    server node {node}:8080\n"
         )
         proc = self.spawn(ns, "haproxy", "-db", "-f", str(cfg))
-        wait_for(lambda: sh("ip", "netns", "exec", ns, "ss", "-ltn", check=False).stdout.count(
-            ":80 ") >= len(vips), f"haproxy {label} listening")
+        wait_for(
+            lambda: (
+                sh("ip", "netns", "exec", ns, "ss", "-ltn", check=False).stdout.count(":80 ")
+                >= len(vips)
+            ),
+            f"haproxy {label} listening",
+        )
         return proc
 
 
@@ -202,8 +213,16 @@ class ClientLoop:
     def __init__(self, lab: NetLab, ns: str, vip: str, **kw: object) -> None:
         args = [f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]
         self.errors = lab.tmp / f"client-{secrets.token_hex(3)}.err"
-        self.proc = lab.spawn(ns, sys.executable, str(HERE / "client_loop.py"), "--loop", vip,
-                              *args, stdout=subprocess.PIPE, stderr=self.errors)
+        self.proc = lab.spawn(
+            ns,
+            sys.executable,
+            str(HERE / "client_loop.py"),
+            "--loop",
+            vip,
+            *args,
+            stdout=subprocess.PIPE,
+            stderr=self.errors,
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode().strip()
         assert line == "READY", f"client never reached the VIP: {self.errors.read_text()}"

@@ -18,9 +18,17 @@ pytestmark = [pytest.mark.netns, pytest.mark.haproxy, pytest.mark.slow]
 
 def _curl(lab: Lab, vip: str) -> str:
     host = f"[{vip}]" if ":" in vip else vip
-    out = sh("ip", "netns", "exec", lab.client, "python3", "-c",
-             "import sys, urllib.request as u; r = u.urlopen(sys.argv[1], timeout=3); "
-             "print(r.headers['X-Host'], r.read().decode().strip())", f"http://{host}/")
+    out = sh(
+        "ip",
+        "netns",
+        "exec",
+        lab.client,
+        "python3",
+        "-c",
+        "import sys, urllib.request as u; r = u.urlopen(sys.argv[1], timeout=3); "
+        "print(r.headers['X-Host'], r.read().decode().strip())",
+        f"http://{host}/",
+    )
     return out.stdout.strip()
 
 
@@ -52,8 +60,16 @@ def test_haproxy_stop_withdraws_its_routes_and_client_keeps_reaching_the_vip(
     h1, h2 = bgp_lab.hosts["h1"], bgp_lab.hosts["h2"]
     health = HealthInput(h1.haproxy, lambda: h1.announcer.update([VIP4, VIP6], False))  # type: ignore[arg-type]
     try:
-        loop = ClientLoop(bgp_lab.net, bgp_lab.client, VIP4, keep=VIP4, keep_count=24,
-                          duration=4.0, interval=0.01, timeout=0.3)
+        loop = ClientLoop(
+            bgp_lab.net,
+            bgp_lab.client,
+            VIP4,
+            keep=VIP4,
+            keep_count=24,
+            duration=4.0,
+            interval=0.01,
+            timeout=0.3,
+        )
         time.sleep(0.8)
         stopped_at = time.time()
         bgp_lab.net.stop(h1.haproxy, signal.SIGTERM)  # type: ignore[arg-type]
@@ -74,8 +90,16 @@ def test_haproxy_stop_withdraws_its_routes_and_client_keeps_reaching_the_vip(
 
 def test_vanished_host_is_dropped_by_bfd(bgp_lab: Lab) -> None:
     h1 = bgp_lab.hosts["h1"]
-    loop = ClientLoop(bgp_lab.net, bgp_lab.client, VIP4, keep=VIP4, keep_count=24,
-                      duration=5.0, interval=0.01, timeout=0.3)
+    loop = ClientLoop(
+        bgp_lab.net,
+        bgp_lab.client,
+        VIP4,
+        keep=VIP4,
+        keep_count=24,
+        duration=5.0,
+        interval=0.01,
+        timeout=0.3,
+    )
     time.sleep(0.8)
     cut_at = time.time()
     bgp_lab.cut(h1)
