@@ -105,5 +105,49 @@ def agent() -> None:
         runner.close()
 
 
+@app.command()
+def lab(
+    listen: Annotated[str, typer.Option(help="host:port of the API and dashboard.")] = (
+        "127.0.0.1:8080"
+    ),
+    state_dir: Annotated[str, typer.Option(help="Where the lab keeps its files (wiped).")] = ".lab",
+    kube_version: Annotated[str, typer.Option(help="Lab API server version, 1.28+.")] = "1.30",
+) -> None:
+    """Run the local lab: lab Kubernetes API server, serve (SQLite), one agent with a real
+    haproxy on loopback, two demo nodes and a demo LoadBalancer Service."""
+    import signal
+    import threading
+    from pathlib import Path
+
+    from lbprovider.labstack import LabOptions, LabStack
+
+    stack = LabStack(
+        LabOptions(state_dir=Path(state_dir), listen=listen, kube_version=kube_version)
+    )
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    typer.echo("lab: starting (lab API server, serve, agent + haproxy, demo nodes)...")
+    info = stack.start()
+    try:
+        typer.echo(
+            f"""
+lbprovider lab is up.
+
+  dashboard   {info.dashboard_url}   (sign in with the admin token)
+  admin token {info.admin_token}
+  kubeconfig  {info.kubeconfig}
+              kubectl --kubeconfig {info.kubeconfig} get svc -A
+  demo        {info.curl}
+              (Service demo/hello got {info.service_ip} from pool 'demo'; HAProxy carries the
+               traffic to the NodePorts of two demo nodes)
+
+Ctrl-C stops everything."""
+        )
+        done.wait()
+    finally:
+        stack.stop()
+
+
 def main() -> None:
     app()

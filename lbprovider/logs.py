@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 STABLE_KEYS = ("event", "service", "ip", "pool", "request_id", "error", "host", "version")
+NOISY_LOGGERS = ("httpx", "httpcore", "alembic.runtime.plugins", "alembic.runtime.migration")
 _RESERVED = set(vars(logging.makeLogRecord({})))
 
 
@@ -41,3 +42,6 @@ def setup_logging(level: str = "INFO", *, json_logs: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Libraries that narrate every request or plugin at INFO; their warnings still show.
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(max(root.level, logging.WARNING))

@@ -430,8 +430,8 @@ class Allocator:
             self.view.released_lru(pool.name, family, limit * 4),
             (str(a) for a in itertools.islice(ranges.iter_from(0), GAP_SCAN_LIMIT)),
         )
-        free = self.free_in(nobody, pool, order, claim=False)
-        return list(itertools.islice(dict.fromkeys(free), limit))
+        free = _unique(self.free_in(nobody, pool, order, claim=False))
+        return list(itertools.islice(free, limit))
 
     def adopt(self, request: Request, current: Sequence[Assignment] = ()) -> Decision:
         """Record addresses a Service already has (``requested_ips`` = its status).
@@ -457,6 +457,15 @@ class Allocator:
                     return problem
             won.append(Assignment(str(addr), pool.name, addr.version))
         return Decision(Reason.SATISFIED, "adopted " + ", ".join(a.ip for a in won), tuple(won))
+
+
+def _unique(items: Iterable[str]) -> Iterator[str]:
+    """``items`` without repeats, lazily (the orders above overlap)."""
+    seen: set[str] = set()
+    for item in items:
+        if item not in seen:
+            seen.add(item)
+            yield item
 
 
 def _satisfied_message(assignments: Sequence[Assignment]) -> str:

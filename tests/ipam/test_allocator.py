@@ -419,3 +419,23 @@ def test_pool_validation_names_overlaps() -> None:
     ]
     assert "not a CIDR" in validate_pool(pool("c", "10.0.0.1/24"))[0]
     assert validate_pool(pool("d", "10.0.1.0/24"), [a]) == []
+
+
+def test_listing_available_addresses_stops_at_the_limit() -> None:
+    """`available` looks at a handful of candidates, not the whole pool."""
+
+    class Counting(MemoryView):
+        asked = 0
+
+        def occupancy(self, ips):  # type: ignore[no-untyped-def]
+            self.asked += len(ips)
+            return super().occupancy(ips)
+
+    view = Counting()
+    spec = pool("big", "10.0.0.0/8")
+    assert Allocator([spec], view, Policy(now=NOW)).available(spec, 4, 3) == [
+        "10.0.0.0",
+        "10.0.0.1",
+        "10.0.0.2",
+    ]
+    assert view.asked < 100
