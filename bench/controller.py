@@ -307,7 +307,9 @@ def measure(tmp: Path, kubeconfig: Path, count: int, samples: int, db: str) -> N
             f"{rewritten}, writes {converged['writes']}; steady state {wall:.1f} s after process "
             f"start ({converged['seconds']:.1f} s after becoming leader)"
         )
-        print(f"(c) controller RSS at {len(before)} Services (fresh start): {rss_mb(ctl.pid):.0f} MB")
+        print(
+            f"(c) controller RSS at {len(before)} Services (fresh start): {rss_mb(ctl.pid):.0f} MB"
+        )
     finally:
         stop(ctl)
         api.close()

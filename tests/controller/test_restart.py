@@ -133,8 +133,11 @@ def test_two_replicas_one_writer_and_failover_within_the_lease(
 
     create_service(core, "before")
     assert wait_until(lambda: ip_of(core, "before"))
-    instances = {e.get("reportingInstance") for e in events_for(core, "before")}
-    assert instances == {leader.identity}
+
+    def instances(name: str) -> set[str]:
+        return {e.get("reportingInstance") for e in events_for(core, name)}
+
+    assert wait_until(lambda: instances("before")) == {leader.identity}
     assert standby.queues["services"].adds == 0
 
     leader.stop(release_lease=False)  # dies without handing over the Lease
@@ -146,7 +149,7 @@ def test_two_replicas_one_writer_and_failover_within_the_lease(
     assert standby.is_leader()
     assert failover < leader.settings.lease_duration_seconds + 3
     assert ip_of(core, "before") == db_ips(sessions, "before")[0]
-    assert {e.get("reportingInstance") for e in events_for(core, "after")} == {standby.identity}
+    assert wait_until(lambda: instances("after")) == {standby.identity}
 
 
 def run_controller_process(kubeconfig: Path, db_url: str, log: Path) -> subprocess.Popen[bytes]:
