@@ -134,7 +134,12 @@ def log_event(log: Path, event: str, after: int = 0) -> dict[str, Any] | None:
 def body(name: str) -> dict[str, Any]:
     return {
         "metadata": {"name": name, "namespace": NS},
-        "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]},
+        # 10,000 Services would exhaust the 2,768 NodePorts of the default range.
+        "spec": {
+            "type": "LoadBalancer",
+            "allocateLoadBalancerNodePorts": False,
+            "ports": [{"port": 80, "protocol": "TCP"}],
+        },
     }
 
 
