@@ -389,7 +389,6 @@ class Agent:
             p.routes_sent = dict(status.applied_routes)
         if ack.resend_routes:
             p.routes_sent = None
-        p.outage_seconds = 0.0
 
     # -- last good state ---------------------------------------------------------------------
 

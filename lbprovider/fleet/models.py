@@ -134,7 +134,7 @@ class HostStatus(_Model):
     failed_reloads: int = 0
     worker_pid: int = 0
     worker_exits: list[str] = Field(default_factory=list)
-    api_outage_seconds: float = 0.0
+    api_outage_seconds: float = 0.0  # length of the last API outage the agent lived through
     servers: list[ServerHealth] = Field(default_factory=list)
     counters: dict[str, RouteCounters] = Field(default_factory=dict)
     vips: list[str] = Field(default_factory=list)

@@ -75,11 +75,11 @@ def _service_state(routes: Sequence[RouteSpec], hosts: Mapping[str, HostView]) -
         digest = route.digest()
         for name in owners:
             host = hosts[name]
-            if host.applied.get(route.route_id) != digest:
-                return False, f"fleet host {name} has not applied {route.key} yet"
             error = host.errors.get(route.route_id)
             if error:
                 return False, f"fleet host {name} does not serve {route.key}: {error}"
+            if host.applied.get(route.route_id) != digest:
+                return False, f"fleet host {name} has not applied {route.key} yet"
             serving_hosts.add(name)
     count = len(serving_hosts)
     return True, f"served by {count} fleet host{'s' if count != 1 else ''}"

@@ -13,9 +13,9 @@ from sqlalchemy import select
 from lbprovider.db.models import FleetHost, ServiceRecord
 from lbprovider.db.session import transaction
 from tests.fleet.helpers import add_service, make_pool, service_data, set_node
-from tests.haproxy.conftest import Backends, free_port, get, try_get
+from tests.haproxy.conftest import Backends, free_port
 
-from .conftest import HOST, Fleet, wait_until
+from .conftest import HOST, Fleet, get, try_get, wait_until
 
 pytestmark = pytest.mark.haproxy
 

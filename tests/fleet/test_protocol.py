@@ -1,0 +1,180 @@
+"""The agent protocol over real HTTP: long-poll (at once when newer, 304 after the wait, capped),
+ETag = version, an agent token sees only its own host, and reports drive ``serving``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from lbprovider.api.app import create_app
+from lbprovider.db.models import FleetHost, ServiceRecord
+from lbprovider.db.session import transaction
+from lbprovider.fleet.models import FleetState, HostStatus
+from tests.api.conftest import LiveServer, api_settings, make_token
+
+from .helpers import add_service, make_pool, service_data, set_node
+
+
+@dataclass
+class Proto:
+    url: str
+    sessions: sessionmaker[Session]
+    agent: httpx.Client
+    admin: httpx.Client
+    other: httpx.Client
+
+    def state(self, client: httpx.Client | None = None, **params: object) -> httpx.Response:
+        return (client or self.agent).get("/api/v1/fleet/hosts/edge-1/state", params=params)
+
+    def report(self, status: HostStatus, host: str = "edge-1") -> httpx.Response:
+        return self.agent.post(
+            f"/api/v1/fleet/hosts/{host}/status",
+            content=status.model_dump_json(),
+            headers={"Content-Type": "application/json"},
+        )
+
+
+@pytest.fixture
+def proto(engine: Engine, sessions: sessionmaker[Session]) -> Iterator[Proto]:
+    url = engine.url.render_as_string(hide_password=False)
+    settings = api_settings(
+        url,
+        fleet_long_poll_max_seconds=1.0,
+        fleet_state_poll_seconds=0.05,
+        fleet_host_stale_seconds=30.0,
+    )
+    server = LiveServer(create_app(settings, engine=engine)).start()
+    tokens = {
+        "agent": make_token(sessions, "agent-1", ["agent"], host="edge-1"),
+        "admin": make_token(sessions, "root", ["admin"]),
+        "other": make_token(sessions, "agent-2", ["agent"], host="edge-2"),
+    }
+    clients = {
+        k: httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {v}"}, timeout=10)
+        for k, v in tokens.items()
+    }
+    make_pool(sessions, "127.22.0.1-127.22.0.9")
+    set_node(sessions, "node-1", "127.0.0.2")
+    try:
+        yield Proto(server.url, sessions, clients["agent"], clients["admin"], clients["other"])
+    finally:
+        for c in clients.values():
+            c.close()
+        server.stop()
+
+
+def test_first_poll_answers_at_once_with_etag(proto: Proto) -> None:
+    r = proto.state(wait=5)
+    assert r.status_code == 200
+    state = FleetState.model_validate(r.json())
+    assert r.headers["ETag"] == f'"{state.version}"'
+    assert state.host == "edge-1" and state.version == state.content_digest()
+
+
+def test_same_version_waits_then_304(proto: Proto) -> None:
+    version = proto.state().json()["version"]
+    started = time.monotonic()
+    r = proto.state(version=version, wait=0.4)
+    assert r.status_code == 304 and 0.35 <= time.monotonic() - started < 3
+    assert r.headers["ETag"] == f'"{version}"'
+    started = time.monotonic()
+    r = proto.agent.get(
+        "/api/v1/fleet/hosts/edge-1/state",
+        params={"wait": 30},
+        headers={"If-None-Match": f'"{version}"'},
+    )
+    assert r.status_code == 304
+    assert time.monotonic() - started < 2.5  # capped by fleet_long_poll_max_seconds (1 s)
+
+
+def test_waiting_poll_answers_as_soon_as_a_service_appears(proto: Proto) -> None:
+    version = proto.state().json()["version"]
+    with httpx.Client(base_url=proto.url, headers=proto.agent.headers, timeout=10) as c:
+        import threading
+
+        got: list[httpx.Response] = []
+        t = threading.Thread(target=lambda: got.append(proto.state(c, version=version, wait=5)))
+        t.start()
+        time.sleep(0.2)
+        started = time.monotonic()
+        (ip,) = add_service(proto.sessions, service_data("web", [(80, 30080)]))
+        t.join()
+    assert got[0].status_code == 200 and time.monotonic() - started < 1.0
+    assert [r["address"] for r in got[0].json()["routes"]] == [ip]
+
+
+def test_agent_token_reaches_only_its_own_host(proto: Proto) -> None:
+    assert proto.state(proto.other).status_code == 403
+    assert proto.other.post("/api/v1/fleet/hosts/edge-1/status", json={}).status_code == 403
+    assert proto.state(proto.admin).status_code == 200
+    assert httpx.get(proto.url + "/api/v1/fleet/hosts/edge-1/state").status_code == 401
+
+
+def test_reports_register_the_host_and_drive_serving(proto: Proto) -> None:
+    add_service(proto.sessions, service_data("web", [(80, 30080)]))
+    state = FleetState.model_validate(proto.state().json())
+    route = state.routes[0]
+
+    def serving() -> tuple[bool, str]:
+        with transaction(proto.sessions) as s:
+            rec = s.scalar(select(ServiceRecord).where(ServiceRecord.name == "web"))
+            assert rec is not None
+            return rec.serving, rec.serving_message
+
+    ack = proto.report(HostStatus(applied_version="old", applied_routes={}))
+    assert ack.status_code == 200 and ack.json()["desired_version"] == state.version
+    assert serving() == (False, f"fleet host edge-1 has not applied {route.key} yet")
+    failing = HostStatus(
+        applied_version=state.version,
+        applied_routes={route.route_id: route.digest()},
+        route_errors={route.route_id: "connection closed at once"},
+        errors=["reload failed"],
+    )
+    proto.report(failing)
+    assert serving() == (
+        False,
+        f"fleet host edge-1 does not serve {route.key}: connection closed at once",
+    )
+    with transaction(proto.sessions) as s:
+        host = s.scalar(select(FleetHost).where(FleetHost.name == "edge-1"))
+        assert host is not None and host.error == "reload failed"
+        assert host.applied_version == state.version and host.last_heartbeat is not None
+    # applied_routes omitted (None) keeps the stored set.
+    proto.report(HostStatus(applied_version=state.version))
+    assert serving() == (True, "served by 1 fleet host")
+    # A changed NodePort is "not applied" until the host reports the new digest.
+    add_service(proto.sessions, service_data("web", [(80, 30081)]))
+    proto.report(HostStatus(applied_version=state.version))
+    assert serving()[0] is False and "has not applied" in serving()[1]
+
+
+def test_every_live_host_must_serve_a_vip(proto: Proto) -> None:
+    add_service(proto.sessions, service_data("web", [(80, 30080)]))
+    route = FleetState.model_validate(proto.state().json()).routes[0]
+    done = HostStatus(applied_routes={route.route_id: route.digest()})
+    proto.report(done)
+    second = proto.other.post(
+        "/api/v1/fleet/hosts/edge-2/status",
+        content=HostStatus(applied_routes={}).model_dump_json(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert second.status_code == 200
+    with transaction(proto.sessions) as s:
+        rec = s.scalar(select(ServiceRecord).where(ServiceRecord.name == "web"))
+        assert rec is not None and not rec.serving
+        assert rec.serving_message == f"fleet host edge-2 has not applied {route.key} yet"
+        host = s.scalar(select(FleetHost).where(FleetHost.name == "edge-2"))
+        assert host is not None
+        host.enabled = False  # an operator takes edge-2 out: it no longer holds Services back
+    proto.report(done)
+    with transaction(proto.sessions) as s:
+        rec = s.scalar(select(ServiceRecord).where(ServiceRecord.name == "web"))
+        assert rec is not None and rec.serving
+    disabled = proto.other.get("/api/v1/fleet/hosts/edge-2/state").json()
+    assert disabled["enabled"] is False and disabled["routes"] == []
