@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lbprovider.db.models import Allocation, ServiceRecord
-from lbprovider.ipam.allocator import Reason, Request
+from lbprovider.ipam.allocator import Decision, Reason, Request
 from lbprovider.services.allocations import (
     Outcome,
     active_allocations,
@@ -61,14 +61,19 @@ def converge_service(
     """Mirror, adopt what the status shows when nothing is recorded, then allocate."""
     record = upsert_service_record(session=session, data=data)
     adopted = None
-    if status_ips and not active_allocations(session, data.namespace, data.name):
+    if _should_adopt(session, data, request, status_ips):
         adopted = adopt_service(
             session=session,
             request=replace(request, requested_ips=tuple(status_ips)),
             actor=actor,
             policy=policy,
         )
-    outcome = allocate_service(session=session, request=request, actor=actor, policy=policy)
+    if adopted is not None and not adopted.decision.ok:
+        # Never change an IP a Service already shows: report why it cannot be recorded and
+        # leave the status as it is until an operator adds a pool or resolves the conflict.
+        outcome = _unadoptable(adopted, status_ips)
+    else:
+        outcome = allocate_service(session=session, request=request, actor=actor, policy=policy)
     set_condition(
         session=session,
         namespace=data.namespace,
@@ -77,6 +82,26 @@ def converge_service(
         message=outcome.decision.message,
     )
     return Converged(outcome, adopted, record.serving, record.serving_message)
+
+
+def _should_adopt(
+    session: Session, data: ServiceData, request: Request, status_ips: Sequence[str]
+) -> bool:
+    """Adopt what the status shows when the database records nothing for the Service, unless
+    its annotations explicitly ask for other addresses (then the request wins)."""
+    if not status_ips or active_allocations(session, data.namespace, data.name):
+        return False
+    return not request.requested_ips or set(status_ips) <= set(request.requested_ips)
+
+
+def _unadoptable(adopted: Outcome, status_ips: Sequence[str]) -> Outcome:
+    shown = ", ".join(status_ips)
+    message = (
+        f"{shown} (already in status) cannot be recorded: {adopted.decision.message}; "
+        "the status is left unchanged"
+    )
+    decision = Decision(adopted.decision.reason, message)
+    return Outcome(decision, tuple(status_ips), changed=False)
 
 
 def adopt_services(

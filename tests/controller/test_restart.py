@@ -214,3 +214,31 @@ def test_kill_9_mid_reconcile_then_restart_converges_without_leaks(
     assert sorted(lease_ips(sessions)) == sorted(shown.values())  # type: ignore[type-var]
     actions = ledger(sessions)
     assert [a for a, _ in actions] == ["allocated"] * len(names)
+
+
+def test_an_ip_in_status_that_cannot_be_adopted_is_left_as_it_is(
+    core: Any, db: sessionmaker[Session], start_controller: StartController
+) -> None:
+    """A Service that shows an IP in no pool keeps showing it, with the reason, and gets no
+    other address: a restart (or a migration) never silently changes an IP."""
+    make_pool(db, "other", "127.0.15.0/28")
+    create_service(core, "foreign")
+    core.patch_namespaced_service_status(
+        "foreign",
+        NAMESPACE,
+        {"status": {"loadBalancer": {"ingress": [{"ip": "127.0.99.9"}]}}},
+        _content_type="application/merge-patch+json",
+        _preload_content=False,
+    )
+    start_controller(db)
+
+    def failed() -> bool:
+        svc = get_service(core, "foreign") or {}
+        conds = {c["type"]: c for c in svc.get("status", {}).get("conditions") or []}
+        cond = conds.get("lbprovider.io/IPAllocated")
+        return cond is not None and cond["reason"] == "NoPool"
+
+    assert wait_until(failed)
+    assert ip_of(core, "foreign") == "127.0.99.9"
+    assert db_ips(db, "foreign") == []
+    assert any("cannot be recorded" in e["message"] for e in events_for(core, "foreign"))
