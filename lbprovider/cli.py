@@ -78,12 +78,22 @@ def serve(
 
 
 @app.command()
-def controller() -> None:
+def controller(
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(
+            help="host:port of /metrics and /healthz (default LBP_CONTROLLER_METRICS_LISTEN)."
+        ),
+    ] = None,
+) -> None:
     """Run the Kubernetes controller alone (leader-elected; cluster from LBP_KUBECONFIG,
     in-cluster or ~/.kube/config; database from LBP_DATABASE_URL, migrated with `db upgrade`)."""
     from lbprovider.controller.runner import run_controller
 
-    run_controller(get_settings())
+    settings = get_settings()
+    if metrics_listen:
+        settings = settings.model_copy(update={"controller_metrics_listen": metrics_listen})
+    run_controller(settings)
 
 
 @app.command()

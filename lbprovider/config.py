@@ -180,6 +180,14 @@ class Settings(BaseSettings):
             "the lbprovider.io/Serving condition (one query, however many Services)."
         ),
     )
+    controller_metrics_listen: str = Field(
+        default="127.0.0.1:9101",
+        description=(
+            "host:port where `lbprovider controller` serves Prometheus metrics (any path) and "
+            "/healthz. Loopback by default: expose it on purpose (e.g. 0.0.0.0:9101 in a Pod). "
+            "`lbprovider serve` shows the controller's metrics on its own /metrics instead."
+        ),
+    )
 
     # API and dashboard
     session_secret: str = Field(

@@ -41,11 +41,11 @@ def run_server(settings: Settings, *, listen: str | None = None) -> None:
 
     upgrade(settings.database_url)
     host, port = split_listen(listen or settings.listen)
-    controller = start_in_background(settings)
+    app = create_app(settings)
+    # One /metrics for both: the controller registers in the app's registry.
+    controller = start_in_background(settings, registry=app.state.metrics)
     logger.info("serving", extra={"event": "serve", "host": host, "port": port})
-    config = uvicorn.Config(
-        create_app(settings), host=host, port=port, log_config=None, access_log=False
-    )
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
     try:
         _Server(config, controller.stop if controller else None).run()
     finally:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -86,7 +86,9 @@ class ServiceReconciler:
         sessions: sessionmaker[Session],
         policy: IPPolicy,
         actor: Actor = CONTROLLER,
+        record_allocation: Callable[[str], None] = lambda _reason: None,
     ) -> None:
+        """``record_allocation`` hears the reason of every allocation decision (metrics)."""
         self._settings = settings
         self._services = services
         self._namespaces = namespaces
@@ -95,6 +97,7 @@ class ServiceReconciler:
         self._sessions = sessions
         self._policy = policy
         self._actor = actor
+        self._record_allocation = record_allocation
         self._known_lock = threading.Lock()
         self._known: set[str] = set()  # keys the database holds state for
         self.writes = 0  # Kubernetes writes (status, finalizers); Events are counted apart
@@ -195,6 +198,8 @@ class ServiceReconciler:
                 policy=self._policy,
             )
         self._set_known(key_of(svc), True)
+        decision = converged.outcome.decision
+        self._record_allocation("Satisfied" if decision.ok else decision.reason.value)
         _log_decision(svc, converged, actor)
         return converged
 
@@ -263,6 +268,7 @@ class ServiceReconciler:
         namespace, name = str(m.get("namespace")), str(m.get("name"))
         with transaction(self._sessions) as session:
             mark_invalid(session=session, namespace=namespace, name=name, message=message)
+        self._record_allocation("InvalidRequest")
         if condition_matches(svc, COND_ALLOCATED, "False", "InvalidRequest", message):
             return DONE
         conditions = with_condition(

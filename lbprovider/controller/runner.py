@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,6 +28,7 @@ from lbprovider.controller.dns import Resolver
 from lbprovider.controller.externalnames import DNSChecker, ExternalNameReconciler
 from lbprovider.controller.ingresses import IngressReconciler, backend_names
 from lbprovider.controller.loadbalancers import ServiceReconciler
+from lbprovider.controller.metrics import ControllerMetrics, serve_metrics
 from lbprovider.controller.nodes import NodeReconciler, node_data
 from lbprovider.controller.result import Action, Result
 from lbprovider.controller.status import (
@@ -70,8 +72,11 @@ class Controller:
         sessions: sessionmaker[Session] | None = None,
         identity: str | None = None,
         resolver: Resolver | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
+        """``registry``: where the metrics go (the API app's in ``serve``; a new one if None)."""
         self.settings = settings
+        self.metrics = ControllerMetrics(registry or CollectorRegistry(auto_describe=False))
         self.api = api if api is not None else load_api_client(settings)
         self._engine: Engine | None = None
         if sessions is None:
@@ -97,6 +102,12 @@ class Controller:
         self._types: dict[str, str] = {}
         self._node_data: dict[str, Any] = {}
         self._build_reconcilers(resolver)
+        self.metrics.watch(
+            caches=self.caches,
+            queues=self.queues,
+            is_leader=self.is_leader,
+            is_active=self.is_active,
+        )
 
     def _make_elector(self) -> LeaderElector | None:
         if not self.settings.leader_election:
@@ -119,6 +130,7 @@ class Controller:
             events=self.events,
             sessions=self.sessions,
             policy=IPPolicy.from_settings(s),
+            record_allocation=self.metrics.record_allocation,
         )
         self.dns = DNSChecker(
             sessions=self.sessions,
@@ -164,10 +176,16 @@ class Controller:
         if self._stop.is_set():
             return self
         workers = self.settings.controller_workers
-        self.queues["services"].start_workers(self._handler(self.services.reconcile), workers)
-        self.queues["externalnames"].start_workers(self._handler(self.externalnames.reconcile), 1)
-        self.queues["nodes"].start_workers(self._handler(self.nodes.reconcile), 1)
-        self.queues["ingresses"].start_workers(self._handler(self.ingresses.reconcile), 1)
+        self.queues["services"].start_workers(
+            self._handler("services", self.services.reconcile), workers
+        )
+        self.queues["externalnames"].start_workers(
+            self._handler("externalnames", self.externalnames.reconcile), 1
+        )
+        self.queues["nodes"].start_workers(self._handler("nodes", self.nodes.reconcile), 1)
+        self.queues["ingresses"].start_workers(
+            self._handler("ingresses", self.ingresses.reconcile), 1
+        )
         self.dns.start()
         self._spawn(self._run_startup, "controller-startup")
         self._spawn(self._run_serving_poll, "controller-serving")
@@ -207,6 +225,7 @@ class Controller:
             thread.join(5.0)
         if self._engine is not None:
             self._engine.dispose()
+        self.metrics.close()
         logger.info("controller stopped", extra={"event": "controller_stopped"})
 
     def __enter__(self) -> Controller:
@@ -300,16 +319,22 @@ class Controller:
 
     # -- workers ---------------------------------------------------------------------------
 
-    def _handler(self, reconcile: Callable[[str], Result]) -> Callable[[str], float | None]:
+    def _handler(
+        self, queue: str, reconcile: Callable[[str], Result]
+    ) -> Callable[[str], float | None]:
         def handle(key: str) -> float | None:
             if not self.is_active():
                 return None  # standby: the next leader enqueues everything after adoption
+            started, outcome = time.perf_counter(), "error"
             try:
                 result = reconcile(key)
-            except NotLeader:
+                outcome = result.action.value
+            except (NotLeader, KubeNotFound):
+                # Lost the Lease, or deleted meanwhile (its DELETED event enqueues it again).
+                outcome = "skipped"
                 return None
-            except KubeNotFound:
-                return None  # deleted meanwhile: its DELETED event enqueues it again
+            finally:
+                self.metrics.observe_reconcile(queue, outcome, time.perf_counter() - started)
             if result.action is Action.REPROCESS_PENDING:
                 for pending in self.services.pending_keys():
                     if pending != key:
@@ -410,11 +435,14 @@ def _creation_order(obj: Obj) -> tuple[str, str]:
     return (str(meta(obj).get("creationTimestamp") or ""), key_of(obj))
 
 
-def start_in_background(settings: Settings) -> Controller | None:
+def start_in_background(
+    settings: Settings, *, registry: CollectorRegistry | None = None
+) -> Controller | None:
     """For ``serve``: a controller starting on its own thread (a slow or absent API server must
-    not hold up the HTTP server), or None when no cluster is configured."""
+    not hold up the HTTP server), or None when no cluster is configured. ``registry``: the API
+    app's, so one ``/metrics`` shows the controller too."""
     try:
-        controller = Controller(settings)
+        controller = Controller(settings, registry=registry)
     except KubeNotConfigured as exc:
         logger.info(
             "no cluster: controller not started",
@@ -438,12 +466,16 @@ def run_controller(settings: Settings) -> None:
     previous = {
         sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
     }
+    registry = CollectorRegistry(auto_describe=False)
+    server = serve_metrics(registry, settings.controller_metrics_listen)
     try:
-        controller = Controller(settings).start()
+        controller = Controller(settings, registry=registry).start()
         try:
             stop.wait()
         finally:
             controller.stop()
     finally:
+        server.shutdown()
+        server.server_close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
