@@ -23,7 +23,15 @@ from lbprovider.api.metrics import make_registry
 from lbprovider.api.openapi import install_openapi
 from lbprovider.api.problems import install_problem_handlers
 from lbprovider.api.requestid import RequestIdMiddleware
-from lbprovider.api.routers import fleet, fleet_agent, pools, records, reservations, tokens
+from lbprovider.api.routers import (
+    catalog,
+    fleet,
+    fleet_agent,
+    pools,
+    records,
+    reservations,
+    tokens,
+)
 from lbprovider.api.sweeper import sweep_forever
 from lbprovider.config import Settings, get_settings
 from lbprovider.db.session import make_engine, session_factory
@@ -72,7 +80,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     )
     app.state.api = ctx
     app.state.metrics = make_registry(ctx.sessions)
-    for module in (pools, reservations, records, tokens, fleet, fleet_agent):
+    for module in (pools, reservations, records, catalog, tokens, fleet, fleet_agent):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health_router)
     install_problem_handlers(app)

@@ -268,3 +268,90 @@ def namespaces(session: Session, *, limit: int = 500) -> list[str]:
 def pending_query() -> Select[ServiceRecord]:
     """Services with no address, the ones an operator is asked about."""
     return service_query(state="pending")
+
+
+# The REST API's filters: exact matches on top of the dashboard's queries above.
+
+DnsStatus = Literal["unknown", "resolves", "nxdomain", "timeout", "error"]
+"""The words ``lbprovider.services.externalnames`` stores as ``dns_status``."""
+
+
+def service_search(
+    *,
+    namespace: str | None = None,
+    name: str | None = None,
+    pool: str | None = None,
+    ip: str | None = None,
+    state: ServiceState | None = None,
+    reason: str | None = None,
+    q: str | None = None,
+) -> Select[ServiceRecord]:
+    """``service_query`` plus an exact ``name`` and an address (canonical text) the Service
+    holds now; same order (namespace, name)."""
+    stmt = service_query(namespace=namespace, q=q, pool=pool, state=state, reason=reason)
+    if name:
+        stmt = stmt.where(ServiceRecord.name == name)
+    if ip:
+        stmt = stmt.where(
+            exists().where(
+                Allocation.active,
+                Allocation.ip == ip,
+                Allocation.service_namespace == ServiceRecord.namespace,
+                Allocation.service_name == ServiceRecord.name,
+            )
+        )
+    return stmt
+
+
+@dataclass(frozen=True)
+class ServiceDetail:
+    """One Service and its ledger rows, newest first."""
+
+    service: ServiceRow
+    events: list[LedgerEntry]
+
+
+def service_detail(
+    *, session: Session, namespace: str, name: str, limit: int = 50
+) -> ServiceDetail:
+    """``get_service`` (NotFound for a Service never seen) with ``service_events``."""
+    row = get_service(session=session, namespace=namespace, name=name)
+    events = service_events(session=session, namespace=namespace, name=name, limit=limit)
+    return ServiceDetail(row, events)
+
+
+def external_name_search(
+    *,
+    namespace: str | None = None,
+    dns_status: DnsStatus | None = None,
+    removed: bool | None = None,
+    q: str | None = None,
+) -> Select[ExternalNameMapping]:
+    """ExternalName mappings by DNS status and removed or not (independent filters), by
+    namespace then name."""
+    stmt = external_name_query(namespace=namespace, q=q)
+    if dns_status is not None:
+        stmt = stmt.where(ExternalNameMapping.dns_status == dns_status)
+    if removed is True:
+        stmt = stmt.where(ExternalNameMapping.removed_at.is_not(None))
+    elif removed is False:
+        stmt = stmt.where(ExternalNameMapping.removed_at.is_(None))
+    return stmt
+
+
+def ingress_route_search(
+    *,
+    namespace: str | None = None,
+    host: str | None = None,
+    ingress: str | None = None,
+    has_error: bool | None = None,
+    q: str | None = None,
+) -> Select[IngressRoute]:
+    """``ingress_route_query`` plus an exact host (``""`` is the catch-all rule) and Ingress
+    name; ordered by namespace, Ingress, host, path, then id."""
+    stmt = ingress_route_query(namespace=namespace, q=q, broken=has_error)
+    if host is not None:
+        stmt = stmt.where(IngressRoute.host == host)
+    if ingress:
+        stmt = stmt.where(IngressRoute.ingress_name == ingress)
+    return stmt.order_by(IngressRoute.id)
