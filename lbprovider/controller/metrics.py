@@ -214,6 +214,6 @@ def serve_metrics(registry: CollectorRegistry, listen: str) -> ThreadingWSGIServ
     thread.start()
     logger.info(
         "serving controller metrics",
-        extra={"event": "metrics_listen", "listen": f"{server.server_name}:{server.server_port}"},
+        extra={"event": "metrics_listen", "listen": f"{host}:{server.server_port}"},
     )
     return server

@@ -76,8 +76,9 @@ class Controller:
     ) -> None:
         """``registry``: where the metrics go (the API app's in ``serve``; a new one if None)."""
         self.settings = settings
-        self.metrics = ControllerMetrics(registry or CollectorRegistry(auto_describe=False))
         self.api = api if api is not None else load_api_client(settings)
+        # After the client: with no cluster, ``serve`` gets no empty controller families.
+        self.metrics = ControllerMetrics(registry or CollectorRegistry(auto_describe=False))
         self._engine: Engine | None = None
         if sessions is None:
             self._engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
