@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,9 +33,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is now, not to the stream it saw when created: a CLI
+    invoked in-process (tests, embedding) must not leave logging bound to a closed stream."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        del value
+
+
 def setup_logging(level: str = "INFO", *, json_logs: bool = True) -> None:
     """Configure the root logger once per process."""
-    handler = logging.StreamHandler()
+    handler = StderrHandler()
     if json_logs:
         handler.setFormatter(JsonFormatter())
     else:
