@@ -37,7 +37,7 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is now, not to the stream it saw when created: a CLI
     invoked in-process (tests, embedding) must not leave logging bound to a closed stream."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
