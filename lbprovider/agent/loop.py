@@ -8,6 +8,10 @@ also across its own restart (the state is kept in its state directory) — and s
 API was away once it is back. Every heartbeat it re-applies against HAProxy's *live* state, so
 a hand edit through the socket is undone.
 
+With an announcer (``LBP_ANNOUNCE_MODE`` bgp or vrrp, see ``agent.announcing``) the VIPs are held
+on the host before HAProxy binds them, withdrawn before an apply removes them, announced after
+an apply serves them, and all withdrawn while HAProxy is down or when the agent stops.
+
 Reloads are rate-limited (``reload_debounce_seconds``): a change that needs one within that
 window waits, and whatever else arrives meanwhile is applied with it.
 
@@ -24,11 +28,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lbprovider.agent.announcing import AnnounceDriver
 from lbprovider.agent.checks import check_targets
 from lbprovider.agent.client import ApiUnavailable, FleetApi
 from lbprovider.agent.report import observe
 from lbprovider.agent.translate import Translated, translate
 from lbprovider.agent.vips import InterfaceVips, RoutedVips, Vips
+from lbprovider.announce import Announcer, NullAnnouncer, announcer_from_settings
 from lbprovider.config import Settings
 from lbprovider.fleet.models import FleetState, HostStatus
 from lbprovider.haproxy import model as hx
@@ -65,6 +71,9 @@ class AgentConfig:
     hard_stop_after_seconds: float = 600.0
     nbthread: int = 2
     check_timeout_seconds: float = 0.3
+    announce_check_seconds: float = 0.25  # how often HAProxy's health is probed for announcing
+    # the settings the announcer is built from (``LBP_ANNOUNCE_*``); None: no announcement
+    settings: Settings | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_settings(cls, s: Settings) -> AgentConfig:
@@ -86,6 +95,7 @@ class AgentConfig:
             hard_stop_after_seconds=s.agent_hard_stop_after_seconds,
             nbthread=s.agent_nbthread,
             check_timeout_seconds=s.agent_check_timeout_seconds,
+            settings=s,
         )
 
     def haproxy_settings(self) -> hx.Settings:
@@ -115,6 +125,7 @@ class Progress:
     errors: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
     routes_sent: dict[str, str] | None = None
+    backends_sent: dict[str, str] | None = None
     outage_started: float | None = None
     outage_seconds: float = 0.0
 
@@ -122,7 +133,12 @@ class Progress:
 class Agent:
     """One host's agent. ``start`` brings HAProxy up; ``run`` loops until ``stop``."""
 
-    def __init__(self, config: AgentConfig, api: FleetApi | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        api: FleetApi | None = None,
+        announcer: Announcer | None = None,
+    ) -> None:
         self.config = config
         self.hsettings = config.haproxy_settings()
         self.api = api or FleetApi(config.api_url, config.token, config.host)
@@ -132,6 +148,12 @@ class Agent:
             else RoutedVips()
         )
         self.progress = Progress()
+        if announcer is None:  # mode none (the default): the NullAnnouncer
+            s = config.settings
+            announcer = announcer_from_settings(s) if s is not None else NullAnnouncer()
+        self.announce = AnnounceDriver(
+            announcer, self._haproxy_up, interval=config.announce_check_seconds
+        )
         self.process: HAProxyProcess | None = None
         self.applier: Applier | None = None
         self._stop = threading.Event()
@@ -148,6 +170,8 @@ class Agent:
         saved = self._load_saved()
         translated = translate(saved or FleetState(host=self.config.host))
         self.vips.sync(set(saved.vips) if saved else set())
+        self.announce.start()  # its daemon up, nothing announced yet
+        self.announce.hold(_vips_of(saved) if saved else set())
         self.process = start_or_attach(translated.desired, self.hsettings, self.config.haproxy_bin)
         self.applier = Applier(self.hsettings, self.process, self.config.haproxy_bin)
         if saved is not None:
@@ -163,7 +187,8 @@ class Agent:
         self._stop.set()
 
     def close(self) -> None:
-        """Release the runtime connection and the HTTP client."""
+        """Withdraw every announcement, release the runtime connection and the HTTP client."""
+        self.announce.close()
         if self.applier is not None:
             self.applier.close()
         self.api.close()
@@ -264,13 +289,17 @@ class Agent:
         assert self.applier is not None
         translated = translate(state)
         vip_errors = self.vips.sync(set(state.vips))
-        try:
-            result = self.applier.apply(translated.desired)
-        except (hx.InvalidModel, HAProxyError) as e:
-            result = ApplyResult(errors=[f"refused: {e}"])
-        if result.reloaded:
-            self._last_reload = time.monotonic()
-        self._record(state, translated, result, vip_errors)
+        wanted = _vips_of(state)
+        with self.announce.applying():
+            self.announce.withdraw_leaving(wanted)  # withdrawn before HAProxy drops them
+            self.announce.hold(wanted | self.announce.serving)  # on the host before binding
+            try:
+                result = self.applier.apply(translated.desired)
+            except (hx.InvalidModel, HAProxyError) as e:
+                result = ApplyResult(errors=[f"refused: {e}"])
+            if result.reloaded:
+                self._last_reload = time.monotonic()
+            self._record(state, translated, result, vip_errors)
 
     def _record(
         self, state: FleetState, translated: Translated, result: ApplyResult, vip_errors: list[str]
@@ -287,6 +316,7 @@ class Agent:
             self._save(state)
             self._next_apply = time.monotonic() + (self.config.retry_seconds if p.pending else 0)
             self._check_routes(state, translated.refused)
+            self._announce_served(state, translated.refused)
         else:
             self._failures += 1
             backoff = self.config.retry_seconds * 2 ** min(self._failures - 1, 5)
@@ -297,6 +327,7 @@ class Agent:
                 for r in state.routes
                 if p.applied_routes.get(r.route_id) != r.digest()
             } | dict(translated.refused)
+        p.errors += self.announce.errors
         self._next_heartbeat = 0.0
         level = logging.WARNING if p.errors else logging.INFO
         logger.log(
@@ -311,6 +342,19 @@ class Agent:
                 "error": "; ".join(p.errors),
             },
         )
+
+    def _announce_served(self, state: FleetState, refused: dict[str, str]) -> None:
+        """Announce the VIPs HAProxy now serves (a route applied, not refused); hold exactly
+        the wanted ones on the host from now on."""
+        self.announce.served({r.address for r in state.routes if r.route_id not in refused})
+        self.announce.hold(_vips_of(state))
+
+    def _haproxy_up(self) -> bool:
+        """HAProxy serves: its master answers and has a worker."""
+        try:
+            return self.process is not None and bool(self.process.show_proc().workers)
+        except HAProxyError:
+            return False
 
     def _check_routes(self, state: FleetState, refused: dict[str, str]) -> None:
         """Connect to every new, changed or failing VIP:port; keep the verdicts."""
@@ -340,13 +384,16 @@ class Agent:
             return
         assert self.applier is not None
         translated = translate(p.applied)
-        try:
-            result = self.applier.apply(translated.desired)
-        except (hx.InvalidModel, HAProxyError) as e:
-            result = ApplyResult(errors=[f"refused: {e}"])
-        if result.commands or result.reloaded or result.errors:
-            self._record(p.applied, translated, result, self.vips.sync(set(p.applied.vips)))
-        elif p.route_errors:
+        with self.announce.applying():
+            try:
+                result = self.applier.apply(translated.desired)
+            except (hx.InvalidModel, HAProxyError) as e:
+                result = ApplyResult(errors=[f"refused: {e}"])
+            if result.commands or result.reloaded or result.errors:
+                vip_errors = self.vips.sync(set(p.applied.vips))
+                self._record(p.applied, translated, result, vip_errors)
+                return
+        if p.route_errors:
             self._check_routes(p.applied, translated.refused)
 
     # -- reporting ---------------------------------------------------------------------------
@@ -355,8 +402,9 @@ class Agent:
         """The report HAProxy and the agent's progress make now."""
         assert self.applier is not None and self.process is not None
         p = self.progress
-        seen = observe(self.applier.client, self.process)
+        seen = observe(self.applier.client, self.process, self.hsettings.run_dir)
         routes = p.applied_routes if p.routes_sent != p.applied_routes else None
+        backends = self._route_backends(seen.route_backends)
         return HostStatus(
             desired_version=p.desired.version if p.desired else "",
             applied_version=p.applied.version if p.applied else "",
@@ -371,8 +419,16 @@ class Agent:
             api_outage_seconds=round(p.outage_seconds, 3),
             servers=seen.servers,
             counters=seen.counters,
-            vips=self.vips.owned(),
+            vips=self.vips.owned() or sorted(self.announce.serving),
+            announcements=self.announce.status(),
+            route_backends=backends if backends != p.backends_sent else None,
         )
+
+    def _route_backends(self, by_key: dict[str, str]) -> dict[str, str]:
+        """route_id -> HAProxy backend, for the applied routes HAProxy has in its map."""
+        applied = self.progress.applied
+        routes = applied.routes if applied else ()
+        return {r.route_id: by_key[r.key] for r in routes if r.key in by_key}
 
     def _heartbeat(self) -> None:
         self._next_heartbeat = time.monotonic() + self.config.heartbeat_seconds
@@ -387,8 +443,10 @@ class Agent:
         p = self.progress
         if status.applied_routes is not None:
             p.routes_sent = dict(status.applied_routes)
+        if status.route_backends is not None:
+            p.backends_sent = dict(status.route_backends)
         if ack.resend_routes:
-            p.routes_sent = None
+            p.routes_sent = p.backends_sent = None
 
     # -- last good state ---------------------------------------------------------------------
 
@@ -410,6 +468,11 @@ class Agent:
         if state.host != self.config.host or state.version != state.content_digest():
             return None
         return state
+
+
+def _vips_of(state: FleetState) -> set[str]:
+    """Every VIP this state serves on the host: its VIPs and its routes' addresses."""
+    return set(state.vips) | {r.address for r in state.routes}
 
 
 def _v(state: FleetState | None) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lbprovider.fleet.models import RouteCounters, ServerHealth
-from lbprovider.haproxy.layout import TABLE_BACKEND
+from lbprovider.haproxy.layout import ROUTES_MAP, TABLE_BACKEND, parse_route_value
 from lbprovider.haproxy.process import HAProxyProcess
 from lbprovider.haproxy.runtime import HAProxyError, RuntimeClient
 
@@ -23,6 +23,7 @@ class Observed:
 
     servers: list[ServerHealth] = field(default_factory=list)
     counters: dict[str, RouteCounters] = field(default_factory=dict)
+    route_backends: dict[str, str] = field(default_factory=dict)  # VIP:port -> backend
     reloads: int = 0
     failed_reloads: int = 0
     worker_pid: int = 0
@@ -30,12 +31,14 @@ class Observed:
     errors: list[str] = field(default_factory=list)
 
 
-def observe(client: RuntimeClient, process: HAProxyProcess) -> Observed:
-    """Servers (``show stat``), per-route counters (the routes table) and ``show proc``."""
+def observe(client: RuntimeClient, process: HAProxyProcess, run_dir: str) -> Observed:
+    """Servers (``show stat``), per-route counters (the routes table), which backend each
+    VIP:port goes to (the live routes map) and ``show proc``."""
     seen = Observed()
     try:
         seen.servers = servers(client)
         seen.counters = counters(client)
+        seen.route_backends = route_backends(client, run_dir)
     except HAProxyError as e:
         seen.errors.append(f"reading haproxy stats: {e}")
     try:
@@ -80,4 +83,14 @@ def counters(client: RuntimeClient) -> dict[str, RouteCounters]:
             bytes_in=values.get("bytes_in_cnt", 0),
             bytes_out=values.get("bytes_out_cnt", 0),
         )
+    return out
+
+
+def route_backends(client: RuntimeClient, run_dir: str) -> dict[str, str]:
+    """VIP:port -> the backend HAProxy sends it to, read from the live routes map."""
+    out = {}
+    for key, value in client.show_map(f"{run_dir}/{ROUTES_MAP}"):
+        parsed = parse_route_value(value)
+        if parsed is not None:
+            out[key] = parsed[0]
     return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -116,12 +117,39 @@ class RouteCounters(_Model):
     bytes_out: int = 0
 
 
+class AnnouncementStatus(_Model):
+    """Who announces which VIP since when: one line of the host's announcer (BGP/VRRP)."""
+
+    vip: str
+    state: str  # announced | standby | withdrawn (lbprovider.announce.AnnounceState)
+    since: datetime  # UTC, when this host's state for the VIP began
+    detail: str = ""  # e.g. "bgp: 1/1 peers established", "vrrp: lbp_g3 MASTER"
+
+
 class HostStatus(_Model):
     """What an agent reports: heartbeat, what it applied, errors, health and counters.
 
     ``applied_routes`` (route_id -> digest) is sent when it changed since the last accepted
     report, ``None`` otherwise; ``route_errors`` names routes that are applied-but-failing
     (the serving check) or refused (an invalid value): route_id -> reason.
+
+    This is also the one shape of ``FleetHost.status`` (the JSON column the dashboard reads):
+    the API stores ``HostStatus.model_dump(mode="json")`` as it arrived (keeping the previous
+    ``applied_routes`` when a report leaves it out), and readers parse it back with
+    :meth:`read_stored`. In JSON::
+
+        {"desired_version": str, "applied_version": str,
+         "applied_routes": {route_id: digest} | null, "route_errors": {route_id: reason},
+         "errors": [str], "pending": [str], "reloads": int, "failed_reloads": int,
+         "worker_pid": int, "worker_exits": [str], "api_outage_seconds": float,
+         "servers": [{"backend", "server", "state", "check", "address"}],
+         "counters": {"<vip>:<port>": {"conn_cur", "conn_cnt", "bytes_in", "bytes_out"}},
+         "vips": [str], "route_backends": {route_id: backend} | null,
+         "announcements": [{"vip", "state", "since": ISO-8601 UTC, "detail"}]}
+
+    ``servers`` are HAProxy's ``show stat`` rows; a Service's servers are those of the backends
+    its routes use (the stored ``route_backends``: route_id -> backend, kept like
+    ``applied_routes`` when a report leaves it out).
     """
 
     desired_version: str = ""
@@ -138,6 +166,20 @@ class HostStatus(_Model):
     servers: list[ServerHealth] = Field(default_factory=list)
     counters: dict[str, RouteCounters] = Field(default_factory=dict)
     vips: list[str] = Field(default_factory=list)
+    announcements: list[AnnouncementStatus] = Field(default_factory=list)
+    # route_id -> HAProxy backend; like ``applied_routes``, None when unchanged since last sent
+    route_backends: dict[str, str] | None = None
+
+    @classmethod
+    def read_stored(cls, stored: object) -> HostStatus:
+        """The stored ``FleetHost.status`` as a HostStatus; an unreadable one reads as empty
+        (a host that has not reported yet, or a report from an older agent)."""
+        if not isinstance(stored, dict):
+            return cls()
+        try:
+            return cls.model_validate(stored)
+        except ValueError:
+            return cls()
 
 
 class StatusAck(_Model):

@@ -51,8 +51,9 @@ def record_host_report(
     host = get_or_register_host(session=session, name=name)
     previous = host.status if isinstance(host.status, dict) else {}
     status = dict(report.status)
-    if status.get("applied_routes") is None:
-        status["applied_routes"] = previous.get("applied_routes")
+    for kept in ("applied_routes", "route_backends"):  # None: unchanged since the last report
+        if status.get(kept) is None:
+            status[kept] = previous.get(kept)
     host.status = status
     host.applied_version = report.applied_version[:64]
     host.error = report.error[:MAX_ERROR_CHARS]

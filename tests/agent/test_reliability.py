@@ -216,6 +216,8 @@ def test_restarted_agent_attaches_and_converges(
     wait_until(lambda: try_get(a, port), what="a answers")
     process = first.process
     assert process is not None
+    # the new worker answers while the re-executed master may not yet take CLI connections
+    wait_until(lambda: first.progress.applied is not None, what="first apply confirmed")
     pid = process.show_proc().workers[-1]
     fleet.stop_agent(first, stop_haproxy=False)
     try:
