@@ -99,4 +99,6 @@ def test_ten_thousand_services_are_listed_in_a_few_seconds() -> None:
         api.api_client.close()
     assert len(listed.items) == 10_001  # and the cluster's own `kubernetes` Service
     assert listed.items[1].spec.cluster_ip.startswith("10.")
-    assert elapsed < 5, elapsed
+    # A generous bound: it catches per-object quadratic work (minutes), not a busy CI machine
+    # (the typed client's own deserialisation takes ~2-5 s of this on 2 shared cores).
+    assert elapsed < 15, elapsed
