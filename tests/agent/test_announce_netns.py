@@ -11,6 +11,7 @@ inside ``h1`` (a socket made there), so the agent reaches it without leaving its
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -36,6 +37,7 @@ from tests.fleet.helpers import add_service, make_pool, remove_service, service_
 
 from . import netns
 from .conftest import Fleet
+from .dashboard import signed_in
 
 pytestmark = [pytest.mark.netns, pytest.mark.haproxy, pytest.mark.slow]
 
@@ -49,6 +51,7 @@ class BgpFleet:
     fleet: Fleet
     host_ns: str
     run_dir: Path
+    dashboard: str  # the app's URL outside the namespaces
 
 
 def _bgp_host(lab: Lab) -> str:
@@ -89,8 +92,9 @@ def bgp_fleet(tmp_path: Path) -> Iterator[BgpFleet]:
         )
         server.start()
         fleet = Fleet(engine, sessions, server, 8080, {})
+        dashboard = server.url
         fleet.server.port = inside.getsockname()[1]  # the agent's API URL
-        yield BgpFleet(lab, fleet, host_ns, net.tmp / "h1")
+        yield BgpFleet(lab, fleet, host_ns, net.tmp / "h1", dashboard)
     finally:
         if server is not None:
             server.stop()
@@ -188,6 +192,14 @@ def test_agent_announces_served_vips_and_withdraws_them(bgp_fleet: BgpFleet) -> 
         )
         since = {x["vip"]: x["since"] for x in status(bf)["announcements"]}
         assert all(since.values())
+        web = signed_in(bf.dashboard, bf.fleet.sessions)
+        try:
+            page = web.get("/fleet").text  # rendered from the agent's own heartbeat
+        finally:
+            web.close()
+        for vip in (a, b):
+            assert re.search(rf">{re.escape(vip)}</td><td><span[^>]*>announced</span>", page)
+        assert "bgp: 1/1 peers established" in page and re.search(r">\d+ s ago</td>", page)
 
         remove_service(bf.fleet.sessions, "b")  # withdrawn before HAProxy unmaps it
         wait_for(lambda: not announced(bf, b), "router forgets the removed VIP")

@@ -13,6 +13,7 @@ from lbprovider.services import catalog, overview, queries, search
 from lbprovider.services.audit import LEDGER_ACTIONS, ledger_query
 from lbprovider.services.errors import NotFound
 from lbprovider.services.queries import fleet_host_query
+from lbprovider.ui import fleetview
 from lbprovider.ui.guard import ADMIN, ReadDB, UiDep, UserDep
 from lbprovider.ui.paging import page_of
 
@@ -65,7 +66,7 @@ def services_page(request: Request, ctx: UiDep, user: UserDep, session: ReadDB) 
         "state": choice(request, "state", STATES),
         "reason": choice(request, "reason", REASONS),
     }
-    page = page_of(session, catalog.service_query(**filters), request)
+    page = page_of(session, catalog.listed(catalog.service_query(**filters)), request)
     context = {
         "title": "Services",
         "active": "services",
@@ -88,6 +89,9 @@ def service_page(
         return not_found(request, ctx, e.detail)
     events = catalog.service_events(session=session, namespace=namespace, name=name)
     context = {"title": f"{namespace}/{name}", "active": "services", "s": row, "events": events}
+    context["health"] = fleetview.service_backend_health(
+        session=session, namespace=namespace, name=name
+    )
     return ctx.renderer.render(request, "service.html", context, block="live")
 
 
@@ -130,6 +134,7 @@ def fleet_page(request: Request, ctx: UiDep, user: UserDep, session: ReadDB) -> 
     page = page_of(session, fleet_host_query(), request)
     hosts = overview.host_views(session, page.rows)
     context = {"title": "Fleet", "active": "fleet", "page": page, "hosts": hosts}
+    context["announced"] = fleetview.announcements(page.rows)
     return ctx.renderer.render(request, "fleet.html", context, block="table")
 
 
