@@ -6,21 +6,27 @@ savepoint and decides again with fresh data, spreading the choice so eight concu
 allocators stop choosing the same address.
 
 A failed decision changes nothing: a Service keeps whatever it held.
+
+Steady state is cheap on purpose (the controller re-converges every Service at start-up and on
+every resync): a Service that already holds its addresses is decided from one read of its rows
+(with the occupancy of its addresses) and the cached pool specs, with no savepoint; only a
+decision that must write goes through the savepoint-and-retry path and decides again there.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import bindparam, delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from lbprovider.db.models import Allocation, AllocationPort, IPLease, ReleasedIP
+from lbprovider.db.models import Allocation, AllocationPort, IPLease, LedgerEntry, ReleasedIP
 from lbprovider.db.types import utcnow
 from lbprovider.ipam.allocator import (
     Allocator,
@@ -32,14 +38,30 @@ from lbprovider.ipam.allocator import (
     Request,
 )
 from lbprovider.ipam.ranges import ip_key
-from lbprovider.services.audit import record_ledger
+from lbprovider.services.audit import LEDGER_ACTIONS
 from lbprovider.services.context import Actor, IPPolicy
 from lbprovider.services.errors import ConcurrentUpdate
-from lbprovider.services.state import DBStateView, load_pool_specs
+from lbprovider.services.state import (
+    DBStateView,
+    HeldRow,
+    Holdings,
+    cached_pool_specs,
+    load_holdings,
+    occupancy_from_rows,
+)
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 12
+
+# Built once: constructing SQLAlchemy statements costs more than running them on this path.
+# Core statements on the tables: executed on the connection, they skip the ORM's bookkeeping.
+_TABLES = Allocation.metadata.tables
+INSERT_LEASE = insert(_TABLES[IPLease.__tablename__])
+INSERT_ALLOCATION = insert(_TABLES[Allocation.__tablename__]).returning(Allocation.id)
+INSERT_PORTS = insert(_TABLES[AllocationPort.__tablename__])
+INSERT_LEDGER = insert(_TABLES[LedgerEntry.__tablename__])
+LEASE_KEY = select(IPLease.sharing_key).where(IPLease.ip == bindparam("ip"))
 
 
 @dataclass(frozen=True)
@@ -81,11 +103,63 @@ def allocate_service(
     policy: IPPolicy,
     now: datetime | None = None,
     reason: str | None = None,
+    holdings: Holdings | None = None,
 ) -> Outcome:
     """Give ``request``'s Service the addresses it should hold (keeping what it has).
 
-    ``reason``, when given, is what the ledger says for any change (else the decision's text)."""
-    return _with_retries(session, request, actor, policy, now, adopt=False, reason=reason)
+    ``reason``, when given, is what the ledger says for any change (else the decision's text).
+    ``holdings``, when given, is what ``load_holdings`` just read for the Service in this
+    transaction (the caller needed it too); else it is read here."""
+    now = now or utcnow()
+    if holdings is None:
+        _flush_pending(session)
+        holdings = load_holdings(session, request.service.namespace, request.service.name, now)
+    if holdings.rows:
+        kept = _steady(session, request, policy, now, holdings)
+        if kept is not None:
+            return kept
+    return _with_retries(
+        session, request, actor, policy, now, adopt=False, reason=reason, holdings=holdings
+    )
+
+
+def _flush_pending(session: Session) -> None:
+    """Reads below go through the connection (no autoflush): write pending ORM changes first."""
+    if session.new or session.dirty or session.deleted:
+        session.flush()
+
+
+def _steady(
+    session: Session, request: Request, ip_policy: IPPolicy, now: datetime, holdings: Holdings
+) -> Outcome | None:
+    """The outcome when deciding changes nothing (the steady state), else None.
+
+    Read-only: no savepoint, no write. The allocator decides exactly as on the full path, from
+    the same data (the Service's rows and the occupancy of its addresses, read once); when that
+    decision would write anything (a new or moved address, refreshed ports or sharing key) the
+    caller takes the full path, which decides again under its savepoint."""
+    if not all(_row_is_current(row, request) for row in holdings.rows):
+        return None
+    specs, pool_ids = cached_pool_specs(session)
+    view = DBStateView(session, pool_ids, now, known=holdings.occupancy)
+    policy = Policy(now=now, hold=ip_policy.hold, quarantine=ip_policy.quarantine)
+    held = [Assignment(r.ip, r.pool_name, r.family) for r in holdings.rows]
+    decision = Allocator(specs, view, policy).allocate(request, held)
+    ips = tuple(r.ip for r in holdings.rows)
+    if not decision.ok:
+        return Outcome(decision, ips, changed=False)
+    if {a.ip for a in decision.assignments} != set(ips):
+        return None
+    return Outcome(decision, tuple(sorted(ips, key=_family)), changed=False)
+
+
+def _row_is_current(row: HeldRow, request: Request) -> bool:
+    """A kept allocation needs no refresh: same ports, sharing key and (when known) uid."""
+    return (
+        row.ports == _ports_json(request)
+        and row.sharing_key == request.sharing_key
+        and (row.service_uid == request.service.uid or not request.service.uid)
+    )
 
 
 def adopt_service(
@@ -99,7 +173,8 @@ def adopt_service(
     """Record the addresses in ``request.requested_ips`` (a Service's status) as its own.
 
     Nothing moves: an address held by another Service is reported, never taken over."""
-    return _with_retries(session, request, actor, policy, now, adopt=True)
+    _flush_pending(session)
+    return _with_retries(session, request, actor, policy, now or utcnow(), adopt=True)
 
 
 def _with_retries(
@@ -107,18 +182,21 @@ def _with_retries(
     request: Request,
     actor: Actor,
     policy: IPPolicy,
-    now: datetime | None,
+    now: datetime,
     *,
     adopt: bool,
     reason: str | None = None,
+    holdings: Holdings | None = None,
 ) -> Outcome:
     rng = random.Random()
     for attempt in range(MAX_ATTEMPTS):
         spread = 1 if attempt == 0 else min(64, 2**attempt)
+        # The first attempt may reuse what was read just before; a retry reads afresh.
+        known = holdings if attempt == 0 else None
         try:
             with session.begin_nested():
                 return _decide_and_write(
-                    session, request, actor, policy, now or utcnow(), spread, rng, adopt, reason
+                    session, request, actor, policy, now, spread, rng, adopt, reason, known
                 )
         except (IntegrityError, _LostRace) as e:
             logger.debug(
@@ -142,12 +220,15 @@ def _decide_and_write(
     rng: random.Random,
     adopt: bool,
     reason: str | None,
+    holdings: Holdings | None,
 ) -> Outcome:
     svc = request.service
-    current = active_allocations(session, svc.namespace, svc.name)
+    if holdings is None:
+        holdings = load_holdings(session, svc.namespace, svc.name, now)
+    current = holdings.rows
     held = [Assignment(a.ip, a.pool_name, a.family) for a in current]
-    specs, pool_ids = load_pool_specs(session)
-    view = DBStateView(session, pool_ids, now)
+    specs, pool_ids = cached_pool_specs(session)
+    view = DBStateView(session, pool_ids, now, known=holdings.occupancy)
     policy = Policy(
         now=now, hold=ip_policy.hold, quarantine=ip_policy.quarantine, spread=spread, rng=rng
     )
@@ -191,7 +272,7 @@ def _write(
     allocator: Allocator,
     request: Request,
     decision: Decision,
-    current: Sequence[Allocation],
+    current: Sequence[HeldRow],
     pool_ids: dict[str, int],
     actor: Actor,
     now: datetime,
@@ -204,31 +285,57 @@ def _write(
     replaced_families: set[int] = set()
     for row in current:
         if row.ip not in wanted:
-            _release_row(session, row, actor, now, action="reassigned", reason=f"moved away: {why}")
+            orm_row = session.get_one(Allocation, row.id)
+            _release_row(
+                session, orm_row, actor, now, action="reassigned", reason=f"moved away: {why}"
+            )
             replaced_families.add(row.family)
             changed = True
     kept = {row.ip: row for row in current if row.ip in wanted}
     for ip in sorted(set(wanted) - set(kept)):
         a = wanted[ip]
-        _claim(session, allocator, request, a, pool_ids[a.pool], now)
         action = (
             "adopted" if adopt else ("reassigned" if a.family in replaced_families else "allocated")
         )
-        record_ledger(
-            session,
-            actor=actor,
-            ip=ip,
-            action=action,
-            reason=why,
-            pool=a.pool,
-            namespace=svc.namespace,
-            name=svc.name,
-        )
+        entry = _Entry(actor, action, why)
+        if session.get_bind().dialect.name == "postgresql":
+            _claim_in_one_statement(session, allocator, request, a, pool_ids[a.pool], now, entry)
+        else:
+            _claim(session, allocator, request, a, pool_ids[a.pool], now)
+            _insert_ledger(session, actor, ip, action, why, a.pool, svc.namespace, svc.name)
         changed = True
     for row in kept.values():
-        changed |= _refresh_row(session, row, request)
+        if not _row_is_current(row, request):
+            changed |= _refresh_row(session, session.get_one(Allocation, row.id), request)
     session.flush()
     return Outcome(decision, tuple(sorted(wanted, key=_family)), changed)
+
+
+def _insert_ledger(
+    session: Session,
+    actor: Actor,
+    ip: str,
+    action: str,
+    reason: str,
+    pool: str,
+    namespace: str,
+    name: str,
+) -> None:
+    """``audit.record_ledger`` as one Core INSERT (no ORM object to flush)."""
+    assert action in LEDGER_ACTIONS, action
+    session.connection().execute(
+        INSERT_LEDGER,
+        {
+            "ip": ip,
+            "pool": pool,
+            "service_namespace": namespace,
+            "service_name": name,
+            "action": action,
+            "reason": reason,
+            "actor": actor.name,
+            "request_id": actor.request_id,
+        },
+    )
 
 
 def lock_ip(session: Session, ip: str) -> None:
@@ -247,45 +354,150 @@ def _claim(
 ) -> None:
     if not allocator.view.claimable(a.ip):
         raise _LostRace(a.ip)
+    # Read again now that the address is locked: the first read may predate a commit.
     fresh = allocator.view.occupancy([a.ip]).get(a.ip, Occupancy())
     if allocator.check(request, a.ip, fresh) is not None:
         raise _LostRace(a.ip)
+    conn = session.connection()
+    key = ip_key(a.ip)
     if fresh.holders:
         # Joining a shared address: the lease must carry the same sharing key.
-        lease_key = session.scalar(select(IPLease.sharing_key).where(IPLease.ip == a.ip))
+        lease_key = conn.execute(LEASE_KEY, {"ip": a.ip}).scalar()
         if not request.sharing_key or lease_key != request.sharing_key:
             raise _LostRace(a.ip)
     else:
-        session.execute(
-            insert(IPLease).values(
-                ip=a.ip,
-                ip_key=ip_key(a.ip),
-                pool_id=pool_id,
-                family=a.family,
-                sharing_key=request.sharing_key,
-                created_at=now,
-            )
+        conn.execute(
+            INSERT_LEASE,
+            {
+                "ip": a.ip,
+                "ip_key": key,
+                "pool_id": pool_id,
+                "family": a.family,
+                "sharing_key": request.sharing_key,
+                "created_at": now,
+            },
         )
     svc = request.service
-    allocation_id = session.execute(
-        insert(Allocation)
-        .values(
-            ip=a.ip,
-            ip_key=ip_key(a.ip),
-            pool_id=pool_id,
-            pool_name=a.pool,
-            family=a.family,
-            service_namespace=svc.namespace,
-            service_name=svc.name,
-            service_uid=svc.uid,
-            sharing_key=request.sharing_key,
-            ports=_ports_json(request),
-            allocated_at=now,
-            active=True,
-        )
-        .returning(Allocation.id)
+    allocation_id = conn.execute(
+        INSERT_ALLOCATION,
+        {
+            "ip": a.ip,
+            "ip_key": key,
+            "pool_id": pool_id,
+            "pool_name": a.pool,
+            "family": a.family,
+            "service_namespace": svc.namespace,
+            "service_name": svc.name,
+            "service_uid": svc.uid,
+            "sharing_key": request.sharing_key,
+            "ports": _ports_json(request),
+            "allocated_at": now,
+            "released_at": None,
+            "active": True,
+        },
     ).scalar_one()
     _insert_ports(session, allocation_id, a.ip, request)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """The ledger row a claim writes."""
+
+    actor: Actor
+    action: str
+    reason: str
+
+
+# PostgreSQL: the whole claim after the per-address lock in one round trip. The sub-statements
+# write the allocation, its ports, the lease (only when nobody holds the address) and the ledger
+# row; the main SELECT sees the snapshot taken when the statement started, i.e. after the lock
+# and before these writes, and returns the address's occupancy and lease for the re-check. A
+# failed re-check rolls the savepoint back; a violated constraint fails the statement.
+CLAIM_PG = text(
+    """
+WITH a AS (
+    INSERT INTO allocations (ip, ip_key, pool_id, pool_name, family, service_namespace,
+        service_name, service_uid, sharing_key, ports, active, allocated_at, released_at)
+    VALUES (:ip, :ip_key, :pool_id, :pool, :family, :ns, :name, :uid, :key,
+        CAST(:ports AS jsonb), true, :now, NULL)
+    RETURNING id
+), l AS (
+    INSERT INTO ip_leases (ip, ip_key, pool_id, family, sharing_key, created_at)
+    SELECT :ip, :ip_key, :pool_id, :family, :key, :now
+    WHERE NOT EXISTS (SELECT 1 FROM allocations WHERE active AND ip = :ip)
+), p AS (
+    INSERT INTO allocation_ports (allocation_id, ip, protocol, port)
+    SELECT a.id, :ip, u.protocol, u.port
+    FROM a, unnest(CAST(:protocols AS varchar[]), CAST(:numbers AS integer[]))
+        AS u(protocol, port)
+), g AS (
+    INSERT INTO ledger (at, ip, pool, service_namespace, service_name, action, reason, actor,
+        request_id)
+    VALUES (:at, :ip, :pool, :ns, :name, :action, :reason, :actor, :request_id)
+)
+SELECT 'i' AS kind, CAST(:ip AS varchar) AS ip, CAST(NULL AS varchar) AS ns,
+    CAST(NULL AS varchar) AS name, CAST(NULL AS varchar) AS uid, CAST(NULL AS varchar) AS key,
+    CAST((SELECT id FROM a) AS varchar) AS extra, CAST(NULL AS timestamptz) AS at
+UNION ALL
+SELECT 'k', ip, NULL, NULL, NULL, sharing_key, NULL, NULL FROM ip_leases WHERE ip = :ip
+UNION ALL
+SELECT 'a', ip, service_namespace, service_name, service_uid, sharing_key, CAST(ports AS varchar),
+    NULL
+FROM allocations WHERE active AND ip = :ip
+UNION ALL
+SELECT 'r', ip, service_namespace, service_name, NULL, owner, NULL, NULL
+FROM reservations WHERE ip = :ip AND (expires_at IS NULL OR expires_at > :now)
+UNION ALL
+SELECT 'x', ip, service_namespace, service_name, NULL, NULL, NULL, released_at
+FROM released_ips WHERE ip = :ip
+"""
+)
+
+
+def _claim_in_one_statement(
+    session: Session,
+    allocator: Allocator,
+    request: Request,
+    a: Assignment,
+    pool_id: int,
+    now: datetime,
+    entry: _Entry,
+) -> None:
+    """``_claim`` plus the ledger row on PostgreSQL: the lock, then one statement."""
+    if not allocator.view.claimable(a.ip):
+        raise _LostRace(a.ip)
+    svc = request.service
+    ports = sorted(request.ports)
+    params = {
+        "ip": a.ip,
+        "ip_key": ip_key(a.ip),
+        "pool_id": pool_id,
+        "pool": a.pool,
+        "family": a.family,
+        "ns": svc.namespace,
+        "name": svc.name,
+        "uid": svc.uid,
+        "key": request.sharing_key,
+        "ports": json.dumps(_ports_json(request)),
+        "now": now,
+        "protocols": [proto for proto, _ in ports],
+        "numbers": [port for _, port in ports],
+        "at": utcnow(),
+        "action": entry.action,
+        "reason": entry.reason,
+        "actor": entry.actor.name,
+        "request_id": entry.actor.request_id,
+    }
+    assert entry.action in LEDGER_ACTIONS, entry.action
+    rows = session.connection().execute(CLAIM_PG, params).all()
+    fresh = occupancy_from_rows(rows).get(a.ip, Occupancy())
+    if allocator.check(request, a.ip, fresh) is not None:
+        raise _LostRace(a.ip)
+    if fresh.holders:
+        # Joined a shared address: the lease must carry the same sharing key.
+        lease_keys = [row.key for row in rows if row.kind == "k"]
+        if not request.sharing_key or lease_keys != [request.sharing_key]:
+            raise _LostRace(a.ip)
 
 
 def _ports_json(request: Request) -> list[list[object]]:
@@ -298,7 +510,7 @@ def _insert_ports(session: Session, allocation_id: int, ip: str, request: Reques
         for proto, port in sorted(request.ports)
     ]
     if rows:
-        session.execute(insert(AllocationPort), rows)
+        session.connection().execute(INSERT_PORTS, rows)
 
 
 def _refresh_row(session: Session, row: Allocation, request: Request) -> bool:
@@ -368,15 +580,15 @@ def _release_row(
         session.execute(delete(IPLease).where(IPLease.ip == row.ip))
         if row.pool_id is not None:
             _remember_release(session, row, now)
-    record_ledger(
+    _insert_ledger(
         session,
-        actor=actor,
-        ip=row.ip,
-        action=action,
-        reason=reason,
-        pool=row.pool_name,
-        namespace=row.service_namespace,
-        name=row.service_name,
+        actor,
+        row.ip,
+        action,
+        reason,
+        row.pool_name,
+        row.service_namespace,
+        row.service_name,
     )
 
 

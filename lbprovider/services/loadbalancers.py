@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lbprovider.db.models import Allocation, ServiceRecord
+from lbprovider.db.types import utcnow
 from lbprovider.ipam.allocator import Decision, Reason, Request
 from lbprovider.services.allocations import (
     Outcome,
@@ -35,6 +36,7 @@ from lbprovider.services.records import (
     set_condition,
     upsert_service_record,
 )
+from lbprovider.services.state import Holdings, load_holdings
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +60,16 @@ def converge_service(
     actor: Actor,
     policy: IPPolicy,
 ) -> Converged:
-    """Mirror, adopt what the status shows when nothing is recorded, then allocate."""
+    """Mirror, adopt what the status shows when nothing is recorded, then allocate.
+
+    At steady state (the record and the request unchanged, the addresses held) this is three
+    reads and no write: the record, the Service's allocations with their occupancy, and the
+    pools' change stamp."""
     record = upsert_service_record(session=session, data=data)
+    holdings: Holdings | None = load_holdings(session, data.namespace, data.name, utcnow())
     adopted = None
-    if _should_adopt(session, data, request, status_ips):
+    if _should_adopt(holdings, request, status_ips):
+        holdings = None  # adoption writes: allocate_service reads afresh
         adopted = adopt_service(
             session=session,
             request=replace(request, requested_ips=tuple(status_ips)),
@@ -73,23 +81,24 @@ def converge_service(
         # leave the status as it is until an operator adds a pool or resolves the conflict.
         outcome = _unadoptable(adopted, status_ips)
     else:
-        outcome = allocate_service(session=session, request=request, actor=actor, policy=policy)
+        outcome = allocate_service(
+            session=session, request=request, actor=actor, policy=policy, holdings=holdings
+        )
     set_condition(
         session=session,
         namespace=data.namespace,
         name=data.name,
         reason=outcome.reason.value,
         message=outcome.decision.message,
+        record=record,
     )
     return Converged(outcome, adopted, record.serving, record.serving_message)
 
 
-def _should_adopt(
-    session: Session, data: ServiceData, request: Request, status_ips: Sequence[str]
-) -> bool:
+def _should_adopt(holdings: Holdings | None, request: Request, status_ips: Sequence[str]) -> bool:
     """Adopt what the status shows when the database records nothing for the Service, unless
     its annotations explicitly ask for other addresses (then the request wins)."""
-    if not status_ips or active_allocations(session, data.namespace, data.name):
+    if not status_ips or (holdings is not None and holdings.rows):
         return False
     return not request.requested_ips or set(status_ips) <= set(request.requested_ips)
 

@@ -64,9 +64,16 @@ def delete_service_record(*, session: Session, namespace: str, name: str) -> Non
 
 
 def set_condition(
-    *, session: Session, namespace: str, name: str, reason: str, message: str
+    *,
+    session: Session,
+    namespace: str,
+    name: str,
+    reason: str,
+    message: str,
+    record: ServiceRecord | None = None,
 ) -> None:
-    rec = get_record(session, namespace, name)
+    """Record the allocation condition; ``record``, when the caller holds it, saves a read."""
+    rec = record if record is not None else get_record(session, namespace, name)
     if rec is not None and (rec.condition_reason, rec.condition_message) != (reason, message):
         rec.condition_reason = reason
         rec.condition_message = message
