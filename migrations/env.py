@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
+from lbprovider.config import get_settings
 from lbprovider.db.models import Base
 from lbprovider.db.session import make_engine
-from lbprovider.config import get_settings
 
 target_metadata = Base.metadata
 

@@ -18,7 +18,7 @@ from tests.services.helpers import ACTOR
 
 def test_secret_is_only_stored_as_a_hash(sessions: sessionmaker[Session]) -> None:
     with transaction(sessions) as s:
-        token, secret = create_token(session=s, name="ci", scopes=["write"], actor=ACTOR)
+        _, secret = create_token(session=s, name="ci", scopes=["write"], actor=ACTOR)
     with sessions() as s:
         row = s.scalars(select(ApiToken)).one()
         assert secret not in (row.secret_hash, row.prefix) and row.prefix in secret
