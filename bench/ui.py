@@ -3,9 +3,11 @@
 
 Seeds N LoadBalancer Services (record + live allocation + lease + ledger row each, as the
 controller leaves them) with bulk inserts, serves the real app (API + dashboard) with uvicorn on
-a loopback port, signs in, then times sequential GETs (keep-alive). "Server time" is the
-client-observed time on loopback: the same HTTP overhead is in every figure, including
-``/healthz``'s, so the ratio isolates what the page itself costs.
+a loopback port, signs in, then times sequential GETs (keep-alive), interleaved: each round
+requests every case once, so a load spike from elsewhere on the machine lands on all cases
+alike instead of on whichever case was running. "Server time" is the client-observed time on
+loopback: the same HTTP overhead is in every figure, including ``/healthz``'s, so the ratio
+isolates what the page itself costs.
 
     .venv/bin/python bench/ui.py [--rows 10000] [--requests 200] [--database-url URL]
 
@@ -147,14 +149,17 @@ def sign_in(client: httpx.Client, secret: str) -> None:
     assert r.status_code == 303, r.text
 
 
-def timed(client: httpx.Client, path: str, n: int) -> list[float]:
-    client.get(path)  # warm: templates compiled, connection open
-    out = []
+def timed(client: httpx.Client, cases: dict[str, str], n: int) -> dict[str, list[float]]:
+    """``n`` rounds of one GET per case; milliseconds per case."""
+    for path in cases.values():
+        client.get(path)  # warm: templates compiled, caches filled, connection open
+    out: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(n):
-        started = time.perf_counter()
-        r = client.get(path)
-        out.append((time.perf_counter() - started) * 1000)
-        assert r.status_code == 200, (path, r.status_code)
+        for name, path in cases.items():
+            started = time.perf_counter()
+            r = client.get(path)
+            out[name].append((time.perf_counter() - started) * 1000)
+            assert r.status_code == 200, (path, r.status_code)
     return out
 
 
@@ -179,7 +184,7 @@ def main() -> None:
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             sign_in(client, secret)
-            results = {name: timed(client, path, args.requests) for name, path in cases.items()}
+            results = timed(client, cases, args.requests)
     finally:
         server.should_exit = True
         thread.join(timeout=15)

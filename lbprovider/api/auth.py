@@ -3,16 +3,15 @@
 Scopes nest: ``admin`` ⊃ ``write`` ⊃ ``read``. ``agent`` stands apart: it opens only the fleet
 routes of the token's own host (``require_host_agent``). Repeated failed authentications from
 one client address are answered 429 with ``Retry-After`` — before the token is even looked at,
-so a guesser learns nothing. Secrets are compared in constant time (``services.tokens``) and
-never logged: this module logs client addresses and token *names* only.
+so a guesser learns nothing (``services.ratelimit.FailedAuthLimiter``, shared with the
+dashboard's sign-in and re-exported here for the app factory). Secrets are compared in constant
+time (``services.tokens``) and never logged: this module logs client addresses and token *names*
+only.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections import deque
 from collections.abc import Callable
 from typing import Annotated, Literal
 
@@ -23,6 +22,8 @@ from lbprovider.api.deps import ContextDep, SessionDep
 from lbprovider.db.models import ApiToken
 from lbprovider.services.context import Actor
 from lbprovider.services.errors import Forbidden, TooManyRequests, Unauthorized
+from lbprovider.services.ratelimit import WINDOW_SECONDS as WINDOW_SECONDS
+from lbprovider.services.ratelimit import FailedAuthLimiter as FailedAuthLimiter
 from lbprovider.services.tokens import authenticate
 
 logger = logging.getLogger(__name__)
@@ -34,45 +35,11 @@ GRANTS: dict[str, frozenset[str]] = {
     "read": frozenset({"read"}),
     "agent": frozenset({"agent"}),
 }
-WINDOW_SECONDS = 60.0
-
 bearer = HTTPBearer(
     auto_error=False,
     scheme_name="BearerToken",
     description="An API token (`lbp_<prefix>_<secret>`), made with `lbprovider token create`.",
 )
-
-
-class FailedAuthLimiter:
-    """Sliding one-minute window of failed authentications per client address."""
-
-    def __init__(self, limit: int, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit = limit
-        self.clock = clock
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def retry_after(self, client: str) -> int:
-        """Seconds the client must wait, 0 when it may try."""
-        with self._lock:
-            window = self._prune(client)
-            if len(window) < self.limit:
-                return 0
-            return max(1, int(window[0] + WINDOW_SECONDS - self.clock()) + 1)
-
-    def failed(self, client: str) -> None:
-        with self._lock:
-            self._prune(client).append(self.clock())
-
-    def _prune(self, client: str) -> deque[float]:
-        window = self._failures.setdefault(client, deque())
-        horizon = self.clock() - WINDOW_SECONDS
-        while window and window[0] <= horizon:
-            window.popleft()
-        if not window:
-            del self._failures[client]
-            return self._failures.setdefault(client, deque())
-        return window
 
 
 def client_address(request: Request) -> str | None:

@@ -13,8 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Select, exists, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Select, exists, or_, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session, load_only
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from lbprovider.db.models import (
     Allocation,
@@ -27,6 +30,53 @@ from lbprovider.services.errors import NotFound
 
 ServiceState = Literal["pending", "allocated"]
 WAITING = "waiting for the controller to decide"
+
+
+class folded(FunctionElement[str]):
+    """A name column for a case-insensitive ``LIKE`` against lower-cased text: ``lower(col)``,
+    except on SQLite, whose ``LIKE`` already ignores ASCII case (the only case its ``lower()``
+    folds), so the bare column finds the same rows without a ``lower()`` call per row (three times
+    the cost of the scan over 10,000 names)."""
+
+    inherit_cache = True
+    name = "folded"
+
+
+@compiles(folded)
+def _folded(element: folded, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"lower({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(folded, "sqlite")
+def _folded_sqlite(element: folded, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.clauses, **kw)
+
+
+class bare(FunctionElement[bool]):
+    """A boolean column as a condition, spelled as the bare column on every database.
+
+    SQLAlchemy spells ``Allocation.active`` as ``active = 1`` on SQLite; with no statistics,
+    SQLite then walks ``ix_allocations_active_key`` (every live row, 20 ms for 10,000) instead
+    of the (namespace, name) index at hand, and ``= 1`` does not match the partial unique
+    index's ``WHERE active`` either. The bare column (what PostgreSQL gets anyway) does both."""
+
+    inherit_cache = True
+    name = "bare"
+
+
+@compiles(bare)
+def _bare(element: bare, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.clauses, **kw)
+
+
+def live() -> ColumnElement[bool]:
+    """``Allocation.active``, spelled so that both databases use the right index."""
+    return bare(Allocation.active)
+
+
+def name_contains(column: Any, text: str) -> ColumnElement[bool]:
+    """``column`` contains ``text``, ignoring case (``%`` and ``_`` in it are literal)."""
+    return folded(column).contains(text.lower(), autoescape=True)
 
 
 @dataclass(frozen=True)
@@ -93,7 +143,7 @@ def _port_text(port: dict[str, Any]) -> str:
 
 def _has_live_allocation() -> Any:
     return exists().where(
-        Allocation.active,
+        live(),
         Allocation.service_namespace == ServiceRecord.namespace,
         Allocation.service_name == ServiceRecord.name,
     )
@@ -112,13 +162,13 @@ def service_query(
     if namespace:
         stmt = stmt.where(ServiceRecord.namespace == namespace)
     if q:
-        stmt = stmt.where(func.lower(ServiceRecord.name).contains(q.lower(), autoescape=True))
+        stmt = stmt.where(name_contains(ServiceRecord.name, q))
     if reason:
         stmt = stmt.where(ServiceRecord.condition_reason == reason)
     if pool:
         stmt = stmt.where(
             exists().where(
-                Allocation.active,
+                live(),
                 Allocation.pool_name == pool,
                 Allocation.service_namespace == ServiceRecord.namespace,
                 Allocation.service_name == ServiceRecord.name,
@@ -129,6 +179,25 @@ def service_query(
     elif state == "allocated":
         stmt = stmt.where(_has_live_allocation())
     return stmt.order_by(ServiceRecord.namespace, ServiceRecord.name)
+
+
+LISTED = (
+    ServiceRecord.namespace,
+    ServiceRecord.name,
+    ServiceRecord.ports,
+    ServiceRecord.external_traffic_policy,
+    ServiceRecord.options,
+    ServiceRecord.condition_reason,
+    ServiceRecord.condition_message,
+)
+"""The record columns a ``ServiceRow`` in a list reads (its properties)."""
+
+
+def listed(stmt: Select[ServiceRecord]) -> Select[ServiceRecord]:
+    """``stmt`` loading only the ``LISTED`` columns: a page of 50 records costs a quarter less
+    to load (labels, annotations and the rest are JSON decoded per row); any other attribute
+    still loads on first use."""
+    return stmt.options(load_only(*LISTED))
 
 
 def service_rows(session: Session, records: Sequence[ServiceRecord]) -> list[ServiceRow]:
@@ -143,7 +212,7 @@ def service_rows(session: Session, records: Sequence[ServiceRecord]) -> list[Ser
             .where(
                 Allocation.service_namespace.in_({k[0] for k in keys}),
                 Allocation.service_name.in_({k[1] for k in keys}),
-                Allocation.active,
+                live(),
             )
             .order_by(Allocation.family, Allocation.ip_key)
         )
@@ -164,7 +233,7 @@ def get_service(*, session: Session, namespace: str, name: str) -> ServiceRow:
         session.scalars(
             select(Allocation)
             .where(
-                Allocation.active,
+                live(),
                 Allocation.service_namespace == namespace,
                 Allocation.service_name == name,
             )
@@ -212,11 +281,10 @@ def external_name_query(
     if namespace:
         stmt = stmt.where(ExternalNameMapping.namespace == namespace)
     if q:
-        like = q.lower()
         stmt = stmt.where(
             or_(
-                func.lower(ExternalNameMapping.name).contains(like, autoescape=True),
-                func.lower(ExternalNameMapping.external_name).contains(like, autoescape=True),
+                name_contains(ExternalNameMapping.name, q),
+                name_contains(ExternalNameMapping.external_name, q),
             )
         )
     if status == "removed":
@@ -236,12 +304,11 @@ def ingress_route_query(
     if namespace:
         stmt = stmt.where(IngressRoute.namespace == namespace)
     if q:
-        like = q.lower()
         stmt = stmt.where(
             or_(
-                func.lower(IngressRoute.host).contains(like, autoescape=True),
-                func.lower(IngressRoute.ingress_name).contains(like, autoescape=True),
-                func.lower(IngressRoute.backend_service).contains(like, autoescape=True),
+                name_contains(IngressRoute.host, q),
+                name_contains(IngressRoute.ingress_name, q),
+                name_contains(IngressRoute.backend_service, q),
             )
         )
     if broken is True:
@@ -294,7 +361,7 @@ def service_search(
     if ip:
         stmt = stmt.where(
             exists().where(
-                Allocation.active,
+                live(),
                 Allocation.ip == ip,
                 Allocation.service_namespace == ServiceRecord.namespace,
                 Allocation.service_name == ServiceRecord.name,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Select, String, cast, func, or_, select
+from sqlalchemy import Select, String, cast, or_, select
 from sqlalchemy.orm import Session
 
 from lbprovider.db.models import (
@@ -25,7 +25,7 @@ from lbprovider.db.models import (
     ServiceRecord,
 )
 from lbprovider.ipam.ranges import IPRange, ip_key
-from lbprovider.services.catalog import ServiceRow, service_rows
+from lbprovider.services.catalog import ServiceRow, listed, live, name_contains, service_rows
 from lbprovider.services.queries import count_rows
 from lbprovider.services.state import pool_spec
 
@@ -154,7 +154,7 @@ def _services_holding(session: Session, allocations: Sequence[Allocation], limit
     records = {
         (r.namespace, r.name): r
         for r in session.scalars(
-            select(ServiceRecord).where(
+            listed(select(ServiceRecord)).where(
                 or_(
                     *(
                         (ServiceRecord.namespace == ns) & (ServiceRecord.name == name)
@@ -186,10 +186,9 @@ def _search_names(
     """``namespace/name`` matches exactly (name may be a prefix); a word matches a namespace
     exactly or a name by substring."""
     if word is not None:
-        like = word.lower()
 
         def match(ns_col: Any, name_col: Any) -> Any:
-            return or_(ns_col == word, func.lower(name_col).contains(like, autoescape=True))
+            return or_(ns_col == word, name_contains(name_col, word))
 
     else:
         assert namespace is not None and name is not None
@@ -197,13 +196,15 @@ def _search_names(
         def match(ns_col: Any, name_col: Any) -> Any:
             return (ns_col == namespace) & name_col.startswith(name, autoescape=True)
 
-    services = select(ServiceRecord).where(match(ServiceRecord.namespace, ServiceRecord.name))
+    services = listed(select(ServiceRecord)).where(
+        match(ServiceRecord.namespace, ServiceRecord.name)
+    )
     svc = _section(session, services.order_by(ServiceRecord.namespace, ServiceRecord.name), limit)
     result.services = Section(service_rows(session, svc.rows), svc.total)
     result.allocations = _section(
         session,
         select(Allocation)
-        .where(Allocation.active, match(Allocation.service_namespace, Allocation.service_name))
+        .where(live(), match(Allocation.service_namespace, Allocation.service_name))
         .order_by(Allocation.service_namespace, Allocation.service_name, Allocation.family),
         limit,
     )
@@ -228,8 +229,7 @@ def _search_names(
     )
     ingress = match(IngressRoute.namespace, IngressRoute.backend_service)
     if word is not None:
-        host = func.lower(IngressRoute.host).contains(word.lower(), autoescape=True)
-        ingress = or_(ingress, host)
+        ingress = or_(ingress, name_contains(IngressRoute.host, word))
     result.ingress_routes = _section(
         session,
         select(IngressRoute)
@@ -238,7 +238,5 @@ def _search_names(
         limit,
     )
     if word is not None:
-        pools = select(Pool).where(
-            or_(Pool.name == word, func.lower(Pool.name).contains(word.lower(), autoescape=True))
-        )
+        pools = select(Pool).where(or_(Pool.name == word, name_contains(Pool.name, word)))
         result.pools = _section(session, pools.order_by(Pool.name), limit)

@@ -14,7 +14,9 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 
 from lbprovider.config import Settings
+from lbprovider.db.session import read_only_factory
 from lbprovider.services.context import IPPolicy
+from lbprovider.services.ratelimit import FailedAuthLimiter
 from lbprovider.ui.guard import LoginRequired, Refused, UiContext, login_url
 from lbprovider.ui.live import LiveHub
 from lbprovider.ui.routes import auth, pages, pools, tokens
@@ -33,18 +35,23 @@ def include_ui(
     live_poll_seconds: float = 1.0,
     browser_poll_seconds: float = 10.0,
     stream_seconds: float = 300.0,
+    limiter: FailedAuthLimiter | None = None,
 ) -> UiContext:
     """Serve the dashboard from ``app`` at ``/`` (pages), ``/static`` and ``/events``.
 
     ``live_poll_seconds``: how often the hub looks for changes; ``browser_poll_seconds``: the
-    page's refresh period when server-sent events are unavailable."""
+    page's refresh period when server-sent events are unavailable; ``limiter``: the failed
+    sign-in counter (pass the API's to count both doors together; default: the dashboard's own,
+    ``settings.auth_fail_limit`` per client address and minute)."""
     ctx = UiContext(
         settings=settings,
         sessions=sessions,
+        reads=read_only_factory(sessions),
         policy=policy,
         signer=SessionSigner(settings.session_secret),
         renderer=Renderer(make_environment(), poll_seconds=browser_poll_seconds),
         hub=LiveHub(sessions, poll_seconds=live_poll_seconds, stream_seconds=stream_seconds),
+        limiter=limiter or FailedAuthLimiter(settings.auth_fail_limit),
     )
     app.state.ui = ctx
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -1,6 +1,10 @@
 """Who may see and do what on the dashboard: session check, scope check, and the cross-site
 request forgery defences every unsafe request passes.
 
+Every request re-reads its session's token (revoked, expired, or used from an address outside
+its ``allowed_cidrs``: refused at once) in the request's own read-only transaction, the one the
+page then reads from, so the check costs one primary-key lookup and no extra connection.
+
 An unsafe request (POST) is refused when the browser says it is cross-site
 (``Sec-Fetch-Site``), when its ``Origin`` names another host, or when it lacks the session's
 CSRF token (``X-CSRF-Token`` header from htmx, or the ``csrf_token`` form field). These checks
@@ -11,8 +15,9 @@ button is a courtesy, refusing the request is the rule.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -20,12 +25,15 @@ from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from lbprovider.config import Settings
+from lbprovider.db.models import ApiToken
 from lbprovider.db.session import transaction
 from lbprovider.db.types import utcnow
 from lbprovider.services.context import Actor, IPPolicy
 from lbprovider.services.errors import NotFound
+from lbprovider.services.ratelimit import FailedAuthLimiter
 from lbprovider.services.tokens import get_token
 from lbprovider.ui.live import LiveHub
 from lbprovider.ui.sessions import COOKIE, LOGIN_CSRF_COOKIE, SessionSigner, UiUser
@@ -45,10 +53,15 @@ class UiContext:
 
     settings: Settings
     sessions: sessionmaker[Session]
+    reads: sessionmaker[Session]
+    """Read-only sessions on the same engine (``db.session.read_only_factory``)."""
     policy: IPPolicy
     signer: SessionSigner
     renderer: Renderer
     hub: LiveHub
+    limiter: FailedAuthLimiter
+    """Failed sign-ins per client address (``include_ui``'s ``limiter``, else the dashboard's
+    own)."""
 
     def write(self) -> AbstractContextManager[Session]:
         """One transaction for a dashboard write: commits at the end of the ``with`` block,
@@ -69,7 +82,8 @@ class Refused(Exception):
         self.status = status
 
 
-def ui_context(request: Request) -> UiContext:
+async def ui_context(request: Request) -> UiContext:
+    # async: no I/O here, so no trip through the thread pool.
     ctx: UiContext = request.app.state.ui
     return ctx
 
@@ -77,34 +91,61 @@ def ui_context(request: Request) -> UiContext:
 UiDep = Annotated[UiContext, Depends(ui_context)]
 
 
-def read_session(ctx: UiDep) -> Iterator[Session]:
-    """A session for a page read (no commit)."""
-    with ctx.sessions() as session:
+async def read_session(ctx: UiDep) -> AsyncIterator[Session]:
+    """The request's read-only session (no write lock, no commit), shared by the session check
+    and the page. Opening one does no I/O (the first query begins the transaction), so only the
+    close, after the answer is sent, goes through the thread pool."""
+    session = ctx.reads()
+    try:
         yield session
+    finally:
+        await run_in_threadpool(session.close)
 
 
 ReadDB = Annotated[Session, Depends(read_session)]
 
 
-def current_user(request: Request, ctx: UiDep) -> UiUser:
+def current_user(request: Request, ctx: UiDep, session: ReadDB) -> UiUser:
     """The signed-in user; ``LoginRequired`` when the cookie is missing, forged, too old, or
-    its token was revoked or expired since."""
+    its token was revoked or expired since; ``Refused`` when the token may not be used from
+    this client's address (``allowed_cidrs``, checked on every request, not only at sign-in)."""
     data = ctx.signer.verify(request.cookies.get(COOKIE))
     if data is None:
         raise LoginRequired()
-    with ctx.sessions() as session:
-        try:
-            token = get_token(session=session, token_id=data.token_id)
-        except NotFound:
-            raise LoginRequired() from None
-        now = utcnow()
-        if token.revoked_at is not None or (token.expires_at and token.expires_at <= now):
-            raise LoginRequired()
-        user = UiUser.of(token, data.csrf)
+    try:
+        token = get_token(session=session, token_id=data.token_id)
+    except NotFound:
+        raise LoginRequired() from None
+    if token.revoked_at is not None or (token.expires_at and token.expires_at <= utcnow()):
+        raise LoginRequired()
+    user = UiUser.of(token, data.csrf)
     if not user.can("read"):
         raise LoginRequired()
+    client = request.client.host if request.client else None
+    if not address_allowed(token, client):
+        logger.warning(
+            "dashboard request from outside the token's networks",
+            extra={"event": "ui_cidr_refused", "client": client, "token": token.name},
+        )
+        raise Refused("this token may not be used from this address")
+    if request.method not in SAFE_METHODS:
+        # A write follows in its own transaction; end this read so that whatever the route
+        # reads afterwards (the page it renders) sees that write.
+        session.rollback()
     request.state.ui_user = user
     return user
+
+
+def address_allowed(token: ApiToken, client: str | None) -> bool:
+    """Whether ``client`` may use ``token``: any address when it names no networks (the rule
+    ``services.tokens.authenticate`` applies at sign-in)."""
+    if not token.allowed_cidrs:
+        return True
+    try:
+        address = ipaddress.ip_address(client or "")
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(cidr) for cidr in token.allowed_cidrs)
 
 
 UserDep = Annotated[UiUser, Depends(current_user)]

@@ -199,9 +199,11 @@ class Browserish:
         return self.http.post(url, data=body, headers=headers)
 
 
-def start_ui(engine: Engine, sessions: sessionmaker[Session]) -> Iterator[Ui]:
+def start_ui(
+    engine: Engine, sessions: sessionmaker[Session], *, settings: Settings | None = None
+) -> Iterator[Ui]:
     url = engine.url.render_as_string(hide_password=False)
-    app = create_app(ui_settings(url), engine=engine)
+    app = create_app(settings or ui_settings(url), engine=engine)
     app.state.ui.hub.poll_seconds = 0.2
     app.state.ui.renderer.poll_seconds = 1.0
     secrets = {

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from http.cookies import SimpleCookie
 
+import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from lbprovider.db.models import ApiToken, Pool
 from lbprovider.db.session import transaction
 from lbprovider.services.context import Actor
-from lbprovider.services.tokens import revoke_token
+from lbprovider.services.tokens import create_token, revoke_token
 
-from .conftest import CSRF_RE, Ui, make_pool, make_token
+from .conftest import CSRF_RE, Ui, make_pool, make_token, start_ui, ui_settings
 
 # Sessions and CSRF do not depend on the database dialect: SQLite only keeps this file quick.
 pytestmark = pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
@@ -229,3 +232,95 @@ def test_a_session_token_from_another_app_secret_is_refused(ui: Ui) -> None:
     c.cookies.set("lbp_session", value)
     assert c.get("/").status_code == 303
     assert make_token  # the fixture module's token maker is the one the app trusts
+
+
+# Failed sign-ins are rate-limited per client address, like the API's bearer tokens.
+
+
+@pytest.fixture
+def strict_ui(engine: Engine, sessions: sessionmaker[Session]) -> Iterator[Ui]:
+    """The app with ``auth_fail_limit=3`` (the suite's default is generous)."""
+    url = engine.url.render_as_string(hide_password=False)
+    settings = ui_settings(url).model_copy(update={"auth_fail_limit": 3})
+    yield from start_ui(engine, sessions, settings=settings)
+
+
+def try_sign_in(ui: Ui, secret: str, **headers: str) -> httpx.Response:
+    c = ui.client(**headers)
+    page = c.get("/login")
+    csrf = CSRF_RE.search(page.text)
+    assert csrf
+    return c.post("/login", data={"token": secret, "csrf_token": csrf.group(1)})
+
+
+def test_repeated_failed_sign_ins_are_429_with_retry_after(strict_ui: Ui) -> None:
+    wrong = "lbp_aaaaaaaaaaaa_" + "x" * 43
+    for _ in range(3):
+        assert try_sign_in(strict_ui, wrong).status_code == 401
+    r = try_sign_in(strict_ui, wrong)
+    assert r.status_code == 429
+    assert 1 <= int(r.headers["Retry-After"]) <= 61
+    assert "Too many failed sign-ins" in r.text and 'name="token"' in r.text
+    # Blocked before the token is looked at: the right token does not get through either.
+    good = try_sign_in(strict_ui, strict_ui.secrets["admin"])
+    assert good.status_code == 429 and "lbp_session" not in good.headers.get("set-cookie", "")
+
+
+def test_the_sign_in_limit_counts_per_client_address(strict_ui: Ui) -> None:
+    wrong = "not-a-token"
+    for _ in range(4):
+        try_sign_in(strict_ui, wrong)
+    assert try_sign_in(strict_ui, strict_ui.secrets["read"]).status_code == 429
+    # uvicorn takes the client address from X-Forwarded-For when the peer is loopback.
+    elsewhere = {"X-Forwarded-For": "192.0.2.9"}
+    assert try_sign_in(strict_ui, strict_ui.secrets["read"], **elsewhere).status_code == 303
+
+
+def test_successful_sign_ins_do_not_count(strict_ui: Ui) -> None:
+    for _ in range(5):
+        assert try_sign_in(strict_ui, strict_ui.secrets["read"]).status_code == 303
+
+
+def test_the_dashboard_limit_leaves_the_api_alone(strict_ui: Ui) -> None:
+    for _ in range(4):
+        try_sign_in(strict_ui, "not-a-token")
+    api = strict_ui.client(Authorization=f"Bearer {strict_ui.secrets['read']}")
+    assert api.get("/api/v1/pools").status_code == 200
+
+
+# A token's allowed_cidrs hold for the whole session, not only at sign-in.
+
+
+def cidr_token(ui: Ui, cidrs: list[str]) -> str:
+    with transaction(ui.sessions) as s:
+        _, secret = create_token(
+            session=s, name="fenced", scopes=["read"], allowed_cidrs=cidrs, actor=Actor("t")
+        )
+    return secret
+
+
+def test_sign_in_from_outside_the_tokens_networks_is_refused(ui: Ui) -> None:
+    secret = cidr_token(ui, ["10.0.0.0/8"])
+    r = try_sign_in(ui, secret)
+    assert r.status_code == 403 and "may not be used from this address" in r.text
+
+
+def test_a_session_is_refused_once_used_from_outside_the_tokens_networks(ui: Ui) -> None:
+    secret = cidr_token(ui, ["127.0.0.0/8"])
+    r = try_sign_in(ui, secret)
+    assert r.status_code == 303
+    cookie = r.cookies["lbp_session"]
+    inside = ui.client()
+    inside.cookies.set("lbp_session", cookie)
+    assert inside.get("/services").status_code == 200
+    # The same cookie replayed from another network (a stolen cookie, a moved laptop).
+    outside = ui.client(**{"X-Forwarded-For": "192.0.2.9"})
+    outside.cookies.set("lbp_session", cookie)
+    page = outside.get("/services")
+    assert page.status_code == 403
+    assert "may not be used from this address" in page.text and "<h1>Services" not in page.text
+    assert outside.get("/events").status_code == 403
+    fragment = outside.get("/services", headers={"HX-Request": "true"})
+    assert fragment.status_code == 403
+    # Back inside its networks, the session works again.
+    assert inside.get("/services").status_code == 200

@@ -1,4 +1,9 @@
-"""Sign-in with an API token, sign-out, and the live-update stream of a signed-in page."""
+"""Sign-in with an API token, sign-out, and the live-update stream of a signed-in page.
+
+Failed sign-ins count per client address (``services.ratelimit``, as for the API's bearer
+tokens): past ``settings.auth_fail_limit`` in a minute, the form answers 429 with
+``Retry-After`` before the submitted token is even looked at.
+"""
 
 from __future__ import annotations
 
@@ -58,32 +63,48 @@ def login_page(request: Request, ctx: UiDep) -> Response:
     return response
 
 
+def _login_form(
+    request: Request,
+    ctx: UiDep,
+    next_url: str,
+    error: str,
+    status: int,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    context = {
+        "login_csrf": request.cookies.get(LOGIN_CSRF_COOKIE, ""),
+        "next": next_url,
+        "title": "Sign in",
+        "error": error,
+    }
+    return ctx.renderer.render(request, "login.html", context, status=status, headers=headers)
+
+
 @router.post("/login", dependencies=[Depends(protect_login)])
 async def login(request: Request, ctx: UiDep, session: ReadDB) -> Response:
     form = await request.form()
     secret = str(form.get("token") or "").strip()
     next_url = safe_next(str(form.get("next") or "/"))
     client = request.client.host if request.client else None
+    wait = ctx.limiter.retry_after(client or "unknown")
+    if wait:
+        logger.warning(
+            "dashboard sign-in rate-limited",
+            extra={"event": "ui_login_limited", "client": client},
+        )
+        error = f"Too many failed sign-ins from your address; try again in {wait} s."
+        return _login_form(request, ctx, next_url, error, 429, {"Retry-After": str(wait)})
     try:
         token = authenticate(session=session, secret=secret, client_ip=client)
         if not UiUser.of(token, "").can("read"):
             raise Unauthorized("agent tokens cannot sign in to the dashboard")
     except DomainError as e:
+        ctx.limiter.failed(client or "unknown")
         logger.warning(
             "dashboard sign-in failed",
             extra={"event": "ui_login_failed", "client": client, "error": e.detail},
         )
-        return ctx.renderer.render(
-            request,
-            "login.html",
-            {
-                "login_csrf": request.cookies.get(LOGIN_CSRF_COOKIE, ""),
-                "next": next_url,
-                "title": "Sign in",
-                "error": e.detail,
-            },
-            status=e.status,
-        )
+        return _login_form(request, ctx, next_url, e.detail, e.status)
     value, _ = ctx.signer.issue(token.id)
     logger.info("dashboard sign-in", extra={"event": "ui_login", "token": token.name})
     response = RedirectResponse(next_url, status_code=303)

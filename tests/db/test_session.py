@@ -1,0 +1,103 @@
+"""Sessions: writes queue on SQLite's lock (``BEGIN IMMEDIATE``), reads take no lock and cannot
+write, on both databases; the public names keep working."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, insert, select, text
+from sqlalchemy.exc import DBAPIError
+
+from lbprovider.db.models import Base, Pool
+from lbprovider.db.session import (
+    ReadOnlyViolation,
+    make_engine,
+    read_only_factory,
+    read_transaction,
+    session_factory,
+    transaction,
+)
+
+
+def add_pool(engine: Engine, name: str) -> None:
+    with transaction(session_factory(engine)) as session:
+        session.add(Pool(name=name, ranges=["10.0.0.0/30"]))
+
+
+def pool_names(engine: Engine) -> list[str]:
+    with read_transaction(read_only_factory(session_factory(engine))) as session:
+        return list(session.scalars(select(Pool.name).order_by(Pool.name)))
+
+
+def test_a_read_sees_what_writes_committed(engine: Engine) -> None:
+    add_pool(engine, "a")
+    add_pool(engine, "b")
+    assert pool_names(engine) == ["a", "b"]
+
+
+def test_a_read_session_refuses_to_flush_a_change(engine: Engine) -> None:
+    reads = read_only_factory(session_factory(engine))
+    with read_transaction(reads) as session:
+        session.add(Pool(name="sneaky", ranges=["10.0.0.0/30"]))
+        with pytest.raises(ReadOnlyViolation):
+            session.flush()
+    assert pool_names(engine) == []
+
+
+@pytest.mark.postgres
+def test_a_read_transaction_is_read_only_on_postgresql(pg_engine: Engine) -> None:
+    """Even SQL that bypasses the ORM cannot write inside a read on PostgreSQL."""
+    reads = read_only_factory(session_factory(pg_engine))
+    with read_transaction(reads) as session, pytest.raises(DBAPIError, match="read-only"):
+        session.execute(insert(Pool).values(name="sneaky", ranges=["10.0.0.0/30"]))
+    # The pooled connection is a normal read-write one again for the next writer.
+    with transaction(session_factory(pg_engine)) as session:
+        assert session.scalar(text("SHOW transaction_read_only")) == "off"
+
+
+def test_a_sqlite_read_holds_no_write_lock(tmp_path: Path) -> None:
+    """A page read in progress neither waits for nor blocks a writer (WAL + deferred BEGIN)."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    Base.metadata.create_all(engine)
+    add_pool(engine, "before")
+    try:
+        reads = read_only_factory(session_factory(engine))
+        with read_transaction(reads) as reader:
+            assert list(reader.scalars(select(Pool.name))) == ["before"]
+            started = time.monotonic()
+            add_pool(engine, "during")  # would wait 30 s behind a BEGIN IMMEDIATE reader
+            assert time.monotonic() - started < 5
+            # The read keeps its snapshot until it ends.
+            assert list(reader.scalars(select(Pool.name))) == ["before"]
+        assert pool_names(engine) == ["before", "during"]
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_writers_still_queue_on_the_lock(tmp_path: Path) -> None:
+    """``transaction`` takes SQLite's write lock at BEGIN: a second writer waits for the first
+    to commit instead of failing half-way."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    Base.metadata.create_all(engine)
+    sessions = session_factory(engine)
+    second_done = threading.Event()
+
+    def second_writer() -> None:
+        add_pool(engine, "second")
+        second_done.set()
+
+    try:
+        with transaction(sessions) as first:
+            first.execute(text("SELECT 1"))  # BEGIN IMMEDIATE: the lock is taken here
+            thread = threading.Thread(target=second_writer)
+            thread.start()
+            assert not second_done.wait(0.5)
+            first.add(Pool(name="first", ranges=["10.0.0.0/30"]))
+        assert second_done.wait(10)
+        thread.join(10)
+        assert pool_names(engine) == ["first", "second"]
+    finally:
+        engine.dispose()
