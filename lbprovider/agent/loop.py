@@ -15,6 +15,10 @@ an apply serves them, and all withdrawn while HAProxy is down or when the agent 
 Reloads are rate-limited (``reload_debounce_seconds``): a change that needs one within that
 window waits, and whatever else arrives meanwhile is applied with it.
 
+Every apply is counted for the report: the runtime-API commands it sent, and, when it reloaded,
+its wall time (``HostStatus.runtime_commands_total``, ``reloads_timed``, ``reload_seconds_*``;
+cumulative since the agent started).
+
 What it must not do: read the database or Kubernetes, or build HAProxy text itself.
 """
 
@@ -128,6 +132,11 @@ class Progress:
     backends_sent: dict[str, str] | None = None
     outage_started: float | None = None
     outage_seconds: float = 0.0
+    # cumulative since the agent started (reported; Prometheus handles the reset at a restart)
+    runtime_commands: int = 0  # runtime-API commands sent to HAProxy
+    reload_count: int = 0  # applies that reloaded HAProxy, each timed
+    reload_seconds: float = 0.0  # their summed wall time
+    reload_last: float | None = None  # the last one's, None before the first
 
 
 class Agent:
@@ -293,13 +302,26 @@ class Agent:
         with self.announce.applying():
             self.announce.withdraw_leaving(wanted)  # withdrawn before HAProxy drops them
             self.announce.hold(wanted | self.announce.serving)  # on the host before binding
-            try:
-                result = self.applier.apply(translated.desired)
-            except (hx.InvalidModel, HAProxyError) as e:
-                result = ApplyResult(errors=[f"refused: {e}"])
+            result = self._run_apply(translated)
             if result.reloaded:
                 self._last_reload = time.monotonic()
             self._record(state, translated, result, vip_errors)
+
+    def _run_apply(self, translated: Translated) -> ApplyResult:
+        """One apply through the runtime API or a reload, counted and timed for the report."""
+        assert self.applier is not None
+        started = time.monotonic()
+        try:
+            result = self.applier.apply(translated.desired)
+        except (hx.InvalidModel, HAProxyError) as e:
+            result = ApplyResult(errors=[f"refused: {e}"])
+        p = self.progress
+        p.runtime_commands += result.commands
+        if result.reloaded:
+            p.reload_last = time.monotonic() - started
+            p.reload_seconds += p.reload_last
+            p.reload_count += 1
+        return result
 
     def _record(
         self, state: FleetState, translated: Translated, result: ApplyResult, vip_errors: list[str]
@@ -385,10 +407,7 @@ class Agent:
         assert self.applier is not None
         translated = translate(p.applied)
         with self.announce.applying():
-            try:
-                result = self.applier.apply(translated.desired)
-            except (hx.InvalidModel, HAProxyError) as e:
-                result = ApplyResult(errors=[f"refused: {e}"])
+            result = self._run_apply(translated)
             if result.commands or result.reloaded or result.errors:
                 vip_errors = self.vips.sync(set(p.applied.vips))
                 self._record(p.applied, translated, result, vip_errors)
@@ -417,6 +436,10 @@ class Agent:
             worker_pid=seen.worker_pid,
             worker_exits=seen.worker_exits,
             api_outage_seconds=round(p.outage_seconds, 3),
+            runtime_commands_total=p.runtime_commands,
+            reloads_timed=p.reload_count,
+            reload_seconds_total=round(p.reload_seconds, 6),
+            reload_seconds_last=None if p.reload_last is None else round(p.reload_last, 6),
             servers=seen.servers,
             counters=seen.counters,
             vips=self.vips.owned() or sorted(self.announce.serving),

@@ -35,6 +35,7 @@ from lbprovider.api.routers import (
 from lbprovider.api.sweeper import sweep_forever
 from lbprovider.config import Settings, get_settings
 from lbprovider.db.session import make_engine, session_factory
+from lbprovider.fleet.compile import StateCache
 from lbprovider.services.context import IPPolicy
 from lbprovider.ui import include_ui
 
@@ -79,7 +80,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         lifespan=lifespan,
     )
     app.state.api = ctx
-    app.state.metrics = make_registry(ctx.sessions)
+    app.state.fleet_states = StateCache(settings)  # the agent protocol's (routers/fleet_agent)
+    app.state.metrics = make_registry(ctx.sessions, app.state.fleet_states)
     for module in (pools, reservations, records, catalog, tokens, fleet, fleet_agent):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health_router)

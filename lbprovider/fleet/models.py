@@ -142,6 +142,8 @@ class HostStatus(_Model):
          "applied_routes": {route_id: digest} | null, "route_errors": {route_id: reason},
          "errors": [str], "pending": [str], "reloads": int, "failed_reloads": int,
          "worker_pid": int, "worker_exits": [str], "api_outage_seconds": float,
+         "runtime_commands_total": int, "reloads_timed": int, "reload_seconds_total": float,
+         "reload_seconds_last": float | null,
          "servers": [{"backend", "server", "state", "check", "address"}],
          "counters": {"<vip>:<port>": {"conn_cur", "conn_cnt", "bytes_in", "bytes_out"}},
          "vips": [str], "route_backends": {route_id: backend} | null,
@@ -150,6 +152,17 @@ class HostStatus(_Model):
     ``servers`` are HAProxy's ``show stat`` rows; a Service's servers are those of the backends
     its routes use (the stored ``route_backends``: route_id -> backend, kept like
     ``applied_routes`` when a report leaves it out).
+
+    The agent's own counters are cumulative since the agent started (so they reset when it
+    restarts, unlike ``reloads`` which HAProxy's master counts): ``runtime_commands_total`` is
+    every runtime-API command it sent, ``reloads_timed`` the applies that reloaded HAProxy,
+    ``reload_seconds_total`` their summed wall time (the whole apply: config check, reload, wait
+    for the new worker) and ``reload_seconds_last`` the latest one's. Older agents leave them out
+    and read as zero / None.
+
+    The API adds one key of its own to the stored status: ``out_of_sync_since`` (ISO-8601 UTC
+    or null), when a report first showed ``applied_version`` differing from the version the API
+    serves the host; null once a report shows them equal (see ``lbprovider.fleet.protocol``).
     """
 
     desired_version: str = ""
@@ -163,6 +176,10 @@ class HostStatus(_Model):
     worker_pid: int = 0
     worker_exits: list[str] = Field(default_factory=list)
     api_outage_seconds: float = 0.0  # length of the last API outage the agent lived through
+    runtime_commands_total: int = 0  # runtime-API commands sent, since the agent started
+    reloads_timed: int = 0  # applies that reloaded HAProxy, since the agent started
+    reload_seconds_total: float = 0.0  # their summed wall time in seconds
+    reload_seconds_last: float | None = None  # the last one's, None before the first
     servers: list[ServerHealth] = Field(default_factory=list)
     counters: dict[str, RouteCounters] = Field(default_factory=dict)
     vips: list[str] = Field(default_factory=list)

@@ -61,15 +61,19 @@ async def wait_for_state(
 def accept_status(
     *, session: Session, cache: StateCache, settings: Settings, host: str, report: HostStatus
 ) -> StatusAck:
-    """Store a host's report and refresh every Service's ``serving`` from all hosts' reports."""
+    """Store a host's report and refresh every Service's ``serving`` from all hosts' reports.
+
+    The report is stored with the version the API serves the host now, so the row keeps since
+    when the host's applied version lags it (``/metrics``' version lag reads that)."""
     status = report.model_dump(mode="json")
     row_status = {k: v for k, v in status.items() if k != "applied_routes"}
     row_status["applied_routes"] = report.applied_routes
     error = "; ".join(report.errors)
+    desired = cache.state(session, host).version
     record_host_report(
         session=session,
         name=host,
-        report=HostReport(report.applied_version, error, row_status),
+        report=HostReport(report.applied_version, error, row_status, serving_version=desired),
     )
     compiled = cache.compiled(session)
     views = live_hosts(
@@ -78,7 +82,6 @@ def accept_status(
         stale=timedelta(seconds=settings.fleet_host_stale_seconds),
     )
     changed = set_serving(session=session, states=serving_states(compiled, views))
-    desired = cache.state(session, host).version
     if report.errors or changed:
         logger.info(
             "fleet host reported",

@@ -23,6 +23,7 @@ from lbprovider.db.models import FleetHost, ServiceRecord
 from lbprovider.db.types import utcnow
 
 MAX_ERROR_CHARS = 4000
+OUT_OF_SYNC_SINCE = "out_of_sync_since"  # the one status key the API writes, not the agent
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class HostReport:
     applied_version: str
     error: str
     status: dict[str, Any]  # JSON-ready; ``applied_routes`` None keeps the stored one
+    serving_version: str | None = None  # the version the API serves the host now (None: unknown)
 
 
 def get_or_register_host(*, session: Session, name: str) -> FleetHost:
@@ -54,12 +56,24 @@ def record_host_report(
     for kept in ("applied_routes", "route_backends"):  # None: unchanged since the last report
         if status.get(kept) is None:
             status[kept] = previous.get(kept)
+    now = now or utcnow()
+    if report.serving_version is not None:
+        status[OUT_OF_SYNC_SINCE] = _out_of_sync_since(report, previous, now)
     host.status = status
     host.applied_version = report.applied_version[:64]
     host.error = report.error[:MAX_ERROR_CHARS]
-    host.last_heartbeat = now or utcnow()
+    host.last_heartbeat = now
     session.flush()
     return host
+
+
+def _out_of_sync_since(report: HostReport, previous: dict[str, Any], now: datetime) -> str | None:
+    """When the host's applied version first differed from the served one, as ISO-8601: kept
+    from the previous report while they still differ, this report's time when they start to."""
+    if report.applied_version == report.serving_version:
+        return None
+    kept = previous.get(OUT_OF_SYNC_SINCE)
+    return kept if isinstance(kept, str) and kept else now.isoformat()
 
 
 def fleet_hosts(*, session: Session) -> list[FleetHost]:

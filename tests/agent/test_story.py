@@ -14,6 +14,7 @@ from lbprovider.db.models import FleetHost, ServiceRecord
 from lbprovider.db.session import transaction
 from tests.fleet.helpers import add_service, make_pool, service_data, set_node
 from tests.haproxy.conftest import Backends, free_port
+from tests.metrics.conftest import scrape, value
 
 from .conftest import HOST, Fleet, get, try_get, wait_until
 
@@ -64,6 +65,25 @@ def test_vip_answers_from_both_nodes_drains_and_comes_back(
         assert host.applied_version and host.status["vips"] == [ip]
         servers = {(x["backend"], x["server"]) for x in host.status["servers"]}
         assert ("be_nodes", "node-1") in servers and ("be_nodes", "node-2") in servers
+    reported_apply_counters(fleet)
+
+
+def reported_apply_counters(fleet: Fleet) -> None:
+    """The new port took a reload and the drain and return runtime commands; the agent's
+    heartbeat counts both, and /metrics shows them for the host, in sync with the served state."""
+    wait_until(lambda: host_status(fleet).get("runtime_commands_total"), what="commands counted")
+    status = host_status(fleet)
+    assert status["reloads_timed"] >= 1
+    assert 0 < status["reload_seconds_last"] <= status["reload_seconds_total"] < 30
+    samples = scrape(fleet.server.url + "/metrics")
+    commands = value(samples, "lbprovider_fleet_runtime_commands_total", host=HOST)
+    assert commands is not None and commands >= status["runtime_commands_total"] >= 2
+    total = value(samples, "lbprovider_fleet_reload_seconds_total", host=HOST)
+    assert total is not None and total >= status["reload_seconds_total"]
+    timed = value(samples, "lbprovider_fleet_timed_reloads_total", host=HOST)
+    assert timed is not None and timed >= status["reloads_timed"]
+    assert value(samples, "lbprovider_fleet_host_in_sync", host=HOST) == 1.0
+    assert value(samples, "lbprovider_fleet_host_version_lag_seconds", host=HOST) == 0.0
 
 
 def host_status(fleet: Fleet, name: str = HOST) -> dict[str, Any]:

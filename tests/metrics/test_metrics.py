@@ -45,9 +45,12 @@ def test_one_scrape_shows_pools_services_controller_and_fleet(
     satisfied_and_out_of_ips(core, sessions)
     assert wait_until(ctl.idle)
     agent = make_token(sessions, "agent-edge-1", ["agent"], host="edge-1")
+    auth = {"Authorization": f"Bearer {agent}"}
+    state = httpx.get(f"{served.url}/api/v1/fleet/hosts/edge-1/state", headers=auth, timeout=10)
+    version = state.json()["version"]  # in sync: the host applied what the API serves it
     report = HostStatus(
-        desired_version="v1",
-        applied_version="v1",
+        desired_version=version,
+        applied_version=version,
         reloads=3,
         failed_reloads=1,
         servers=[
@@ -59,7 +62,7 @@ def test_one_scrape_shows_pools_services_controller_and_fleet(
     r = httpx.post(
         f"{served.url}/api/v1/fleet/hosts/edge-1/status",
         content=report.model_dump_json(),
-        headers={"Authorization": f"Bearer {agent}", "Content-Type": "application/json"},
+        headers={**auth, "Content-Type": "application/json"},
         timeout=10,
     )
     assert r.status_code == 200, r.text
