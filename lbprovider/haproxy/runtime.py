@@ -171,6 +171,10 @@ class ProcInfo:
     old_workers: tuple[int, ...] = field(default=())
 
 
+class _IdleClosed(Exception):
+    """The connection was gone before HAProxy answered the first command of a batch."""
+
+
 class RuntimeClient:
     """A persistent ``prompt``-mode connection to the admin stats socket."""
 
@@ -230,14 +234,36 @@ class RuntimeClient:
         """Pipeline ``commands`` and return their raw answers, in order."""
         answers: list[str] = []
         for batch in _batches([c.text for c in commands]):
-            sock = self._connect()
+            reused = self._sock is not None
             try:
-                sock.sendall(("\n".join(batch) + "\n").encode())
-            except OSError as e:
-                self.close()
-                raise RuntimeUnavailable(f"{self.socket_path}: {e}") from e
-            answers += [self._read_answer() for _ in batch]
+                answers += self._send_batch(batch)
+            except _IdleClosed:
+                if not reused:
+                    raise RuntimeUnavailable(f"{self.socket_path}: connection closed") from None
+                # HAProxy closed our idle connection (its `stats timeout`) before it read a
+                # single command of this batch, so nothing ran: send it again, once.
+                logger.debug(
+                    "runtime socket was closed while idle; reconnecting",
+                    extra={"event": "runtime_reconnect"},
+                )
+                answers += self._send_batch(batch)
         return answers
+
+    def _send_batch(self, batch: Sequence[str]) -> list[str]:
+        sock = self._connect()
+        try:
+            sock.sendall(("\n".join(batch) + "\n").encode())
+        except (BrokenPipeError, ConnectionResetError) as e:
+            self.close()
+            raise _IdleClosed from e
+        except OSError as e:
+            self.close()
+            raise RuntimeUnavailable(f"{self.socket_path}: {e}") from e
+        try:
+            first = self._read_answer()
+        except RuntimeUnavailable as e:
+            raise _IdleClosed from e
+        return [first] + [self._read_answer() for _ in batch[1:]]
 
     def execute(self, commands: Sequence[Command]) -> list[str]:
         """Pipeline ``commands``; raise :class:`CommandFailed` listing every refusal."""

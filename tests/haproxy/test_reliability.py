@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from lbprovider.haproxy.process import HAProxyProcess
 from lbprovider.haproxy.render import CONFIG_NAME, ConfigCheckFailed, check_config
 from lbprovider.haproxy.runtime import RuntimeClient, add_map, del_map, set_server_state
 
-from .conftest import free_port, get, route, try_get, vip
+from .conftest import Lab, free_port, get, route, try_get, vip
 
 pytestmark = pytest.mark.haproxy
 
@@ -148,3 +149,24 @@ def test_process_reports_reloads_and_old_worker_exits(lab_factory, backends) -> 
     attached = HAProxyProcess.attach(lab.process.master_socket)
     assert attached.pid == lab.process.pid and attached.stop() is None
     assert lab.process.show_proc().workers == after.workers
+
+
+def test_runtime_client_reconnects_when_haproxy_closed_its_idle_connection(
+    lab_factory: Callable[..., Lab],
+) -> None:
+    """A reload (or HAProxy's `stats timeout`) closes the agent's idle socket connection; the
+    next command must go through on a new connection instead of failing the apply."""
+    lab = lab_factory()
+    client = RuntimeClient(f"{lab.settings.run_dir}/admin.sock")
+    try:
+        before = client.show_info()
+        old_worker = lab.worker_pid()
+        lab.process.reload()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{old_worker}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{old_worker}").exists(), "the old worker left"
+        after = client.show_info()
+        assert before["Pid"] != after["Pid"], "answered by the new worker"
+    finally:
+        client.close()
