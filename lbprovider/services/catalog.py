@@ -196,7 +196,8 @@ LISTED = (
 def listed(stmt: Select[ServiceRecord]) -> Select[ServiceRecord]:
     """``stmt`` loading only the ``LISTED`` columns: a page of 50 records costs a quarter less
     to load (labels, annotations and the rest are JSON decoded per row); any other attribute
-    still loads on first use."""
+    still loads on first use. Not for deep ``OFFSET`` pages: PostgreSQL then prefers sorting
+    the narrow rows of the whole table to walking the index."""
     return stmt.options(load_only(*LISTED))
 
 

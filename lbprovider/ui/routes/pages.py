@@ -66,7 +66,9 @@ def services_page(request: Request, ctx: UiDep, user: UserDep, session: ReadDB) 
         "state": choice(request, "state", STATES),
         "reason": choice(request, "reason", REASONS),
     }
-    page = page_of(session, catalog.listed(catalog.service_query(**filters)), request)
+    # All columns, not catalog.listed(...): with a narrow row PostgreSQL pages a deep OFFSET
+    # by sorting the whole table instead of walking the (namespace, name) index (3x slower).
+    page = page_of(session, catalog.service_query(**filters), request)
     context = {
         "title": "Services",
         "active": "services",
