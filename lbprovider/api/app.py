@@ -49,12 +49,14 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     settings = settings or get_settings()
     owns_engine = engine is None
     db = engine or make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    # One failed-auth counter for the API and the dashboard sign-in: a guesser gets one budget.
+    limiter = FailedAuthLimiter(settings.auth_fail_limit)
     ctx = ApiContext(
         settings=settings,
         engine=db,
         sessions=session_factory(db),
         policy=IPPolicy.from_settings(settings),
-        limiter=FailedAuthLimiter(settings.auth_fail_limit),
+        limiter=limiter,
     )
 
     @contextlib.asynccontextmanager
@@ -89,5 +91,5 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     install_replay_handler(app)
     install_openapi(app)
     app.add_middleware(RequestIdMiddleware)
-    include_ui(app, settings=settings, sessions=ctx.sessions, policy=ctx.policy)
+    include_ui(app, settings=settings, sessions=ctx.sessions, policy=ctx.policy, limiter=limiter)
     return app

@@ -271,7 +271,8 @@ def service_events(
     )
 
 
-ExternalNameState = Literal["ok", "failed", "unknown", "removed"]
+ExternalNameState = Literal["resolves", "nxdomain", "timeout", "error", "unknown", "removed"]
+"""The DNS statuses the controller stores (``services.externalnames.DNS_STATUSES``) or removed."""
 
 
 def external_name_query(

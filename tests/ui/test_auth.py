@@ -281,11 +281,13 @@ def test_successful_sign_ins_do_not_count(strict_ui: Ui) -> None:
         assert try_sign_in(strict_ui, strict_ui.secrets["read"]).status_code == 303
 
 
-def test_the_dashboard_limit_leaves_the_api_alone(strict_ui: Ui) -> None:
+def test_one_failed_auth_budget_covers_the_dashboard_and_the_api(strict_ui: Ui) -> None:
+    """A guesser gets one budget per client, not one per door."""
     for _ in range(4):
         try_sign_in(strict_ui, "not-a-token")
     api = strict_ui.client(Authorization=f"Bearer {strict_ui.secrets['read']}")
-    assert api.get("/api/v1/pools").status_code == 200
+    r = api.get("/api/v1/pools")
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
 
 
 # A token's allowed_cidrs hold for the whole session, not only at sign-in.

@@ -152,13 +152,17 @@ def test_search_fragment_for_htmx(shop: Ui) -> None:
 
 def test_externalnames_and_ingress_tables_show_status(ui: Ui) -> None:
     with transaction(ui.sessions) as s:
-        s.add(ExternalNameMapping(namespace="a", name="ok", external_name="good.example"))
+        s.add(
+            ExternalNameMapping(
+                namespace="a", name="ok", external_name="good.example", dns_status="resolves"
+            )
+        )
         s.add(
             ExternalNameMapping(
                 namespace="a",
                 name="bad",
                 external_name="nx.invalid",
-                dns_status="failed",
+                dns_status="nxdomain",
                 dns_checked_at=utcnow(),
             )
         )
@@ -170,9 +174,11 @@ def test_externalnames_and_ingress_tables_show_status(ui: Ui) -> None:
         s.add(IngressRoute(namespace="a", ingress_name="fine", host="y.example", node_port=31000))
     b = ui.signed_in("read")
     names = b.get("/externalnames").text
-    assert "nx.invalid" in names and "does not resolve" in names
-    only_failed = b.get("/externalnames?status=failed").text
+    assert "nx.invalid" in names and "does not resolve" in names and "resolves" in names
+    only_failed = b.get("/externalnames?status=nxdomain").text
     assert "nx.invalid" in only_failed and "good.example" not in only_failed
+    only_good = b.get("/externalnames?status=resolves").text
+    assert "good.example" in only_good and "nx.invalid" not in only_good
     routes = b.get("/ingress").text
     assert "no such Service a/x" in routes and "NodePort 31000" in routes
     broken = b.get("/ingress?broken=yes").text

@@ -4,7 +4,7 @@ renders the page (or, for htmx, the table fragment)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -110,7 +110,7 @@ def external_names_page(request: Request, ctx: UiDep, user: UserDep, session: Re
     filters = {
         "namespace": param(request, "namespace"),
         "q": param(request, "q"),
-        "status": choice(request, "status", ("ok", "failed", "unknown", "removed")),
+        "status": choice(request, "status", get_args(catalog.ExternalNameState)),
     }
     page = page_of(session, catalog.external_name_query(**filters), request)
     context: dict[str, Any] = {"title": "ExternalName mappings", "active": "externalnames"}
