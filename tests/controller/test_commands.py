@@ -14,9 +14,7 @@ from typing import Any
 
 import httpx
 from kubernetes import client as k8s_client
-from typer.testing import CliRunner
 
-from lbprovider.cli import app
 from lbprovider.db.session import make_engine, session_factory
 
 from .helpers import create_service, ip_of, make_pool, wait_until
@@ -31,9 +29,15 @@ def free_port() -> int:
 
 
 def test_controller_command_help() -> None:
-    result = CliRunner().invoke(app, ["controller", "--help"])
-    assert result.exit_code == 0
-    assert "controller" in result.output and "LBP_KUBECONFIG" in result.output
+    # A real process: the CLI configures process-wide logging, which must not leak into pytest.
+    result = subprocess.run(
+        [sys.executable, "-m", "lbprovider", "controller", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "controller" in result.stdout and "LBP_KUBECONFIG" in result.stdout
 
 
 def test_serve_runs_the_controller_when_a_cluster_is_configured(
