@@ -5,16 +5,12 @@ tokens made through the service, and signed-in HTTP clients that behave like a b
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,24 +25,18 @@ from lbprovider.services.pools import PoolFields, create_pool
 from lbprovider.services.records import ServiceData, set_condition, upsert_service_record
 from lbprovider.services.tokens import create_token
 from lbprovider.ui.guard import UiContext
+from tests.api.conftest import LiveServer
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
-class Server:
-    """uvicorn in a thread on 127.0.0.1:<free port>; stopped by ``stop`` (its own handle)."""
+class Server(LiveServer):
+    """The API test server (uvicorn in a thread, stopped by its own handle), with the
+    dashboard's live-update hub told about uvicorn's exit flag (no signal handlers in a thread)."""
 
     def __init__(self, app: FastAPI) -> None:
+        super().__init__(app)
         self.app = app
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, ws="none", lifespan="on", log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-        # In a thread uvicorn installs no signal handlers; tell the hub about our exit flag.
         self.ui.hub.add_exit_probe(lambda: bool(self.server.should_exit))
 
     @property
@@ -54,23 +44,12 @@ class Server:
         ctx: UiContext = self.app.state.ui
         return ctx
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def start(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
+        super().start()
         return self
 
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
-        self.sock.close()
+    def stop(self, timeout: float = 15.0) -> None:
+        super().stop(timeout)
 
 
 def ui_settings(db_url: str) -> Settings:
