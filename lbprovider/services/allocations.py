@@ -19,7 +19,7 @@ import json
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import bindparam, delete, func, insert, select, text
@@ -236,7 +236,7 @@ def _decide_and_write(
     if adopt:
         new_families = {a.family for a in held}
         todo = tuple(ip for ip in request.requested_ips if _family(ip) not in new_families)
-        adopt_request = _replace_ips(request, todo)
+        adopt_request = replace(request, requested_ips=todo)
         decision = (
             allocator.adopt(adopt_request, held)
             if todo
@@ -259,12 +259,6 @@ def _decide_and_write(
 
 def _family(ip: str) -> int:
     return 6 if ":" in ip else 4
-
-
-def _replace_ips(request: Request, ips: tuple[str, ...]) -> Request:
-    from dataclasses import replace
-
-    return replace(request, requested_ips=ips)
 
 
 def _write(

@@ -354,7 +354,7 @@ def available_ips(
     *, session: Session, name: str, limit: int, policy: IPPolicy, family: int | None = None
 ) -> list[str]:
     """The next free addresses a new Service would get, without allocating anything."""
-    pool = get_pool(session=session, name=name)
+    get_pool(session=session, name=name)  # NotFound for an unknown pool
     specs, ids = load_pool_specs(session)
     spec = next(s for s in specs if s.name == name)
     now = utcnow()
@@ -369,5 +369,4 @@ def available_ips(
         out += allocator.available(spec, fam, limit - len(out))
         if len(out) >= limit:
             break
-    del pool
     return out

@@ -147,10 +147,7 @@ def _reserve_next_free(
     return None
 
 
-def _explicit(*, spec_ip: str, spec: object) -> str:
-    from lbprovider.ipam.pool import PoolSpec
-
-    assert isinstance(spec, PoolSpec)
+def _explicit(*, spec_ip: str, spec: PoolSpec) -> str:
     try:
         addr = parse_ip(spec_ip)
     except RangeError as e:
