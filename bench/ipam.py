@@ -29,8 +29,9 @@ from lbprovider.services.pools import PoolFields, create_pool  # noqa: E402
 
 
 def pg_url() -> str:
-    out = subprocess.run(["bash", str(ROOT / "scripts/postgres.sh")], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts/postgres.sh")], check=True, capture_output=True, text=True
+    )
     return out.stdout.strip().splitlines()[-1].replace("lbprovider_test", "lbprovider_bench")
 
 
@@ -45,8 +46,9 @@ def prepare(url: str) -> None:
     with engine.begin() as c:
         c.execute(text("CREATE TABLE bare (id serial primary key, ip text, service text)"))
     with transaction(session_factory(engine)) as s:
-        create_pool(session=s, data=PoolFields(name="bench", ranges=["10.0.0.0/16"]),
-                    actor=Actor("bench"))
+        create_pool(
+            session=s, data=PoolFields(name="bench", ranges=["10.0.0.0/16"]), actor=Actor("bench")
+        )
     engine.dispose()
 
 
@@ -55,8 +57,10 @@ def bare_worker(url: str, worker: int, n: int, start: mp.Barrier) -> None:  # ty
     with engine.connect() as c:
         start.wait()
         for i in range(n):
-            c.execute(text("INSERT INTO bare (ip, service) VALUES (:ip, :s)"),
-                      {"ip": f"{worker}.{i}", "s": f"w{worker}/s{i}"})
+            c.execute(
+                text("INSERT INTO bare (ip, service) VALUES (:ip, :s)"),
+                {"ip": f"{worker}.{i}", "s": f"w{worker}/s{i}"},
+            )
             c.commit()
     engine.dispose()
 
@@ -101,7 +105,9 @@ def main() -> None:
     engine = make_engine(url)
     with engine.connect() as c:
         live = c.scalar(select(func.count()).select_from(Allocation).where(Allocation.active))
-        distinct = c.scalar(select(func.count(func.distinct(Allocation.ip))).where(Allocation.active))
+        distinct = c.scalar(
+            select(func.count(func.distinct(Allocation.ip))).where(Allocation.active)
+        )
     engine.dispose()
     print(f"workers={args.workers} allocations={n}")
     print(f"bare INSERT loop: {n / bare:,.0f} rows/s ({bare:.2f} s)")
