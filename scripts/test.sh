@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
-echo "== ruff" && .venv/bin/ruff check . && .venv/bin/ruff format --check .
+echo "== ruff" && .venv/bin/ruff check --no-cache . && .venv/bin/ruff format --check --no-cache .
 echo "== mypy (strict on lbprovider/)" && .venv/bin/mypy
 echo "== import contracts" && .venv/bin/lint-imports
 
