@@ -27,20 +27,24 @@ from lbprovider.services.allocations import allocate_service  # noqa: E402
 from lbprovider.services.context import Actor, IPPolicy  # noqa: E402
 from lbprovider.services.pools import PoolFields, create_pool  # noqa: E402
 
+DB = "lbprovider_bench_ipam"
 
-def pg_url() -> str:
+
+def server_url() -> str:
     out = subprocess.run(
         ["bash", str(ROOT / "scripts/postgres.sh")], check=True, capture_output=True, text=True
     )
-    return out.stdout.strip().splitlines()[-1].replace("lbprovider_test", "lbprovider_bench")
+    return out.stdout.strip().splitlines()[-1]
 
 
-def prepare(url: str) -> None:
-    admin = make_engine(url.replace("lbprovider_bench", "lbprovider_test"))
+def prepare(server: str) -> str:
+    """A fresh scratch database of this bench's own, with one /16 pool; its URL."""
+    admin = make_engine(server)
     with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
-        c.execute(text("DROP DATABASE IF EXISTS lbprovider_bench"))
-        c.execute(text("CREATE DATABASE lbprovider_bench"))
+        c.execute(text(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+        c.execute(text(f"CREATE DATABASE {DB}"))
     admin.dispose()
+    url = server.rsplit("/", 1)[0] + "/" + DB
     engine = make_engine(url)
     Base.metadata.create_all(engine)
     with engine.begin() as c:
@@ -50,6 +54,7 @@ def prepare(url: str) -> None:
             session=s, data=PoolFields(name="bench", ranges=["10.0.0.0/16"]), actor=Actor("bench")
         )
     engine.dispose()
+    return url
 
 
 def bare_worker(url: str, worker: int, n: int, start: mp.Barrier) -> None:  # type: ignore[type-arg]
@@ -96,8 +101,7 @@ def main() -> None:
     ap.add_argument("--total", type=int, default=10_000)
     ap.add_argument("--workers", type=int, default=8)
     args = ap.parse_args()
-    url = pg_url()
-    prepare(url)
+    url = prepare(server_url())
     per = args.total // args.workers
     n = per * args.workers
     bare = run(bare_worker, url, args.workers, per)

@@ -33,6 +33,9 @@ from lbprovider.ipam.ranges import IPAddress, RangeError, parse_ip
 GAP_SCAN_LIMIT = 1 << 20
 """Most addresses a last-resort gap scan looks at in one pool before it reports OutOfIPs."""
 
+CLAIM_BATCH = 16
+"""Candidates in a claiming scan's first batch (then four times as many, up to the policy's)."""
+
 
 class Reason(StrEnum):
     SATISFIED = "Satisfied"
@@ -153,6 +156,16 @@ class StateView(Protocol):
 
     def claimable(self, ip: str) -> bool:
         """False while a concurrent writer is deciding on ``ip`` (skip it, like SKIP LOCKED)."""
+        ...
+
+    def scan(self, ips: Sequence[str]) -> tuple[Mapping[str, Occupancy], int]:
+        """``occupancy`` of the first ``n`` of ``ips`` (n ≥ 1 for a non-empty list), and n.
+
+        A view that can take a candidate's lock in the same round trip tries, in order, each
+        address of ``ips`` that nothing stands on and stops at the first it locks (n is its
+        position, ``claimable`` answers for every address tried without asking again); a view
+        that cannot answers ``(occupancy(ips), len(ips))``. Either way the allocator decides
+        exactly as with ``occupancy`` followed by ``claimable`` per candidate."""
         ...
 
 
@@ -380,7 +393,7 @@ class Allocator:
 
     def _preferences(
         self, request: Request, pool: PoolSpec, family: int
-    ) -> Iterator[Iterable[str]]:
+    ) -> Iterator[Iterable[str | IPAddress]]:
         view, policy = self.view, self.policy
         yield view.reserved_for_service(request.service, family)
         sticky = view.sticky_ip(request.service, family)
@@ -391,25 +404,45 @@ class Allocator:
         ranges = pool.by_family[family]
         high = view.high_water(pool.name, family)
         start = ranges.first_offset_after(high) if high else 0
-        yield (str(a) for a in ranges.iter_from(start))
+        yield ranges.iter_from(start)
         yield view.released_lru(pool.name, family, policy.batch * 4)
-        yield (str(a) for a in itertools.islice(ranges.iter_from(0), GAP_SCAN_LIMIT))
+        yield itertools.islice(ranges.iter_from(0), GAP_SCAN_LIMIT)
 
-    def _first_free(self, request: Request, pool: PoolSpec, ips: Iterable[str]) -> str | None:
+    def _first_free(
+        self, request: Request, pool: PoolSpec, ips: Iterable[str | IPAddress]
+    ) -> str | None:
         free = list(itertools.islice(self.free_in(request, pool, ips), self.policy.spread))
         return self.policy.rng.choice(free) if free else None
 
     def free_in(
-        self, request: Request, pool: PoolSpec, ips: Iterable[str], *, claim: bool = True
+        self,
+        request: Request,
+        pool: PoolSpec,
+        ips: Iterable[str | IPAddress],
+        *,
+        claim: bool = True,
     ) -> Iterator[str]:
-        """Addresses among ``ips`` that ``request`` may take, lazily, in the given order.
-        With ``claim``, addresses a concurrent writer is deciding on are skipped."""
-        candidates = (ip for ip in ips if pool.usable(parse_ip(ip)))
-        size = 1  # the first candidate is usually free: ask about few, then more
-        while batch := list(itertools.islice(candidates, size)):
+        """Addresses among ``ips`` (text, or addresses from a range) that ``request`` may take,
+        lazily, in the given order. With ``claim``, addresses a concurrent writer is deciding on
+        are skipped."""
+        candidates = (
+            str(ip) if isinstance(ip, IPAddress) else ip
+            for ip in ips
+            if pool.usable(parse_ip(ip) if isinstance(ip, str) else ip)
+        )
+        # The first candidate is usually free: ask about few, then more. A claiming scan stops
+        # at the first address it locks, so it starts with enough candidates to step over what
+        # concurrent allocators just took or hold (preparing one costs more than checking it).
+        size = min(CLAIM_BATCH, self.policy.batch) if claim else 1
+        pending: list[str] = []
+        while batch := pending + list(itertools.islice(candidates, size - len(pending))):
             size = min(size * 4, self.policy.batch)
-            occ = self.view.occupancy(batch)
-            for ip in batch:
+            if claim:
+                occ, seen = self.view.scan(batch)
+            else:
+                occ, seen = self.view.occupancy(batch), len(batch)
+            pending = batch[seen:]
+            for ip in batch[:seen]:
                 if self._occupancy_problem(request, ip, occ.get(ip, Occupancy())) is None:
                     if claim and not self.view.claimable(ip):
                         continue
@@ -425,10 +458,10 @@ class Allocator:
         ranges = pool.by_family[family]
         high = self.view.high_water(pool.name, family)
         start = ranges.first_offset_after(high) if high else 0
-        order = itertools.chain(
-            (str(a) for a in ranges.iter_from(start)),
+        order: Iterable[str | IPAddress] = itertools.chain(
+            ranges.iter_from(start),
             self.view.released_lru(pool.name, family, limit * 4),
-            (str(a) for a in itertools.islice(ranges.iter_from(0), GAP_SCAN_LIMIT)),
+            itertools.islice(ranges.iter_from(0), GAP_SCAN_LIMIT),
         )
         free = _unique(self.free_in(nobody, pool, order, claim=False))
         return list(itertools.islice(free, limit))

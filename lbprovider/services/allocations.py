@@ -36,6 +36,7 @@ from lbprovider.ipam.allocator import (
     Policy,
     Reason,
     Request,
+    ServiceRef,
 )
 from lbprovider.ipam.ranges import ip_key
 from lbprovider.services.audit import LEDGER_ACTIONS
@@ -140,7 +141,7 @@ def _steady(
     caller takes the full path, which decides again under its savepoint."""
     if not all(_row_is_current(row, request) for row in holdings.rows):
         return None
-    specs, pool_ids = cached_pool_specs(session)
+    specs, pool_ids = cached_pool_specs(session, holdings.stamp)
     view = DBStateView(session, pool_ids, now, known=holdings.occupancy)
     policy = Policy(now=now, hold=ip_policy.hold, quarantine=ip_policy.quarantine)
     held = [Assignment(r.ip, r.pool_name, r.family) for r in holdings.rows]
@@ -193,12 +194,22 @@ def _with_retries(
         spread = 1 if attempt == 0 else min(64, 2**attempt)
         # The first attempt may reuse what was read just before; a retry reads afresh.
         known = holdings if attempt == 0 else None
+        in_savepoint = False
         try:
+            plan = _decide(session, request, policy, now, spread, rng, adopt, known)
+            if isinstance(plan, Outcome):
+                return plan
+            why = reason or plan.decision.message
+            claim = _single_clean_claim(session, plan, adopt)
+            if claim is not None:
+                # No savepoint: a lost race writes nothing (see CLAIM_CLEAN_PG).
+                return _claim_clean(session, plan, claim, actor, now, why)
+            in_savepoint = True
             with session.begin_nested():
-                return _decide_and_write(
-                    session, request, actor, policy, now, spread, rng, adopt, reason, known
-                )
+                return _write(session, plan, actor, now, adopt, why)
         except (IntegrityError, _LostRace) as e:
+            if isinstance(e, IntegrityError) and not in_savepoint:
+                raise  # the transaction is aborted: nothing to retry in
             logger.debug(
                 "allocation race, retrying",
                 extra={
@@ -210,25 +221,46 @@ def _with_retries(
     raise ConcurrentUpdate(f"could not allocate for {request.service.key}: too much contention")
 
 
-def _decide_and_write(
+@dataclass(frozen=True)
+class _Plan:
+    """A decision that writes, with what it was decided from."""
+
+    allocator: Allocator
+    request: Request
+    decision: Decision
+    current: Sequence[HeldRow]
+    pool_ids: dict[str, int]
+    view: DBStateView
+
+
+def _decide(
     session: Session,
     request: Request,
-    actor: Actor,
     ip_policy: IPPolicy,
     now: datetime,
     spread: int,
     rng: random.Random,
     adopt: bool,
-    reason: str | None,
     holdings: Holdings | None,
-) -> Outcome:
+) -> _Plan | Outcome:
+    """Decide from fresh reads (reads and per-address locks only: nothing to roll back).
+
+    An ``Outcome`` when the decision writes nothing (a refusal), else the plan to write."""
     svc = request.service
     if holdings is None:
         holdings = load_holdings(session, svc.namespace, svc.name, now)
     current = holdings.rows
     held = [Assignment(a.ip, a.pool_name, a.family) for a in current]
-    specs, pool_ids = cached_pool_specs(session)
-    view = DBStateView(session, pool_ids, now, known=holdings.occupancy)
+    specs, pool_ids = cached_pool_specs(session, holdings.stamp)
+    hints = {ServiceRef(svc.namespace, svc.name): holdings.hints} if holdings.hints else None
+    view = DBStateView(
+        session,
+        pool_ids,
+        now,
+        known=holdings.occupancy,
+        hints=hints,
+        high_water=holdings.high_water,
+    )
     policy = Policy(
         now=now, hold=ip_policy.hold, quarantine=ip_policy.quarantine, spread=spread, rng=rng
     )
@@ -253,8 +285,7 @@ def _decide_and_write(
         decision = allocator.allocate(request, held)
     if not decision.ok:
         return Outcome(decision, tuple(a.ip for a in current), changed=False)
-    why = reason or decision.message
-    return _write(session, allocator, request, decision, current, pool_ids, actor, now, adopt, why)
+    return _Plan(allocator, request, decision, current, pool_ids, view)
 
 
 def _family(ip: str) -> int:
@@ -262,17 +293,9 @@ def _family(ip: str) -> int:
 
 
 def _write(
-    session: Session,
-    allocator: Allocator,
-    request: Request,
-    decision: Decision,
-    current: Sequence[HeldRow],
-    pool_ids: dict[str, int],
-    actor: Actor,
-    now: datetime,
-    adopt: bool,
-    why: str,
+    session: Session, plan: _Plan, actor: Actor, now: datetime, adopt: bool, why: str
 ) -> Outcome:
+    request, decision, current = plan.request, plan.decision, plan.current
     svc = request.service
     wanted = {a.ip: a for a in decision.assignments}
     changed = False
@@ -292,10 +315,11 @@ def _write(
             "adopted" if adopt else ("reassigned" if a.family in replaced_families else "allocated")
         )
         entry = _Entry(actor, action, why)
+        pool_id = plan.pool_ids[a.pool]
         if session.get_bind().dialect.name == "postgresql":
-            _claim_in_one_statement(session, allocator, request, a, pool_ids[a.pool], now, entry)
+            _claim_in_one_statement(session, plan.allocator, request, a, pool_id, now, entry)
         else:
-            _claim(session, allocator, request, a, pool_ids[a.pool], now)
+            _claim(session, plan.allocator, request, a, pool_id, now)
             _insert_ledger(session, actor, ip, action, why, a.pool, svc.namespace, svc.name)
         changed = True
     for row in kept.values():
@@ -303,6 +327,79 @@ def _write(
             changed |= _refresh_row(session, session.get_one(Allocation, row.id), request)
     session.flush()
     return Outcome(decision, tuple(sorted(wanted, key=_family)), changed)
+
+
+def _single_clean_claim(session: Session, plan: _Plan, adopt: bool) -> Assignment | None:
+    """The one address to claim when that is the plan's only write and the scan locked it
+    while nothing stood on it (PostgreSQL): the case ``_claim_clean`` handles."""
+    if adopt or plan.current or len(plan.decision.assignments) != 1:
+        return None
+    a = plan.decision.assignments[0]
+    if a.ip not in plan.view.clean or session.get_bind().dialect.name != "postgresql":
+        return None
+    return a
+
+
+# PostgreSQL, the common claim: a new address for a Service that holds none, locked by the scan
+# while nothing stood on it. The writes happen only if, in this statement's snapshot (taken
+# after the lock, so it sees every commit of an earlier holder of the lock), nothing stands on
+# the address (no allocation, lease, port, live reservation or release: the allocator cannot
+# refuse it) and its pool still exists (held with FOR KEY SHARE, so a concurrent delete can
+# neither slip in before the foreign keys are checked nor fail them). The one constraint left
+# that a racing writer can hit, one live allocation per Service and family, is ON CONFLICT DO
+# NOTHING: every other row hangs off the allocation's id. So a lost race writes nothing and
+# returns no id, and the claim needs no savepoint. Only a writer that skips the address lock
+# could still violate a constraint; that fails the statement (and the transaction), loudly.
+CLAIM_CLEAN_PG = text(
+    """
+WITH pool AS (
+    SELECT id FROM pools WHERE id = :pool_id FOR KEY SHARE
+), free AS (
+    SELECT 1 AS one FROM pool
+    WHERE NOT EXISTS (SELECT 1 FROM allocations WHERE active AND ip = :ip)
+    AND NOT EXISTS (SELECT 1 FROM ip_leases WHERE ip = :ip)
+    AND NOT EXISTS (SELECT 1 FROM allocation_ports WHERE ip = :ip)
+    AND NOT EXISTS (SELECT 1 FROM reservations WHERE ip = :ip
+        AND (expires_at IS NULL OR expires_at > :now))
+    AND NOT EXISTS (SELECT 1 FROM released_ips WHERE ip = :ip)
+), a AS (
+    INSERT INTO allocations (ip, ip_key, pool_id, pool_name, family, service_namespace,
+        service_name, service_uid, sharing_key, ports, active, allocated_at, released_at)
+    SELECT :ip, :ip_key, :pool_id, :pool, :family, :ns, :name, :uid, :key,
+        CAST(:ports AS jsonb), true, :now, NULL
+    FROM free
+    ON CONFLICT DO NOTHING
+    RETURNING id
+), l AS (
+    INSERT INTO ip_leases (ip, ip_key, pool_id, family, sharing_key, created_at)
+    SELECT :ip, :ip_key, :pool_id, :family, :key, :now FROM a
+), p AS (
+    INSERT INTO allocation_ports (allocation_id, ip, protocol, port)
+    SELECT a.id, :ip, u.protocol, u.port
+    FROM a, unnest(CAST(:protocols AS varchar[]), CAST(:numbers AS integer[]))
+        AS u(protocol, port)
+), g AS (
+    INSERT INTO ledger (at, ip, pool, service_namespace, service_name, action, reason, actor,
+        request_id)
+    SELECT :at, :ip, :pool, :ns, :name, :action, :reason, :actor, :request_id FROM a
+)
+SELECT id FROM a
+"""
+)
+
+
+def _claim_clean(
+    session: Session, plan: _Plan, a: Assignment, actor: Actor, now: datetime, why: str
+) -> Outcome:
+    """Write ``_single_clean_claim``'s address in one statement, or raise ``_LostRace`` (then
+    nothing was written)."""
+    params = _claim_params(
+        plan.request, a, plan.pool_ids[a.pool], now, _Entry(actor, "allocated", why)
+    )
+    written = session.connection().execute(CLAIM_CLEAN_PG, params).scalar()
+    if written is None:
+        raise _LostRace(a.ip)
+    return Outcome(plan.decision, (a.ip,), changed=True)
 
 
 def _insert_ledger(
@@ -460,9 +557,25 @@ def _claim_in_one_statement(
     """``_claim`` plus the ledger row on PostgreSQL: the lock, then one statement."""
     if not allocator.view.claimable(a.ip):
         raise _LostRace(a.ip)
+    params = _claim_params(request, a, pool_id, now, entry)
+    rows = session.connection().execute(CLAIM_PG, params).all()
+    fresh = occupancy_from_rows(rows).get(a.ip, Occupancy())
+    if allocator.check(request, a.ip, fresh) is not None:
+        raise _LostRace(a.ip)
+    if fresh.holders:
+        # Joined a shared address: the lease must carry the same sharing key.
+        lease_keys = [row.key for row in rows if row.kind == "k"]
+        if not request.sharing_key or lease_keys != [request.sharing_key]:
+            raise _LostRace(a.ip)
+
+
+def _claim_params(
+    request: Request, a: Assignment, pool_id: int, now: datetime, entry: _Entry
+) -> dict[str, object]:
     svc = request.service
     ports = sorted(request.ports)
-    params = {
+    assert entry.action in LEDGER_ACTIONS, entry.action
+    return {
         "ip": a.ip,
         "ip_key": ip_key(a.ip),
         "pool_id": pool_id,
@@ -482,16 +595,6 @@ def _claim_in_one_statement(
         "actor": entry.actor.name,
         "request_id": entry.actor.request_id,
     }
-    assert entry.action in LEDGER_ACTIONS, entry.action
-    rows = session.connection().execute(CLAIM_PG, params).all()
-    fresh = occupancy_from_rows(rows).get(a.ip, Occupancy())
-    if allocator.check(request, a.ip, fresh) is not None:
-        raise _LostRace(a.ip)
-    if fresh.holders:
-        # Joined a shared address: the lease must carry the same sharing key.
-        lease_keys = [row.key for row in rows if row.kind == "k"]
-        if not request.sharing_key or lease_keys != [request.sharing_key]:
-            raise _LostRace(a.ip)
 
 
 def _ports_json(request: Request) -> list[list[object]]:

@@ -25,11 +25,13 @@ from sqlalchemy import (
     ColumnElement,
     CompoundSelect,
     Engine,
+    Integer,
     Select,
     String,
     and_,
     bindparam,
     cast,
+    column,
     exists,
     func,
     literal,
@@ -74,30 +76,44 @@ def load_pool_specs(session: Session) -> tuple[list[PoolSpec], dict[str, int]]:
     return [pool_spec(p, excl[p.id]) for p in pools], {p.name: p.id for p in pools}
 
 
-# One row per pool plus the exclusions' count and top id: any create, edit (``version`` and
-# ``updated_at`` move), delete or exclusion change gives another stamp.
-POOL_STAMP = select(
-    Pool.id,
-    Pool.version,
-    Pool.updated_at,
-    select(func.count(Exclusion.id)).scalar_subquery(),
-    select(func.max(Exclusion.id)).scalar_subquery(),
-).order_by(Pool.id)
+# One row per pool (p: id, version, updated_at) and one for the exclusions (e: count, top id):
+# any create, edit (``version`` and ``updated_at`` move), delete or exclusion change gives
+# another stamp. ``PRELUDE`` carries the same rows, so either read gives the same stamp.
+_STAMP_POOLS = select(
+    literal("p").label("kind"),
+    Pool.updated_at.label("at"),
+    Pool.id.label("n1"),
+    Pool.version.label("n2"),
+)
+_STAMP_EXCLUSIONS = select(
+    literal("e"), null().cast(UTCDateTime()), func.count(Exclusion.id), func.max(Exclusion.id)
+)
+POOL_STAMP = union_all(_STAMP_POOLS, _STAMP_EXCLUSIONS)
 
+PoolStamp = tuple[tuple[Any, ...], ...]
 PoolSpecs = tuple[list[PoolSpec], dict[str, int]]
 
-_pool_cache: weakref.WeakKeyDictionary[Engine, tuple[tuple[Any, ...], PoolSpecs]] = (
+_pool_cache: weakref.WeakKeyDictionary[Engine, tuple[PoolStamp, PoolSpecs]] = (
     weakref.WeakKeyDictionary()
 )
 _pool_cache_lock = threading.Lock()
 
 
-def cached_pool_specs(session: Session) -> PoolSpecs:
+def stamp_from_rows(rows: Iterable[Any]) -> PoolStamp:
+    """The pools' change stamp from rows of kind p and e (``POOL_STAMP``'s or ``PRELUDE``'s)."""
+    rows = list(rows)
+    pools = sorted((row.n1, row.n2, row.at) for row in rows if row.kind == "p")
+    return (*pools, *((row.n1, row.n2) for row in rows if row.kind == "e"))
+
+
+def cached_pool_specs(session: Session, stamp: PoolStamp | None = None) -> PoolSpecs:
     """``load_pool_specs``, reused while the pools' change stamp (one small query) is the same.
 
-    The stamp is read in the caller's transaction, so a pool edited earlier in the same
-    transaction, or committed by another process, is reloaded before the next decision."""
-    stamp = tuple(tuple(row) for row in session.execute(POOL_STAMP))
+    The stamp is read in the caller's transaction (``stamp``, when given, is one read earlier
+    in it, e.g. by ``load_holdings``), so a pool edited earlier in the same transaction, or
+    committed by another process, is reloaded before the next decision."""
+    if stamp is None:
+        stamp = stamp_from_rows(session.connection().execute(POOL_STAMP))
     engine = session.get_bind()
     assert isinstance(engine, Engine)
     cached = _pool_cache.get(engine)
@@ -230,116 +246,149 @@ class HeldRow:
 
 
 @dataclass(frozen=True)
+class Hints:
+    """Reservations naming a Service (per family, in address order) and its last release."""
+
+    reserved: dict[int, list[str]]
+    sticky: dict[int, tuple[str, datetime]]
+
+
+@dataclass(frozen=True)
 class Holdings:
-    """A Service's live allocations and the full occupancy of those addresses."""
+    """A Service's live allocations and the full occupancy of those addresses.
+
+    ``load_holdings`` also returns, from the same round trip, what a decision needs next: the
+    pools' change stamp, the Service's hints and, when it holds nothing, every pool's high-water
+    mark (``(pool id, family)`` → top ``ip_key``). A decision uses them once, in the transaction
+    they were read in; a retry reads afresh."""
 
     rows: tuple[HeldRow, ...]
     occupancy: Mapping[str, Occupancy]
+    stamp: PoolStamp | None = None
+    hints: Hints | None = None
+    high_water: Mapping[tuple[int, int], str | None] | None = None
 
 
-def _build_holdings_query() -> Select[Any]:
-    """Mine (m) joined to the other live holders (o), the live reservation (r) and the last
-    release (x) of each of my addresses: one row per (mine, other holder)."""
-    m = Allocation.__table__.alias("m")
-    o = Allocation.__table__.alias("o")
-    r = Reservation.__table__.alias("r")
-    x = ReleasedIP.__table__.alias("x")
-    now = bindparam("now", type_=UTCDateTime())
-    return (
-        select(
-            m.c.id,
-            m.c.ip,
-            m.c.pool_id,
-            m.c.pool_name,
-            m.c.family,
-            m.c.service_uid,
-            m.c.sharing_key,
-            m.c.ports,
-            o.c.service_namespace.label("o_ns"),
-            o.c.service_name.label("o_name"),
-            o.c.service_uid.label("o_uid"),
-            o.c.sharing_key.label("o_key"),
-            o.c.ports.label("o_ports"),
-            r.c.id.label("r_id"),
-            r.c.service_namespace.label("r_ns"),
-            r.c.service_name.label("r_name"),
-            r.c.owner.label("r_owner"),
-            x.c.released_at.label("x_at"),
-            x.c.service_namespace.label("x_ns"),
-            x.c.service_name.label("x_name"),
-        )
-        .select_from(m)
-        .outerjoin(o, and_(o.c.ip == m.c.ip, o.c.active, o.c.id != m.c.id))
-        .outerjoin(r, and_(r.c.ip == m.c.ip, or_(r.c.expires_at.is_(None), r.c.expires_at > now)))
-        .outerjoin(x, x.c.ip == m.c.ip)
-        .where(
-            m.c.active,
-            m.c.service_namespace == bindparam("ns"),
-            m.c.service_name == bindparam("name"),
-        )
-        .order_by(m.c.family, m.c.id)
+# Everything a decision for ``:ns/:name`` reads before it looks at candidates, in one round
+# trip: a UNION ALL over generic columns (kind, ip, ns, name, uid, key, extra, at, n1, n2, n3).
+# - m: each live allocation of the Service (n1 id, n2 pool id, n3 family, name pool name, uid,
+#   key sharing key, extra ports); a, r, x: the occupancy of those addresses, shaped as
+#   ``OCCUPANCY``'s rows;
+# - p, e: the pools' change stamp (p: n1 id, n2 version, at updated_at; e: n1 count, n2 top id
+#   of the exclusions), as ``POOL_STAMP``;
+# - s, t: the reservations naming the Service (s) and its releases (t) (ip, n3 family, key
+#   ip_key, at released_at), as ``SERVICE_HINTS``;
+# - w, only when the Service holds nothing: each pool's high-water mark per family (n1 pool id,
+#   n3 family, key top lease key, extra top release key), as ``HIGH_WATER``.
+# Plain SQL that PostgreSQL and SQLite both run, kept short (the driver caches statements up to
+# 4 kB).
+PRELUDE = (
+    text(
+        """
+WITH mine AS (
+    SELECT id, ip, pool_id, pool_name, family, service_uid, sharing_key, ports
+    FROM allocations WHERE active AND service_namespace = :ns AND service_name = :name
+)
+SELECT 'm' AS kind, ip, CAST(NULL AS VARCHAR) AS ns, pool_name AS name, service_uid AS uid,
+    sharing_key AS key, CAST(ports AS VARCHAR) AS extra,
+    CAST(NULL AS TIMESTAMP WITH TIME ZONE) AS at, id AS n1, pool_id AS n2, family AS n3
+FROM mine
+UNION ALL
+SELECT 'a', ip, service_namespace, service_name, service_uid, sharing_key,
+    CAST(ports AS VARCHAR), NULL, NULL, NULL, NULL
+FROM allocations WHERE active AND ip IN (SELECT ip FROM mine)
+UNION ALL
+SELECT 'r', ip, service_namespace, service_name, NULL, owner, NULL, NULL, NULL, NULL, NULL
+FROM reservations WHERE ip IN (SELECT ip FROM mine)
+    AND (expires_at IS NULL OR expires_at > :now)
+UNION ALL
+SELECT 'x', ip, service_namespace, service_name, NULL, NULL, NULL, released_at, NULL, NULL, NULL
+FROM released_ips WHERE ip IN (SELECT ip FROM mine)
+UNION ALL
+SELECT 'p', NULL, NULL, NULL, NULL, NULL, NULL, updated_at, id, version, NULL FROM pools
+UNION ALL
+SELECT 'e', NULL, NULL, NULL, NULL, NULL, NULL, NULL, count(id), max(id), NULL FROM exclusions
+UNION ALL
+SELECT 's', ip, NULL, NULL, NULL, ip_key, NULL, NULL, NULL, NULL, family
+FROM reservations WHERE service_namespace = :ns AND service_name = :name
+    AND (expires_at IS NULL OR expires_at > :now)
+UNION ALL
+SELECT 't', ip, NULL, NULL, NULL, ip_key, NULL, released_at, NULL, NULL, family
+FROM released_ips WHERE service_namespace = :ns AND service_name = :name
+UNION ALL
+SELECT 'w', NULL, NULL, NULL, NULL,
+    (SELECT max(ip_key) FROM ip_leases l WHERE l.pool_id = p.id AND l.family = f.family),
+    (SELECT max(ip_key) FROM released_ips x WHERE x.pool_id = p.id AND x.family = f.family),
+    NULL, p.id, NULL, f.family
+FROM pools AS p, (SELECT 4 AS family UNION ALL SELECT 6) AS f
+WHERE NOT EXISTS (SELECT 1 FROM mine)
+"""
     )
-
-
-HOLDINGS = _build_holdings_query()
+    .bindparams(bindparam("now", type_=UTCDateTime()))
+    .columns(
+        column("kind", String()),
+        column("ip", String()),
+        column("ns", String()),
+        column("name", String()),
+        column("uid", String()),
+        column("key", String()),
+        column("extra", String()),
+        column("at", UTCDateTime()),
+        column("n1", Integer()),
+        column("n2", Integer()),
+        column("n3", Integer()),
+    )
+)
 
 
 def load_holdings(session: Session, namespace: str, name: str, now: datetime) -> Holdings:
-    """What ``namespace/name`` holds, and what stands on those addresses, in one round trip."""
+    """What ``namespace/name`` holds, what stands on those addresses, the pools' stamp, the
+    Service's hints and (when it holds nothing) the high-water marks: one round trip."""
     params = {"ns": namespace, "name": name, "now": now}
-    rows: dict[int, HeldRow] = {}
-    holders: dict[str, list[Holder]] = defaultdict(list)
-    occ: dict[str, Occupancy] = {}
-    for row in session.connection().execute(HOLDINGS, params):
-        if row.id not in rows:
-            held = HeldRow(
-                row.id,
-                row.ip,
-                row.pool_id,
-                row.pool_name,
-                row.family,
-                row.service_uid or "",
-                row.sharing_key,
-                list(row.ports or []),
-            )
-            rows[row.id] = held
-            mine = ServiceRef(namespace, name, held.service_uid)
-            holders[row.ip].append(Holder(mine, held.sharing_key, _port_set(held.ports)))
-            occ[row.ip] = Occupancy(
-                reserved=row.r_id is not None,
-                reserved_for=f"{row.r_ns}/{row.r_name}" if row.r_name else None,
-                reservation_owner=row.r_owner or "",
-                released_at=row.x_at,
-                released_by=f"{row.x_ns}/{row.x_name}" if row.x_at is not None else None,
-            )
-        if row.o_ns is not None:
-            other = ServiceRef(row.o_ns, row.o_name, row.o_uid or "")
-            holders[row.ip].append(Holder(other, row.o_key, _port_set(row.o_ports or [])))
-    full = {
-        ip: Occupancy(
-            holders=tuple(holders[ip]),
-            reserved=o.reserved,
-            reserved_for=o.reserved_for,
-            reservation_owner=o.reservation_owner,
-            released_at=o.released_at,
-            released_by=o.released_by,
+    result = session.connection().execute(PRELUDE, params).all()
+    mine = sorted((r for r in result if r.kind == "m"), key=lambda r: (r.n3, r.n1))
+    rows = tuple(
+        HeldRow(
+            r.n1,
+            r.ip,
+            r.n2,
+            r.name,
+            r.n3,
+            r.uid or "",
+            r.key,
+            list(json.loads(r.extra) if r.extra else []),
         )
-        for ip, o in occ.items()
-    }
-    return Holdings(tuple(rows.values()), full)
+        for r in mine
+    )
+    occupancy = occupancy_from_rows(result)
+    hints = hints_from_rows(result)
+    high_water: dict[tuple[int, int], str | None] = {}
+    for r in result:
+        if r.kind == "w":
+            tops = [k for k in (r.key, r.extra) if k]
+            high_water[(r.n1, r.n3)] = max(tops) if tops else None
+    stamp = stamp_from_rows(result)
+    return Holdings(
+        rows,
+        {ip: occupancy.get(ip, Occupancy()) for ip in {r.ip for r in rows}},
+        stamp=stamp,
+        hints=hints,
+        high_water=high_water if not rows else None,
+    )
 
 
 def _port_set(ports: Sequence[Sequence[Any]]) -> frozenset[tuple[str, int]]:
     return frozenset((str(p[0]), int(p[1])) for p in ports)
 
 
-# Reservations naming the Service (r) and its releases (x), every family, in one round trip.
+# Reservations naming the Service (s) and its releases (t), every family, in one round trip;
+# shaped as ``PRELUDE``'s rows of those kinds (n3 family, key ip_key, at released_at).
 SERVICE_HINTS = union_all(
     select(
-        literal("r").label("kind"),
+        literal("s").label("kind"),
         Reservation.ip,
-        Reservation.family,
-        Reservation.ip_key.label("k"),
+        Reservation.family.label("n3"),
+        Reservation.ip_key.label("key"),
         null().cast(UTCDateTime()).label("at"),
     ).where(
         Reservation.service_namespace == bindparam("ns"),
@@ -350,7 +399,7 @@ SERVICE_HINTS = union_all(
         ),
     ),
     select(
-        literal("x"),
+        literal("t"),
         ReleasedIP.ip,
         ReleasedIP.family,
         ReleasedIP.ip_key,
@@ -362,10 +411,17 @@ SERVICE_HINTS = union_all(
 )
 
 
-@dataclass(frozen=True)
-class _Hints:
-    reserved: dict[int, list[str]]
-    sticky: dict[int, tuple[str, datetime]]
+def hints_from_rows(rows: Iterable[Any]) -> Hints:
+    """``Hints`` from the rows of kind s and t (``SERVICE_HINTS``' or ``PRELUDE``'s)."""
+    reserved: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    sticky: dict[int, tuple[str, datetime]] = {}
+    for row in rows:
+        if row.kind == "s":
+            reserved[row.n3].append((row.key, row.ip))
+        elif row.kind == "t" and (row.n3 not in sticky or row.at > sticky[row.n3][1]):
+            sticky[row.n3] = (row.ip, row.at)
+    ordered = {f: [ip for _, ip in sorted(items)] for f, items in reserved.items()}
+    return Hints(ordered, sticky)
 
 
 class DBStateView:
@@ -377,15 +433,23 @@ class DBStateView:
         pool_ids: Mapping[str, int],
         now: datetime,
         known: Mapping[str, Occupancy] | None = None,
+        hints: Mapping[ServiceRef, Hints] | None = None,
+        high_water: Mapping[tuple[int, int], str | None] | None = None,
     ) -> None:
         self.session = session
         self.pool_ids = pool_ids
         self.now = now
         self.locked: set[str] = set()
+        # Unoccupied addresses a scan tried to lock and could not (another writer holds them).
+        self.busy: set[str] = set()
+        # Addresses a scan locked while nothing stood on them (as of the scan's snapshot).
+        self.clean: set[str] = set()
         # Occupancy read earlier in this transaction (a Service's own addresses): answered
         # from here until the address is locked for a claim, which always reads afresh.
         self.known: dict[str, Occupancy] = dict(known or {})
-        self._hints: dict[ServiceRef, _Hints] = {}
+        # Hints and high-water marks read with the holdings: each answers one question, once.
+        self._hints: dict[ServiceRef, Hints] = dict(hints or {})
+        self._high_water: dict[tuple[int, int], str | None] = dict(high_water or {})
 
     def occupancy(self, ips: Sequence[str]) -> Mapping[str, Occupancy]:
         """Holders, live reservation and last release of each address, in one round trip."""
@@ -394,20 +458,35 @@ class DBStateView:
         params = {"ips": list(ips), "now": self.now}
         return occupancy_from_rows(self.session.connection().execute(OCCUPANCY, params))
 
-    def _hints_for(self, service: ServiceRef) -> _Hints:
+    def scan(self, ips: Sequence[str]) -> tuple[Mapping[str, Occupancy], int]:
+        """``occupancy`` and, on PostgreSQL, the lock of the first unoccupied free address, in
+        one round trip (see ``SCAN_PG``)."""
+        if (
+            self.session.get_bind().dialect.name != "postgresql"
+            or not ips
+            or all(ip in self.known for ip in ips)
+        ):
+            return self.occupancy(ips), len(ips)
+        params = {"ips": list(ips), "now": self.now}
+        rows = self.session.connection().execute(SCAN_PG, params).all()
+        occ = occupancy_from_rows(rows)
+        taken = next((row for row in rows if row.kind == "l"), None)
+        seen = int(taken.extra) if taken is not None else len(ips)
+        for ip in ips[: seen - 1 if taken is not None else seen]:
+            if ip not in occ and ip not in self.locked:
+                self.busy.add(ip)
+        if taken is not None:
+            self.locked.add(taken.ip)
+            self.clean.add(taken.ip)
+        return occ, seen
+
+    def _hints_for(self, service: ServiceRef) -> Hints:
         ref = ServiceRef(service.namespace, service.name)
         hints = self._hints.get(ref)
         if hints is None:
             params = {"ns": service.namespace, "name": service.name, "now": self.now}
-            reserved: dict[int, list[tuple[str, str]]] = defaultdict(list)
-            sticky: dict[int, tuple[str, datetime]] = {}
-            for row in self.session.connection().execute(SERVICE_HINTS, params):
-                if row.kind == "r":
-                    reserved[row.family].append((row.k, row.ip))
-                elif row.family not in sticky or row.at > sticky[row.family][1]:
-                    sticky[row.family] = (row.ip, row.at)
-            ordered = {f: [ip for _, ip in sorted(items)] for f, items in reserved.items()}
-            hints = self._hints[ref] = _Hints(ordered, sticky)
+            rows = self.session.connection().execute(SERVICE_HINTS, params)
+            hints = self._hints[ref] = hints_from_rows(rows)
         return hints
 
     def reserved_for_service(self, service: ServiceRef, family: int) -> Sequence[str]:
@@ -429,7 +508,11 @@ class DBStateView:
 
     def high_water(self, pool: str, family: int) -> str | None:
         params = {"pool_id": self.pool_ids[pool], "family": family}
-        top = self.session.connection().execute(HIGH_WATER, params).scalar()
+        key = (params["pool_id"], family)
+        if key in self._high_water:
+            top = self._high_water.pop(key)  # read once, with the holdings
+        else:
+            top = self.session.connection().execute(HIGH_WATER, params).scalar()
         return ip_from_key(top) if top else None
 
     def released_lru(self, pool: str, family: int, limit: int) -> Sequence[str]:
@@ -451,6 +534,8 @@ class DBStateView:
         """Take the per-address transaction lock if free (PostgreSQL; SQLite serialises)."""
         if ip in self.locked:
             return True
+        if ip in self.busy:
+            return False
         if try_lock_ip(self.session, ip):
             self.locked.add(ip)
             return True
@@ -465,3 +550,53 @@ def try_lock_ip(session: Session, ip: str) -> bool:
 
 
 TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:ip, 0))")
+
+# PostgreSQL: ``OCCUPANCY`` and ``claimable`` for a batch of candidates in one round trip.
+# ``l`` walks the candidates in order and try-locks each one nothing stands on (no live
+# allocation, live reservation or release: an address any request may take), stopping at the
+# first it locks (the CASE keeps the lock behind the checks, the LIMIT stops the walk). The
+# occupancy rows cover the candidates up to that one (all of them when none was locked), as of
+# the statement's snapshot; the claim re-reads after the lock.
+SCAN_PG = text(
+    """
+WITH c AS MATERIALIZED (
+    SELECT ip, n FROM unnest(CAST(:ips AS varchar[])) WITH ORDINALITY AS c(ip, n)
+), l AS MATERIALIZED (
+    SELECT c.ip, c.n FROM c
+    WHERE CASE
+        WHEN (SELECT 1 FROM allocations a WHERE a.active AND a.ip = c.ip LIMIT 1) = 1
+            THEN false
+        WHEN (SELECT 1 FROM reservations r WHERE r.ip = c.ip
+            AND (r.expires_at IS NULL OR r.expires_at > :now) LIMIT 1) = 1 THEN false
+        WHEN (SELECT 1 FROM released_ips x WHERE x.ip = c.ip LIMIT 1) = 1 THEN false
+        ELSE pg_try_advisory_xact_lock(hashtextextended(c.ip, 0))
+    END
+    LIMIT 1
+), seen AS MATERIALIZED (
+    SELECT ip FROM c WHERE c.n <= COALESCE((SELECT n FROM l), 2147483647)
+)
+SELECT 'l' AS kind, ip, NULL AS ns, NULL AS name, NULL AS uid, NULL AS key,
+    CAST(n AS varchar) AS extra, CAST(NULL AS timestamptz) AS at
+FROM l
+UNION ALL
+SELECT 'a', ip, service_namespace, service_name, service_uid, sharing_key, CAST(ports AS varchar),
+    NULL
+FROM allocations WHERE active AND ip = ANY(ARRAY(SELECT ip FROM seen))
+UNION ALL
+SELECT 'r', ip, service_namespace, service_name, NULL, owner, NULL, NULL
+FROM reservations WHERE ip = ANY(ARRAY(SELECT ip FROM seen))
+    AND (expires_at IS NULL OR expires_at > :now)
+UNION ALL
+SELECT 'x', ip, service_namespace, service_name, NULL, NULL, NULL, released_at
+FROM released_ips WHERE ip = ANY(ARRAY(SELECT ip FROM seen))
+"""
+).columns(
+    column("kind", String()),
+    column("ip", String()),
+    column("ns", String()),
+    column("name", String()),
+    column("uid", String()),
+    column("key", String()),
+    column("extra", String()),
+    column("at", UTCDateTime()),
+)

@@ -85,3 +85,6 @@ class MemoryView:
 
     def claimable(self, ip: str) -> bool:
         return True
+
+    def scan(self, ips: Sequence[str]) -> tuple[Mapping[str, Occupancy], int]:
+        return self.occupancy(ips), len(ips)
