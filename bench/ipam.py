@@ -3,7 +3,11 @@
 Prints allocations/s, duplicates (must be 0) and the ratio to a bare INSERT loop (one row and
 one COMMIT per iteration, same workers, same database) measured in the same run.
 
-    .venv/bin/python bench/ipam.py [--total 10000] [--workers 8]
+    .venv/bin/python bench/ipam.py [--total 10000] [--workers 8] [--floors]
+
+``--floors`` also times, in the same run, what any allocation costs at least here: the bare
+INSERT inside the session transactions an allocation runs in, and an allocation's own rows
+written by its claim statement with no decision (addresses known in advance).
 """
 
 from __future__ import annotations
@@ -22,8 +26,14 @@ sys.path.insert(0, str(ROOT))
 
 from lbprovider.db.models import Allocation, Base  # noqa: E402
 from lbprovider.db.session import make_engine, session_factory, transaction  # noqa: E402
-from lbprovider.ipam.allocator import Request, ServiceRef  # noqa: E402
-from lbprovider.services.allocations import allocate_service  # noqa: E402
+from lbprovider.db.types import utcnow  # noqa: E402
+from lbprovider.ipam.allocator import Assignment, Request, ServiceRef  # noqa: E402
+from lbprovider.services.allocations import (  # noqa: E402
+    CLAIM_CLEAN_PG,
+    _claim_params,
+    _Entry,
+    allocate_service,
+)
 from lbprovider.services.context import Actor, IPPolicy  # noqa: E402
 from lbprovider.services.pools import PoolFields, create_pool  # noqa: E402
 
@@ -52,6 +62,9 @@ def prepare(server: str) -> str:
     with transaction(session_factory(engine)) as s:
         create_pool(
             session=s, data=PoolFields(name="bench", ranges=["10.0.0.0/16"]), actor=Actor("bench")
+        )
+        create_pool(
+            session=s, data=PoolFields(name="floor", ranges=["10.1.0.0/16"]), actor=Actor("bench")
         )
     engine.dispose()
     return url
@@ -82,6 +95,40 @@ def alloc_worker(url: str, worker: int, n: int, start: mp.Barrier) -> None:  # t
     engine.dispose()
 
 
+def session_worker(url: str, worker: int, n: int, start: mp.Barrier) -> None:  # type: ignore[type-arg]
+    """Floor 1: the bare loop's INSERT in the transactions an allocation runs in."""
+    engine = make_engine(url)
+    factory = session_factory(engine)
+    start.wait()
+    for i in range(n):
+        with transaction(factory) as s:
+            s.connection().execute(
+                text("INSERT INTO bare (ip, service) VALUES (:ip, :s)"),
+                {"ip": f"{worker}.{i}", "s": f"w{worker}/s{i}"},
+            )
+    engine.dispose()
+
+
+def writes_worker(url: str, worker: int, n: int, start: mp.Barrier) -> None:  # type: ignore[type-arg]
+    """Floor 2: an allocation's rows (allocation, port, lease, ledger) written by its claim
+    statement, in the same transactions, for addresses known in advance: no decision at all."""
+    engine = make_engine(url)
+    factory = session_factory(engine)
+    with factory() as s:
+        pool_id = s.scalar(text("SELECT id FROM pools WHERE name = 'floor'"))
+    actor = Actor("bench")
+    start.wait()
+    for i in range(n):
+        k = worker * n + i
+        ip = f"10.1.{k // 256}.{k % 256}"
+        req = Request(service=ServiceRef(f"f{worker}", f"s{i}"), ports=frozenset({("TCP", 80)}))
+        a = Assignment(ip, "floor", 4)
+        params = _claim_params(req, a, pool_id, utcnow(), _Entry(actor, "allocated", "floor"))
+        with transaction(factory) as s:
+            assert s.connection().execute(CLAIM_CLEAN_PG, params).scalar() is not None
+    engine.dispose()
+
+
 def run(target: object, url: str, workers: int, per: int) -> float:
     ctx = mp.get_context("fork")
     barrier = ctx.Barrier(workers + 1)
@@ -100,6 +147,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--total", type=int, default=10_000)
     ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument(
+        "--floors",
+        action="store_true",
+        help="also time what any allocation costs at least: its transactions, and its writes",
+    )
     args = ap.parse_args()
     url = prepare(server_url())
     per = args.total // args.workers
@@ -118,6 +170,14 @@ def main() -> None:
     print(f"allocations:      {n / alloc:,.0f} allocations/s ({alloc:.2f} s)")
     print(f"duplicates: {live - distinct} (live={live}, distinct IPs={distinct})")
     print(f"ratio allocations/bare: {bare / alloc:.2f} (goal >= 0.3)")
+    if args.floors:
+        session = run(session_worker, url, args.workers, per)
+        writes = run(writes_worker, url, args.workers, per)
+        for label, secs in (
+            ("bare INSERT in allocation transactions", session),
+            ("an allocation's writes alone (no decision)", writes),
+        ):
+            print(f"floor, {label}: {n / secs:,.0f}/s ({secs:.2f} s), ratio {bare / secs:.2f}")
 
 
 if __name__ == "__main__":

@@ -393,7 +393,7 @@ class Allocator:
 
     def _preferences(
         self, request: Request, pool: PoolSpec, family: int
-    ) -> Iterator[Iterable[str | IPAddress]]:
+    ) -> Iterator[Iterable[str]]:
         view, policy = self.view, self.policy
         yield view.reserved_for_service(request.service, family)
         sticky = view.sticky_ip(request.service, family)
@@ -404,31 +404,23 @@ class Allocator:
         ranges = pool.by_family[family]
         high = view.high_water(pool.name, family)
         start = ranges.first_offset_after(high) if high else 0
-        yield ranges.iter_from(start)
+        yield _Usable(pool.usable_from(family, start))
         yield view.released_lru(pool.name, family, policy.batch * 4)
-        yield itertools.islice(ranges.iter_from(0), GAP_SCAN_LIMIT)
+        yield _Usable(itertools.islice(pool.usable_from(family, 0), GAP_SCAN_LIMIT))
 
-    def _first_free(
-        self, request: Request, pool: PoolSpec, ips: Iterable[str | IPAddress]
-    ) -> str | None:
+    def _first_free(self, request: Request, pool: PoolSpec, ips: Iterable[str]) -> str | None:
         free = list(itertools.islice(self.free_in(request, pool, ips), self.policy.spread))
         return self.policy.rng.choice(free) if free else None
 
     def free_in(
-        self,
-        request: Request,
-        pool: PoolSpec,
-        ips: Iterable[str | IPAddress],
-        *,
-        claim: bool = True,
+        self, request: Request, pool: PoolSpec, ips: Iterable[str], *, claim: bool = True
     ) -> Iterator[str]:
-        """Addresses among ``ips`` (text, or addresses from a range) that ``request`` may take,
-        lazily, in the given order. With ``claim``, addresses a concurrent writer is deciding on
-        are skipped."""
+        """Addresses among ``ips`` that ``request`` may take, lazily, in the given order.
+        With ``claim``, addresses a concurrent writer is deciding on are skipped."""
         candidates = (
-            str(ip) if isinstance(ip, IPAddress) else ip
-            for ip in ips
-            if pool.usable(parse_ip(ip) if isinstance(ip, str) else ip)
+            iter(ips)
+            if isinstance(ips, _Usable)
+            else (ip for ip in ips if pool.usable(parse_ip(ip)))
         )
         # The first candidate is usually free: ask about few, then more. A claiming scan stops
         # at the first address it locks, so it starts with enough candidates to step over what
@@ -458,10 +450,10 @@ class Allocator:
         ranges = pool.by_family[family]
         high = self.view.high_water(pool.name, family)
         start = ranges.first_offset_after(high) if high else 0
-        order: Iterable[str | IPAddress] = itertools.chain(
-            ranges.iter_from(start),
+        order = itertools.chain(
+            (str(a) for a in ranges.iter_from(start)),
             self.view.released_lru(pool.name, family, limit * 4),
-            itertools.islice(ranges.iter_from(0), GAP_SCAN_LIMIT),
+            (str(a) for a in itertools.islice(ranges.iter_from(0), GAP_SCAN_LIMIT)),
         )
         free = _unique(self.free_in(nobody, pool, order, claim=False))
         return list(itertools.islice(free, limit))
@@ -490,6 +482,16 @@ class Allocator:
                     return problem
             won.append(Assignment(str(addr), pool.name, addr.version))
         return Decision(Reason.SATISFIED, "adopted " + ", ".join(a.ip for a in won), tuple(won))
+
+
+class _Usable:
+    """Candidates already known usable in their pool (``PoolSpec.usable_from``)."""
+
+    def __init__(self, items: Iterable[str]) -> None:
+        self.items = items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.items)
 
 
 def _unique(items: Iterable[str]) -> Iterator[str]:

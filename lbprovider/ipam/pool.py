@@ -6,7 +6,7 @@ the preview read it. Nothing here knows SQL or Kubernetes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -14,6 +14,7 @@ from lbprovider.ipam.ranges import (
     IPAddress,
     RangeSet,
     buggy_count,
+    ip_text,
     is_buggy,
     parse_range,
     parse_ranges,
@@ -60,6 +61,19 @@ class PoolSpec:
         if not self.contains(addr) or self.excluded[addr.version].contains(addr):
             return False
         return not (self.avoid_buggy_ips and is_buggy(addr))
+
+    def usable_from(self, family: int, offset: int) -> Iterator[str]:
+        """The usable addresses of ``family`` from range offset ``offset`` on, as text, lazily
+        (what ``usable`` keeps of ``by_family[family].iter_from(offset)``, computed on integers:
+        this is the candidate list of every new allocation)."""
+        excluded = self.excluded[family]
+        buggy = self.avoid_buggy_ips and family == 4
+        for value in self.by_family[family].values_from(offset):
+            if excluded and excluded.contains_value(value):
+                continue
+            if buggy and value & 0xFF in (0, 255):
+                continue
+            yield ip_text(value, family)
 
     def capacity(self, family: int) -> int:
         """Addresses this pool can ever hand out in ``family``, computed without enumeration."""

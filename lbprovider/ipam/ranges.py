@@ -150,14 +150,21 @@ class RangeSet:
 
     def iter_from(self, offset: int) -> Iterator[IPAddress]:
         """Addresses from ``offset`` on, lazily: safe on a /64."""
+        return (_to_ip(v, self.version) for v in self.values_from(offset))
+
+    def values_from(self, offset: int) -> Iterator[int]:
+        """``iter_from`` as integers (no address objects)."""
         if offset >= self.size:
             return
         i = bisect.bisect_right(self._cumulative, offset) - 1
         value = self.ranges[i].first + offset - self._cumulative[i]
         for r in self.ranges[i:]:
-            start = max(value, r.first)
-            for v in range(start, r.last + 1):
-                yield _to_ip(v, self.version)
+            yield from range(max(value, r.first), r.last + 1)
+
+    def contains_value(self, value: int) -> bool:
+        """``contains`` for an address of this set's family given as an integer."""
+        i = self._index_of(value)
+        return i >= 0 and value <= self.ranges[i].last
 
     def overlaps(self, other: IPRange) -> bool:
         if other.version != self.version:
@@ -184,6 +191,13 @@ def parse_ranges(specs: Sequence[str]) -> dict[int, RangeSet]:
     """Parse a pool's range list into one ``RangeSet`` per family (4 and 6 always present)."""
     parsed = [parse_range(s) for s in specs]
     return {v: RangeSet(parsed, v) for v in (4, 6)}
+
+
+def ip_text(value: int, version: int) -> str:
+    """``str(ip_address(value))`` without building the address (IPv4 is the hot case)."""
+    if version == 4:
+        return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"
+    return str(ipaddress.IPv6Address(value))
 
 
 def is_buggy(addr: IPAddress) -> bool:

@@ -1,16 +1,21 @@
 """Allocate, adopt and release a Service's addresses: one database transaction each.
 
 The pure allocator decides; this module writes the decision as rows (lease, allocation, ports,
-ledger) and lets the database's unique constraints settle races. A lost race rolls back to a
-savepoint and decides again with fresh data, spreading the choice so eight concurrent
-allocators stop choosing the same address.
+ledger) and lets the database's unique constraints settle races. A lost race writes nothing
+(the one-statement claim of a fresh address) or rolls back to a savepoint (every other write)
+and decides again with fresh data, spreading the choice so eight concurrent allocators stop
+choosing the same address.
 
 A failed decision changes nothing: a Service keeps whatever it held.
 
 Steady state is cheap on purpose (the controller re-converges every Service at start-up and on
-every resync): a Service that already holds its addresses is decided from one read of its rows
-(with the occupancy of its addresses) and the cached pool specs, with no savepoint; only a
-decision that must write goes through the savepoint-and-retry path and decides again there.
+every resync): a Service that already holds its addresses is decided from one read (its rows
+with the occupancy of its addresses, and the pools' stamp) and the cached pool specs, with no
+savepoint; only a decision that must write goes through the write path and decides again there.
+
+A new Service on PostgreSQL costs three statements however many allocators race: that read
+(which also brings its hints and the pools' high-water marks), one scan that locks the first
+free candidate, and one claim (``CLAIM_CLEAN_PG``).
 """
 
 from __future__ import annotations

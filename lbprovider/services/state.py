@@ -1,7 +1,10 @@
 """The allocator's ``StateView`` answered from the database, a few indexed queries per batch.
 
-Reads only. Every answer reflects committed data at the time of the query (READ COMMITTED on
-PostgreSQL), which is why the claim step re-checks its address under a per-address lock.
+Reads (and, on PostgreSQL, per-address try-locks) only. Every answer reflects committed data at
+the time of the query (READ COMMITTED on PostgreSQL), which is why the claim step re-checks its
+address under the lock. ``load_holdings`` reads everything a decision needs before it looks at
+candidates in one round trip (``PRELUDE``); ``DBStateView.scan`` checks a batch of candidates
+and locks the first free one in another (``SCAN_PG``).
 
 Pool specs are cached per process and engine, keyed by a one-query change stamp of the pools
 and exclusions tables read in the caller's transaction: an edit (which bumps ``version`` and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +12,7 @@ import pytest
 from lbprovider.ipam.allocator import (
     Allocator,
     Assignment,
+    Occupancy,
     Policy,
     Reason,
     Request,
@@ -351,9 +353,47 @@ CASES = [
 ]
 
 
+@dataclass
+class PartialScanView(MemoryView):
+    """Answers ``scan`` for two candidates at a time, as a view that stops at the address it
+    locked does: the allocator must offer the rest again, in order."""
+
+    scanned: list[list[str]] = field(default_factory=list)
+
+    def scan(self, ips: Sequence[str]) -> tuple[Mapping[str, Occupancy], int]:
+        self.scanned.append(list(ips))
+        return self.occupancy(ips[:2]), min(2, len(ips))
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_allocation_decision(case: Case) -> None:
-    view = MemoryView(reservations=dict(case.reservations), released=dict(case.released))
+    decide(case, MemoryView(reservations=dict(case.reservations), released=dict(case.released)))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_a_scan_answering_part_of_a_batch_decides_the_same(case: Case) -> None:
+    decide(
+        case, PartialScanView(reservations=dict(case.reservations), released=dict(case.released))
+    )
+
+
+def test_candidates_a_scan_did_not_answer_are_offered_again_in_order() -> None:
+    view = PartialScanView()
+    for i in range(5):
+        view.hold(f"10.0.0.{i}", "p", S2, set(HTTP))
+    view.released["10.0.0.9"] = (NOW - timedelta(days=1), "a/gone")  # high water .9
+    view.pools_of["10.0.0.9"] = "p"
+    for i in range(10, 13):  # above the high water, reserved by an operator
+        view.reservations[f"10.0.0.{i}"] = (None, "ops")
+    decision = Allocator([pool("p", "10.0.0.0/24")], view, Policy(now=NOW)).allocate(
+        Request(S1, HTTP)
+    )
+    assert [a.ip for a in decision.assignments] == ["10.0.0.13"]
+    firsts = [batch[0] for batch in view.scanned]
+    assert firsts == ["10.0.0.10", "10.0.0.12"], view.scanned
+
+
+def decide(case: Case, view: MemoryView) -> None:
     for ip, pool_name, svc, ports, key in case.setup:
         view.hold(ip, pool_name, svc, set(ports), key)
     for ip in case.released:
@@ -439,3 +479,20 @@ def test_listing_available_addresses_stops_at_the_limit() -> None:
         "10.0.0.2",
     ]
     assert view.asked < 100
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pool("p", "10.0.0.250-10.0.2.3", "10.0.9.0/30", avoid_buggy_ips=True),
+        pool("p", "10.0.0.0/23", exclusions=("10.0.0.5", "10.0.0.250-10.0.1.2")),
+        pool("p", "2001:db8::fffe-2001:db8::1:3", exclusions=("2001:db8::1:0",)),
+    ],
+    ids=["buggy, two ranges", "exclusions", "ipv6"],
+)
+def test_candidates_are_the_usable_addresses_in_range_order(spec: PoolSpec) -> None:
+    family = spec.families[0]
+    ranges = spec.by_family[family]
+    for start in range(0, ranges.size, 7):
+        expected = [str(a) for a in ranges.iter_from(start) if spec.usable(a)]
+        assert list(spec.usable_from(family, start)) == expected

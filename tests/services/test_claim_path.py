@@ -1,0 +1,130 @@
+"""The PostgreSQL claim path under contention: few round trips, and a lost race writes nothing.
+
+A new Service's address costs three statements: the prelude (holdings, pool stamp, hints,
+high-water marks), the scan (occupancy plus the try-lock of the first free candidate) and the
+claim. Each test here fails if one of those steps falls back to per-candidate round trips,
+needs a savepoint, or could leave half a claim behind.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, delete, event, func, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from lbprovider.db.models import (
+    Allocation,
+    AllocationPort,
+    IPLease,
+    LedgerEntry,
+    Pool,
+    Reservation,
+)
+from lbprovider.db.session import session_factory, transaction
+from lbprovider.db.types import utcnow
+from lbprovider.ipam.allocator import Reason
+from lbprovider.services import allocations
+from lbprovider.services.allocations import allocate_service
+from tests.services.helpers import ACTOR, POLICY, allocate, count, make_pool, svc_request
+
+pytestmark = pytest.mark.postgres
+
+
+@contextmanager
+def statements(sessions: sessionmaker[Session]) -> Iterator[list[str]]:
+    engine = sessions.kw["bind"]
+    assert isinstance(engine, Engine)
+    seen: list[str] = []
+
+    def record(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+@pytest.fixture
+def pg(pg_engine: Engine) -> Iterator[sessionmaker[Session]]:
+    from tests.conftest import _truncate
+
+    _truncate(pg_engine)
+    yield session_factory(pg_engine)
+    _truncate(pg_engine)
+
+
+def test_a_new_service_costs_three_statements_and_no_savepoint(
+    pg: sessionmaker[Session],
+) -> None:
+    make_pool(pg, "web", "127.20.0.0/24")
+    allocate(pg, "warm")  # the pool specs are cached from here on
+    with statements(pg) as seen:
+        out = allocate(pg, "shop", ports=(80, 443))
+    assert out.reason is Reason.SATISFIED and out.ips == ("127.20.0.1",) and out.changed
+    assert len(seen) == 3, seen
+    assert not [s for s in seen if "SAVEPOINT" in s.upper()]
+    assert count(pg, AllocationPort) == 3 and count(pg, IPLease) == 2
+    assert count(pg, LedgerEntry) == 2
+
+
+def test_the_scan_steps_over_an_address_another_writer_holds(pg: sessionmaker[Session]) -> None:
+    make_pool(pg, "web", "127.20.0.0/24")
+    allocate(pg, "warm")
+    engine = pg.kw["bind"]
+    with engine.connect() as other:
+        other.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended('127.20.0.1', 0))")
+        )  # a concurrent allocator deciding on the next address
+        with statements(pg) as seen:
+            out = allocate(pg, "shop")
+        other.rollback()
+    assert out.ips == ("127.20.0.2",)
+    assert len(seen) == 3, "skipping a locked candidate costs no extra round trip"
+    assert allocate(pg, "later").ips == ("127.20.0.3",), "order continues after the high water"
+
+
+def _plan_for(session: Session, name: str) -> Any:
+    request = svc_request(name)
+    plan = allocations._decide(session, request, POLICY, utcnow(), 1, random.Random(), False, None)
+    assert not isinstance(plan, allocations.Outcome)
+    claim = allocations._single_clean_claim(session, plan, False)
+    assert claim is not None, "a new Service's free address takes the one-statement claim"
+    return plan, claim
+
+
+def test_a_claim_whose_address_was_taken_meanwhile_writes_nothing(
+    pg: sessionmaker[Session],
+) -> None:
+    """What a commit between the scan's snapshot and its lock looks like to the claim."""
+    make_pool(pg, "web", "127.20.0.0/24")
+    with transaction(pg) as s:
+        plan, claim = _plan_for(s, "shop")
+        with pg() as other, other.begin():  # committed by a writer we raced
+            other.add(Reservation(ip=claim.ip, ip_key="x", pool_id=1, family=4, owner="ops"))
+        with pytest.raises(allocations._LostRace):
+            allocations._claim_clean(s, plan, claim, ACTOR, utcnow(), "test")
+        assert s.scalar(select(func.count()).select_from(Allocation)) == 0
+        assert s.scalar(select(func.count()).select_from(LedgerEntry)) == 0
+    # the transaction stayed usable, and deciding again gives the next free address
+    assert allocate(pg, "shop").ips == ("127.20.0.1",)
+    assert count(pg, IPLease) == 1 and count(pg, AllocationPort) == 1
+
+
+def test_a_claim_into_a_pool_deleted_meanwhile_writes_nothing(pg: sessionmaker[Session]) -> None:
+    make_pool(pg, "web", "127.20.0.0/24")
+    with transaction(pg) as s:
+        plan, claim = _plan_for(s, "shop")
+        with pg() as other, other.begin():
+            other.execute(delete(Pool))
+        with pytest.raises(allocations._LostRace):
+            allocations._claim_clean(s, plan, claim, ACTOR, utcnow(), "test")
+        retry = allocate_service(session=s, request=svc_request("shop"), actor=ACTOR, policy=POLICY)
+        assert retry.reason is Reason.NO_POOL
+    assert count(pg, Allocation) == 0 and count(pg, LedgerEntry) == 0
