@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from kubernetes import watch
 from sqlalchemy.orm import Session, sessionmaker
 
 from lbprovider.db.session import transaction
@@ -14,6 +15,7 @@ from .conftest import StartController
 from .helpers import (
     CLASS,
     FINALIZER,
+    NAMESPACE,
     condition,
     create_service,
     db_ips,
@@ -54,6 +56,33 @@ def test_create_gets_ip_in_status_and_db(
     assert db_ips(db, "web") == [ip]
     assert ledger(db, "web") == [("allocated", ip)]
     assert wait_until(lambda: "IPAllocated" in event_reasons(core, "web"))
+
+
+def test_no_version_of_a_new_service_shows_an_ip_without_the_finalizer(
+    core: Any, db: sessionmaker[Session], pool: str, start_controller: StartController
+) -> None:
+    """The finalizer PATCH runs alongside the allocating transaction, but the status is only
+    written once both are done: every stored version with an IP carries the finalizer, and
+    the IP it shows is already in the database."""
+    start_controller(db)
+    rv = core.list_namespaced_service(NAMESPACE).metadata.resource_version
+    names = [f"order-{i}" for i in range(5)]
+    for name in names:
+        create_service(core, name)
+    assert wait_until(lambda: all(ip_of(core, n) for n in names))
+    stream = watch.Watch().stream(
+        core.list_namespaced_service,
+        NAMESPACE,
+        resource_version=rv,
+        timeout_seconds=2,
+        _preload_content=False,
+    )
+    versions = [event["raw_object"] for event in stream]
+    shown = [v for v in versions if (v.get("status") or {}).get("loadBalancer", {}).get("ingress")]
+    assert {v["metadata"]["name"] for v in shown} == set(names)
+    assert all(FINALIZER in (v["metadata"].get("finalizers") or []) for v in shown)
+    for name in names:
+        assert db_ips(db, name) == [ip_of(core, name)]
 
 
 @pytest.mark.parametrize("lab_version", ["1.28", "1.30"])
