@@ -311,13 +311,16 @@ def measure(tmp: Path, kubeconfig: Path, count: int, samples: int, db: str) -> N
                 raise RuntimeError("controller exited")
             time.sleep(0.05)
         wall = time.perf_counter() - started
+        active = log_event(log, "controller_active", mark) or {}
         after = service_ips(core)
         changed = sum(1 for n, (ip, _) in before.items() if after.get(n, ("", ""))[0] != ip)
         rewritten = sum(1 for n, (_, rv) in before.items() if after.get(n, ("", ""))[1] != rv)
         print(
             f"(b) cold start with {len(before)} Services: IP changes {changed}, Services rewritten "
             f"{rewritten}, writes {converged['writes']}; steady state {wall:.1f} s after process "
-            f"start ({converged['seconds']:.1f} s after becoming leader)"
+            f"start ({converged['seconds']:.1f} s after becoming leader); "
+            f"{active.get('settled', 0)} of {active.get('services', 0)} found settled by the "
+            "bulk check"
         )
         print(
             f"(c) controller RSS at {len(before)} Services (fresh start): {rss_mb(ctl.pid):.0f} MB"
