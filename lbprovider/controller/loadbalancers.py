@@ -58,6 +58,7 @@ from lbprovider.services.loadbalancers import (
     Converged,
     adopt_services,
     converge_service,
+    held_service_keys,
     mark_invalid,
     retire_service,
     steady_services,
@@ -147,14 +148,17 @@ class ServiceReconciler:
             (s for s in self._services.list() if is_ours(s, self._settings) and not is_deleting(s)),
             key=_creation_order,
         )
-        requests: list[Request] = []
-        for svc in ours:
-            if parse_options(svc).problems and not status_ips(svc):
-                continue
-            request = adoption_request(svc, self.namespace_labels(str(meta(svc).get("namespace"))))
-            if request.requested_ips:
-                requests.append(request)
         with transaction(self._sessions) as session:
+            # Services the database already holds addresses for have nothing to adopt.
+            held = held_service_keys(session=session)
+            requests: list[Request] = []
+            for svc in ours:
+                if key_of(svc) in held or (parse_options(svc).problems and not status_ips(svc)):
+                    continue
+                labels = self.namespace_labels(str(meta(svc).get("namespace")))
+                request = adoption_request(svc, labels)
+                if request.requested_ips:
+                    requests.append(request)
             results = adopt_services(
                 session=session, requests=requests, actor=self._actor, policy=self._policy
             )

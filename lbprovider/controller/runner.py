@@ -16,11 +16,13 @@ Watch handlers only enqueue keys, and only for changes a reconcile depends on (s
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -46,7 +48,13 @@ from lbprovider.controller.status import (
     spec,
     status_ips,
 )
-from lbprovider.db.session import make_engine, session_factory, transaction
+from lbprovider.db.session import (
+    make_engine,
+    read_only_factory,
+    read_transaction,
+    session_factory,
+    transaction,
+)
 from lbprovider.kube.cache import DELETED, RESYNC, make_cache, object_key
 from lbprovider.kube.client import load_api_client
 from lbprovider.kube.election import LeaderElector, default_identity
@@ -89,6 +97,7 @@ class Controller:
             self._engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
             sessions = session_factory(self._engine)
         self.sessions = sessions
+        self._read_sessions = read_only_factory(sessions)
         self.identity = identity or default_identity()
         self.caches = {kind: make_cache(kind, self.api, settings) for kind in CACHE_KINDS}
         self.elector = self._make_elector()
@@ -105,6 +114,7 @@ class Controller:
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._sweeping = threading.Lock()  # held while a resync's bulk check runs
+        self._starting = threading.Event()  # the gate is open, the backlog not queued yet
         self._leading_since = time.monotonic()
         self._fingerprints: dict[str, Any] = {}
         self._types: dict[str, str] = {}
@@ -171,7 +181,10 @@ class Controller:
         return self._active.wait(timeout)
 
     def idle(self) -> bool:
-        """No key queued, delayed or being processed (used by tests and the benchmark)."""
+        """No key queued, delayed or being processed, and no start-up pass still deciding what
+        to queue (used by tests and the benchmark)."""
+        if self._starting.is_set():
+            return False
         return all(q.depth() == 0 and q.processing() == 0 for q in self.queues.values())
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -183,6 +196,9 @@ class Controller:
         self._wait_for_caches()
         if self._stop.is_set():
             return self
+        # The first lists (ten thousand Services) live as long as the process: keep them out
+        # of every later cyclic collection (plain JSON dicts, freed by reference counting).
+        gc.freeze()
         workers = self.settings.controller_workers
         self.queues["services"].start_workers(
             self._handler("services", self.services.reconcile), workers
@@ -287,10 +303,22 @@ class Controller:
             nodes = node_names(session=session)
             ingresses = ingress_keys(session=session)
         self.services.remember(known)
-        self.services.adopt_all()
+        with _collector_paused():
+            self.services.adopt_all()
         if not self._want_active.is_set():
             return
+        self._starting.set()
         self._active.set()
+        try:
+            self._queue_backlog(known, names, nodes, ingresses)
+        finally:
+            self._starting.clear()
+        self._spawn(self._report_converged, "controller-converged")
+
+    def _queue_backlog(
+        self, known: set[str], names: set[str], nodes: set[str], ingresses: set[str]
+    ) -> None:
+        """Queue (background lane) every key that needs a look now the gate is open."""
         cached = self.caches["services"].list()
         ours = sorted((s for s in cached if self.services.concerns(s)), key=_creation_order)
         # Services whose database state and status already agree need no reconcile now (the
@@ -315,13 +343,13 @@ class Controller:
                 "settled": len(settled),
             },
         )
-        self._spawn(self._report_converged, "controller-converged")
 
     def _settled(self, services: list[Obj]) -> set[str]:
         """``settled_keys``, or none when the check fails (then every Service is reconciled:
         the gate is already open, so start-up must not stop here)."""
         try:
-            return self.services.settled_keys(services)
+            with _collector_paused():
+                return self.services.settled_keys(services)
         except Exception as exc:
             logger.warning(
                 "start-up check failed: reconciling every Service",
@@ -469,7 +497,7 @@ class Controller:
 
     def poll_serving(self) -> int:
         """Enqueue Services whose Serving condition lags the fleet's report; returns how many."""
-        with transaction(self.sessions) as session:
+        with read_transaction(self._read_sessions) as session:
             states = serving_states(session=session)
         lagging = 0
         for key, (serving, message) in states.items():
@@ -481,6 +509,19 @@ class Controller:
                 self.queues["services"].add(key)
                 lagging += 1
         return lagging
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """A bulk pass allocates tens of thousands of short-lived containers (freed by reference
+    counting); cyclic collections meanwhile would only rescan the caches, many times over."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _always() -> bool:

@@ -124,6 +124,16 @@ def _unadoptable(adopted: Outcome, status_ips: Sequence[str]) -> Outcome:
     return Outcome(decision, tuple(status_ips), changed=False)
 
 
+def held_service_keys(*, session: Session) -> set[str]:
+    """``namespace/name`` of every Service holding a live allocation."""
+    return {
+        f"{ns}/{name}"
+        for ns, name in session.execute(
+            select(Allocation.service_namespace, Allocation.service_name).where(Allocation.active)
+        )
+    }
+
+
 def adopt_services(
     *, session: Session, requests: Sequence[Request], actor: Actor, policy: IPPolicy
 ) -> dict[str, Outcome]:
