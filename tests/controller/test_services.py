@@ -117,6 +117,37 @@ def test_steady_state_writes_nothing(
     assert event_reasons(core, "web").count("UnsupportedProtocol") == 1
 
 
+def test_a_resync_reconciles_only_the_service_whose_status_drifted(
+    core: Any, db: sessionmaker[Session], pool: str, start_controller: StartController
+) -> None:
+    """The resync checks every Service in bulk: a status someone else cleared (an event our
+    fingerprint ignores) gets its IP back, and the converged Services are not queued."""
+    # No serving poll: the resync alone must find the drift.
+    ctl = start_controller(db, resync_seconds=0.5, serving_poll_seconds=300)
+    names = [f"calm-{i}" for i in range(8)]
+    for name in names:
+        create_service(core, name)
+    assert wait_until(lambda: all(ip_of(core, n) for n in names))
+    assert wait_until(ctl.idle)
+    before = {n: ip_of(core, n) for n in names}
+    adds = ctl.queues["services"].adds
+    resyncs = ctl.caches["services"].resyncs
+    core.patch_namespaced_service_status(
+        "calm-3",
+        NAMESPACE,
+        {"status": {"loadBalancer": {"ingress": None}}},
+        _content_type="application/merge-patch+json",
+        _preload_content=False,
+    )
+    assert not ip_of(core, "calm-3")
+
+    assert wait_until(lambda: ip_of(core, "calm-3") == before["calm-3"], timeout=5)
+    assert wait_until(lambda: ctl.caches["services"].resyncs >= resyncs + 3, timeout=5)
+    assert wait_until(ctl.idle)
+    assert {n: ip_of(core, n) for n in names} == before
+    assert ctl.queues["services"].adds - adds == 1
+
+
 def test_service_of_another_class_is_never_written(
     core: Any, db: sessionmaker[Session], pool: str, start_controller: StartController
 ) -> None:
