@@ -105,6 +105,8 @@ def start_controller(kubeconfig: Path, url: str, log: Path) -> subprocess.Popen[
         "LBP_DATABASE_URL": url,
         "LBP_LEASE_NAMESPACE": NS,
         "LBP_LOG_LEVEL": "INFO",
+        # Not the default 127.0.0.1:9101: another controller on the machine may hold it.
+        "LBP_CONTROLLER_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
     }
     with log.open("ab") as out:
         return subprocess.Popen(
