@@ -286,6 +286,8 @@ def measure(tmp: Path, kubeconfig: Path, count: int, samples: int, db: str) -> N
     ctl = start_controller(kubeconfig, url, log)
     try:
         while log_event(log, "controller_active") is None:
+            if ctl.poll() is not None:
+                raise RuntimeError(f"controller exited: see {log}")
             time.sleep(0.1)
         print(f"db={db} services={count} samples={samples}")
         a0 = measure_a(core, "empty", samples)
