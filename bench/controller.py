@@ -105,6 +105,8 @@ def start_controller(kubeconfig: Path, url: str, log: Path) -> subprocess.Popen[
         "LBP_DATABASE_URL": url,
         "LBP_LEASE_NAMESPACE": NS,
         "LBP_LOG_LEVEL": "INFO",
+        # Not the default 127.0.0.1:9101: another controller on the machine may hold it.
+        "LBP_CONTROLLER_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
     }
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -284,6 +286,8 @@ def measure(tmp: Path, kubeconfig: Path, count: int, samples: int, db: str) -> N
     ctl = start_controller(kubeconfig, url, log)
     try:
         while log_event(log, "controller_active") is None:
+            if ctl.poll() is not None:
+                raise RuntimeError(f"controller exited: see {log}")
             time.sleep(0.1)
         print(f"db={db} services={count} samples={samples}")
         a0 = measure_a(core, "empty", samples)
@@ -311,13 +315,16 @@ def measure(tmp: Path, kubeconfig: Path, count: int, samples: int, db: str) -> N
                 raise RuntimeError("controller exited")
             time.sleep(0.05)
         wall = time.perf_counter() - started
+        active = log_event(log, "controller_active", mark) or {}
         after = service_ips(core)
         changed = sum(1 for n, (ip, _) in before.items() if after.get(n, ("", ""))[0] != ip)
         rewritten = sum(1 for n, (_, rv) in before.items() if after.get(n, ("", ""))[1] != rv)
         print(
             f"(b) cold start with {len(before)} Services: IP changes {changed}, Services rewritten "
             f"{rewritten}, writes {converged['writes']}; steady state {wall:.1f} s after process "
-            f"start ({converged['seconds']:.1f} s after becoming leader)"
+            f"start ({converged['seconds']:.1f} s after becoming leader); "
+            f"{active.get('settled', 0)} of {active.get('services', 0)} found settled by the "
+            "bulk check"
         )
         print(
             f"(c) controller RSS at {len(before)} Services (fresh start): {rss_mb(ctl.pid):.0f} MB"

@@ -2,8 +2,9 @@
 
 Level-triggered and idempotent: each call reads the cached Service, asks the services layer
 what it holds (one transaction), and writes to Kubernetes only what differs from the cache.
-A crash between any two steps is repaired by the next call. Order matters and is fixed:
-finalizer before anything external; database before status; status before finalizer removal.
+A crash between any two steps is repaired by the next call. Order matters and is fixed: the
+finalizer and the database before status (the first two may run side by side: a Service
+deleted before its finalizer landed is released by key); status before finalizer removal.
 
 This module must not write to a Service that is not ours and that we never touched, must not
 import ``kubernetes`` (writes go through ``StatusWriter`` / ``EventRecorder``) and must not run
@@ -15,6 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -47,7 +50,7 @@ from lbprovider.controller.status import (
     with_condition,
     without_our_conditions,
 )
-from lbprovider.db.session import transaction
+from lbprovider.db.session import read_only_factory, read_transaction, transaction
 from lbprovider.ipam.allocator import Request
 from lbprovider.kube.writers import EventRecorder, StatusWriter
 from lbprovider.services.context import CONTROLLER, Actor, IPPolicy
@@ -55,9 +58,12 @@ from lbprovider.services.loadbalancers import (
     Converged,
     adopt_services,
     converge_service,
+    held_service_keys,
     mark_invalid,
     retire_service,
+    steady_services,
 )
+from lbprovider.services.records import ServiceData
 
 logger = logging.getLogger(__name__)
 
@@ -95,11 +101,16 @@ class ServiceReconciler:
         self._writer = writer
         self._events = events
         self._sessions = sessions
+        self._read_sessions = read_only_factory(sessions)
         self._policy = policy
         self._actor = actor
         self._record_allocation = record_allocation
         self._known_lock = threading.Lock()
         self._known: set[str] = set()  # keys the database holds state for
+        # Runs a new Service's database step while its worker adds the finalizer.
+        self._helpers = ThreadPoolExecutor(
+            max_workers=settings.controller_workers, thread_name_prefix="service-db"
+        )
         self.writes = 0  # Kubernetes writes (status, finalizers); Events are counted apart
 
     # -- which keys matter -----------------------------------------------------------------
@@ -137,14 +148,17 @@ class ServiceReconciler:
             (s for s in self._services.list() if is_ours(s, self._settings) and not is_deleting(s)),
             key=_creation_order,
         )
-        requests: list[Request] = []
-        for svc in ours:
-            if parse_options(svc).problems and not status_ips(svc):
-                continue
-            request = adoption_request(svc, self.namespace_labels(str(meta(svc).get("namespace"))))
-            if request.requested_ips:
-                requests.append(request)
         with transaction(self._sessions) as session:
+            # Services the database already holds addresses for have nothing to adopt.
+            held = held_service_keys(session=session)
+            requests: list[Request] = []
+            for svc in ours:
+                if key_of(svc) in held or (parse_options(svc).problems and not status_ips(svc)):
+                    continue
+                labels = self.namespace_labels(str(meta(svc).get("namespace")))
+                request = adoption_request(svc, labels)
+                if request.requested_ips:
+                    requests.append(request)
             results = adopt_services(
                 session=session, requests=requests, actor=self._actor, policy=self._policy
             )
@@ -178,12 +192,29 @@ class ServiceReconciler:
         # Bad annotations: say so on the Service, keep what it holds, allocate nothing.
         if opts.problems:
             return self._invalid(svc, opts)
-        # The finalizer goes on before anything external exists for this Service.
-        if not has_finalizer(svc):
-            svc = self._writer.add_finalizer(svc, FINALIZER)
-            self.writes += 1
-        converged = self._converge(svc, opts)
+        # The finalizer goes on before the status shows anything; the database step does not
+        # need it (a Service deleted meanwhile is released through ``is_known``), so a new
+        # Service's finalizer PATCH and its transaction run side by side.
+        if has_finalizer(svc):
+            converged = self._converge(svc, opts)
+        else:
+            svc, converged = self._finalize_and_converge(svc, opts)
         return self._publish(svc, converged)
+
+    def _finalize_and_converge(self, svc: Obj, opts: Options) -> tuple[Obj, Converged]:
+        """Add the finalizer while the database step runs on a helper thread; both must have
+        succeeded before the caller writes the status (either failure raises)."""
+        pending = self._helpers.submit(self._converge, svc, opts)
+        try:
+            finalized = self._writer.add_finalizer(svc, FINALIZER)
+            self.writes += 1
+        finally:
+            converged = pending.result()  # wait for the transaction also when the PATCH failed
+        return finalized, converged
+
+    def close(self) -> None:
+        """Stop the helper threads (after the workers stopped)."""
+        self._helpers.shutdown(wait=True)
 
     def _converge(self, svc: Obj, opts: Options) -> Converged:
         labels = self.namespace_labels(str(meta(svc).get("namespace")))
@@ -204,28 +235,52 @@ class ServiceReconciler:
         return converged
 
     def _publish(self, svc: Obj, converged: Converged) -> Result:
-        outcome = converged.outcome
-        ips = outcome.ips
-        decision = outcome.decision
-        allocated: tuple[Status, str] = (
-            ("True", "Satisfied") if decision.ok else ("False", decision.reason.value)
-        )
-        serving = serving_condition(ips, converged.serving, converged.serving_message)
-        desired = desired_ingress(svc, ips)
-        same_ingress = ingress_matches(current_ingress(svc), desired)
-        same_alloc = condition_matches(svc, COND_ALLOCATED, *allocated, decision.message)
-        same_serving = condition_matches(svc, COND_SERVING, *serving)
+        plan = _StatusPlan.of(svc, converged)
         # Steady state: the server already says all of it; write nothing.
-        if same_ingress and same_alloc and same_serving:
+        if plan.unchanged:
             return DONE
+        decision = converged.outcome.decision
         conditions = with_condition(
-            conditions_of(svc), COND_ALLOCATED, allocated[0], allocated[1], decision.message
+            conditions_of(svc), COND_ALLOCATED, *plan.allocated, decision.message
         )
-        conditions = with_condition(conditions, COND_SERVING, *serving)
-        self._write_status(svc, desired, conditions)
-        self._announce(svc, converged, same_ingress, same_alloc)
-        freed = set(status_ips(svc)) - set(ips)
+        conditions = with_condition(conditions, COND_SERVING, *plan.serving)
+        self._write_status(svc, plan.ingress, conditions)
+        self._announce(svc, converged, plan.same_ingress, plan.same_alloc)
+        freed = set(status_ips(svc)) - set(converged.outcome.ips)
         return REPROCESS_PENDING if freed else DONE
+
+    # -- start-up --------------------------------------------------------------------------
+
+    def settled_keys(self, services: Sequence[Obj]) -> set[str]:
+        """Keys of ``services`` that a reconcile would leave exactly as they are (database
+        and status agree, finalizer on): checked in bulk in one read-only transaction, so the
+        start-up pass queues only the others. Any doubt (bad annotations, nothing recorded,
+        a decision that would write) leaves a key out: it is reconciled as usual."""
+        candidates: list[tuple[Obj, ServiceData, Request]] = []
+        for svc in services:
+            if not is_ours(svc, self._settings) or is_deleting(svc) or not has_finalizer(svc):
+                continue
+            opts = parse_options(svc)
+            if opts.problems:
+                continue
+            labels = self.namespace_labels(str(meta(svc).get("namespace")))
+            candidates.append(
+                (svc, service_data(svc, opts, labels), service_request(svc, opts, labels))
+            )
+        with read_transaction(self._read_sessions) as session:
+            steady = steady_services(
+                session=session,
+                items=[(data, request) for _, data, request in candidates],
+                policy=self._policy,
+            )
+        settled = set()
+        for svc, _, _ in candidates:
+            converged = steady.get(key_of(svc))
+            if converged is not None and _StatusPlan.of(svc, converged).unchanged:
+                settled.add(key_of(svc))
+        with self._known_lock:
+            self._known |= settled
+        return settled
 
     def _write_status(
         self, svc: Obj, ingress: Sequence[Mapping[str, Any]], conditions: list[Obj]
@@ -356,6 +411,40 @@ class ServiceReconciler:
                 f"released {', '.join(gone)}: {_why_not_ours(svc, self._settings)}",
             )
         return updated
+
+
+@dataclass(frozen=True)
+class _StatusPlan:
+    """What a Service's status should say after ``converged``, and what already does."""
+
+    ingress: list[Obj]
+    allocated: tuple[Status, str]
+    serving: tuple[Status, str, str]
+    same_ingress: bool
+    same_alloc: bool
+    same_serving: bool
+
+    @property
+    def unchanged(self) -> bool:
+        return self.same_ingress and self.same_alloc and self.same_serving
+
+    @classmethod
+    def of(cls, svc: Obj, converged: Converged) -> _StatusPlan:
+        ips = converged.outcome.ips
+        decision = converged.outcome.decision
+        allocated: tuple[Status, str] = (
+            ("True", "Satisfied") if decision.ok else ("False", decision.reason.value)
+        )
+        serving = serving_condition(ips, converged.serving, converged.serving_message)
+        desired = desired_ingress(svc, ips)
+        return cls(
+            ingress=desired,
+            allocated=allocated,
+            serving=serving,
+            same_ingress=ingress_matches(current_ingress(svc), desired),
+            same_alloc=condition_matches(svc, COND_ALLOCATED, *allocated, decision.message),
+            same_serving=condition_matches(svc, COND_SERVING, *serving),
+        )
 
 
 def _creation_order(obj: Mapping[str, Any]) -> tuple[str, str]:

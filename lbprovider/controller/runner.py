@@ -5,17 +5,24 @@ first adopts every address our Services already show (and other providers' annot
 only then lets workers allocate, enqueueing Services oldest first: a restart or a failover
 never changes an IP. Losing the Lease stops reconciling at once (the writers also refuse).
 
+Start-up and the periodic resync do not reconcile ten thousand converged Services one by one:
+one bulk read-only check (``ServiceReconciler.settled_keys``) tells which Services' database
+state and status already agree, and only the others are queued, in the queue's background lane
+so that changes seen meanwhile go first.
+
 Watch handlers only enqueue keys, and only for changes a reconcile depends on (see
 ``changes``). This module must not decide allocations or write to Kubernetes itself.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -41,8 +48,14 @@ from lbprovider.controller.status import (
     spec,
     status_ips,
 )
-from lbprovider.db.session import make_engine, session_factory, transaction
-from lbprovider.kube.cache import DELETED, make_cache, object_key
+from lbprovider.db.session import (
+    make_engine,
+    read_only_factory,
+    read_transaction,
+    session_factory,
+    transaction,
+)
+from lbprovider.kube.cache import DELETED, RESYNC, make_cache, object_key
 from lbprovider.kube.client import load_api_client
 from lbprovider.kube.election import LeaderElector, default_identity
 from lbprovider.kube.errors import KubeNotConfigured, KubeNotFound, NotLeader
@@ -84,6 +97,7 @@ class Controller:
             self._engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
             sessions = session_factory(self._engine)
         self.sessions = sessions
+        self._read_sessions = read_only_factory(sessions)
         self.identity = identity or default_identity()
         self.caches = {kind: make_cache(kind, self.api, settings) for kind in CACHE_KINDS}
         self.elector = self._make_elector()
@@ -99,6 +113,9 @@ class Controller:
         self._active = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._sweeping = threading.Lock()  # held while a resync's bulk check runs
+        self._starting = threading.Event()  # the gate is open, the backlog not queued yet
+        self._leading_since = time.monotonic()
         self._fingerprints: dict[str, Any] = {}
         self._types: dict[str, str] = {}
         self._node_data: dict[str, Any] = {}
@@ -164,7 +181,10 @@ class Controller:
         return self._active.wait(timeout)
 
     def idle(self) -> bool:
-        """No key queued, delayed or being processed (used by tests and the benchmark)."""
+        """No key queued, delayed or being processed, and no start-up pass still deciding what
+        to queue (used by tests and the benchmark)."""
+        if self._starting.is_set():
+            return False
         return all(q.depth() == 0 and q.processing() == 0 for q in self.queues.values())
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -176,6 +196,9 @@ class Controller:
         self._wait_for_caches()
         if self._stop.is_set():
             return self
+        # The first lists (ten thousand Services) live as long as the process: keep them out
+        # of every later cyclic collection (plain JSON dicts, freed by reference counting).
+        gc.freeze()
         workers = self.settings.controller_workers
         self.queues["services"].start_workers(
             self._handler("services", self.services.reconcile), workers
@@ -219,6 +242,7 @@ class Controller:
             self.elector.stop(release=release_lease)
         for queue in self.queues.values():
             queue.shutdown()
+        self.services.close()
         self.dns.stop()
         for cache in self.caches.values():
             cache.stop()
@@ -243,6 +267,7 @@ class Controller:
     # -- leadership and start-up -----------------------------------------------------------
 
     def _on_started_leading(self) -> None:
+        self._leading_since = time.monotonic()
         self._want_active.set()
         self._wake.set()
 
@@ -278,30 +303,64 @@ class Controller:
             nodes = node_names(session=session)
             ingresses = ingress_keys(session=session)
         self.services.remember(known)
-        self.services.adopt_all()
+        with _collector_paused():
+            self.services.adopt_all()
         if not self._want_active.is_set():
             return
+        self._starting.set()
         self._active.set()
-        cached = self.caches["services"].list()
-        ours = sorted((s for s in cached if self.services.concerns(s)), key=_creation_order)
-        for key in [key_of(s) for s in ours] + sorted(known):
-            self.queues["services"].add(key)
-        extnames = {key_of(s) for s in cached if spec(s).get("type") == "ExternalName"}
-        for key in sorted(extnames | names):
-            self.queues["externalnames"].add(key)
-        for name in sorted(set(self.caches["nodes"].keys()) | nodes):
-            self.queues["nodes"].add(name)
-        for key in sorted(set(self.caches["ingresses"].keys()) | ingresses):
-            self.queues["ingresses"].add(key)
-        logger.info(
-            "reconciling",
-            extra={"event": "controller_active", "services": len(ours), "known": len(known)},
-        )
+        try:
+            self._queue_backlog(known, names, nodes, ingresses)
+        finally:
+            self._starting.clear()
         self._spawn(self._report_converged, "controller-converged")
 
+    def _queue_backlog(
+        self, known: set[str], names: set[str], nodes: set[str], ingresses: set[str]
+    ) -> None:
+        """Queue (background lane) every key that needs a look now the gate is open."""
+        cached = self.caches["services"].list()
+        ours = sorted((s for s in cached if self.services.concerns(s)), key=_creation_order)
+        # Services whose database state and status already agree need no reconcile now (the
+        # periodic resync still visits them); one bulk read tells which.
+        settled = self._settled(ours)
+        for key in [key_of(s) for s in ours] + sorted(known):
+            if key not in settled:
+                self.queues["services"].add(key, background=True)
+        extnames = {key_of(s) for s in cached if spec(s).get("type") == "ExternalName"}
+        for key in sorted(extnames | names):
+            self.queues["externalnames"].add(key, background=True)
+        for name in sorted(set(self.caches["nodes"].keys()) | nodes):
+            self.queues["nodes"].add(name, background=True)
+        for key in sorted(set(self.caches["ingresses"].keys()) | ingresses):
+            self.queues["ingresses"].add(key, background=True)
+        logger.info(
+            "reconciling",
+            extra={
+                "event": "controller_active",
+                "services": len(ours),
+                "known": len(known),
+                "settled": len(settled),
+            },
+        )
+
+    def _settled(self, services: list[Obj]) -> set[str]:
+        """``settled_keys``, or none when the check fails (then every Service is reconciled:
+        the gate is already open, so start-up must not stop here)."""
+        try:
+            with _collector_paused():
+                return self.services.settled_keys(services)
+        except Exception as exc:
+            logger.warning(
+                "start-up check failed: reconciling every Service",
+                extra={"event": "startup_check_error", "error": str(exc)},
+            )
+            return set()
+
     def _report_converged(self) -> None:
-        """Log once the start-up backlog is drained: how long a restart takes to settle."""
-        started = time.monotonic()
+        """Log once the start-up backlog is drained: how long a restart takes to settle, from
+        becoming leader (adoption and the bulk check included)."""
+        started = self._leading_since
         while not self._stop.wait(0.05):
             if self.idle():
                 logger.info(
@@ -348,15 +407,17 @@ class Controller:
 
     def _add_handlers(self) -> None:
         self.caches["services"].add_handler(self._on_service)
+        self.caches["services"].add_resync_handler(self._on_services_resync)
         self.caches["nodes"].add_handler(self._on_node)
         self.caches["ingresses"].add_handler(
-            lambda _t, obj: self._enqueue("ingresses", object_key(obj))
+            lambda t, obj: self._enqueue("ingresses", object_key(obj), background=t == RESYNC)
         )
         self.caches["ingressclasses"].add_handler(lambda _t, _obj: self._enqueue_all_ingresses())
 
-    def _enqueue(self, queue: str, key: str) -> None:
+    def _enqueue(self, queue: str, key: str, *, background: bool = False) -> None:
+        """Queue ``key`` once active; ``background`` for a resync's look-again (see WorkQueue)."""
         if self._active.is_set():
-            self.queues[queue].add(key)
+            self.queues[queue].add(key, background=background)
 
     def _enqueue_all_ingresses(self) -> None:
         keys = self.caches["ingresses"].keys()
@@ -373,14 +434,36 @@ class Controller:
             self._types[key] = str(spec(svc).get("type") or "")
         if old == new and event_type not in ("ADDED", "RESYNC"):
             return  # label-only change or our own status write
-        if event_type == DELETED or self.services.concerns(svc):
+        sweep = event_type == RESYNC
+        # A resync of an unchanged Service is left to the bulk check (``_on_services_resync``).
+        if (event_type == DELETED or self.services.concerns(svc)) and not (sweep and old == new):
             self._enqueue("services", key)
         if "ExternalName" in (spec(svc).get("type"), old_type):
-            self._enqueue("externalnames", key)
+            self._enqueue("externalnames", key, background=sweep)
         if old != new:
             self._enqueue_ingresses_using(
                 str(meta(svc).get("namespace")), str(meta(svc).get("name"))
             )
+
+    def _on_services_resync(self, services: list[Obj]) -> None:
+        """The periodic resync: check every Service in bulk on a thread of its own (not the
+        dispatcher's) and queue, in the background lane, only those that need a reconcile."""
+        if not self._active.is_set() or not self._sweeping.acquire(blocking=False):
+            return  # standby, or the previous sweep is still running
+
+        def sweep() -> None:
+            try:
+                ours = sorted(
+                    (s for s in services if self.services.concerns(s)), key=_creation_order
+                )
+                settled = self._settled(ours)
+                for svc in ours:
+                    if key_of(svc) not in settled:
+                        self._enqueue("services", key_of(svc), background=True)
+            finally:
+                self._sweeping.release()
+
+        self._spawn(sweep, "controller-resync")
 
     def _enqueue_ingresses_using(self, namespace: str, name: str) -> None:
         for ingress in self.caches["ingresses"].list():
@@ -396,7 +479,7 @@ class Controller:
             self._node_data.pop(name, None)
         else:
             self._node_data[name] = data
-        self._enqueue("nodes", name)
+        self._enqueue("nodes", name, background=event_type == RESYNC)
 
     # -- serving state from the fleet ------------------------------------------------------
 
@@ -414,7 +497,7 @@ class Controller:
 
     def poll_serving(self) -> int:
         """Enqueue Services whose Serving condition lags the fleet's report; returns how many."""
-        with transaction(self.sessions) as session:
+        with read_transaction(self._read_sessions) as session:
             states = serving_states(session=session)
         lagging = 0
         for key, (serving, message) in states.items():
@@ -426,6 +509,19 @@ class Controller:
                 self.queues["services"].add(key)
                 lagging += 1
         return lagging
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """A bulk pass allocates tens of thousands of short-lived containers (freed by reference
+    counting); cyclic collections meanwhile would only rescan the caches, many times over."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _always() -> bool:

@@ -91,6 +91,7 @@ class ObjectCache:
         self._store: dict[str, Obj] = {}
         self._lock = threading.Lock()
         self._handlers: list[Handler] = []
+        self._resync_handlers: list[Callable[[builtins.list[Obj]], None]] = []
         self._events: queue.Queue[_Event | object] = queue.Queue()
         self._synced = threading.Event()
         self._stop = threading.Event()
@@ -137,6 +138,11 @@ class ObjectCache:
     def add_handler(self, handler: Handler) -> None:
         """Call ``handler(event_type, obj)`` for every change; add before ``start()``."""
         self._handlers.append(handler)
+
+    def add_resync_handler(self, handler: Callable[[builtins.list[Obj]], None]) -> None:
+        """Call ``handler(objects)`` once per periodic resync, after every object's RESYNC
+        event, with the snapshot those events came from (for a check done in bulk)."""
+        self._resync_handlers.append(handler)
 
     def start(self) -> None:
         """Start the list+watch and dispatch threads."""
@@ -337,8 +343,17 @@ class ObjectCache:
         if not self._synced.is_set():
             return
         self.resyncs += 1
-        for obj in self.list():
+        snapshot = self.list()
+        for obj in snapshot:
             self._deliver(RESYNC, obj)
+        for handler in self._resync_handlers:
+            try:
+                handler(snapshot)
+            except Exception:
+                logger.exception(
+                    "cache resync handler failed",
+                    extra={"event": "cache_handler_error", "cache": self.name},
+                )
 
     def _deliver(self, event_type: str, obj: Obj) -> None:
         for handler in self._handlers:

@@ -3,7 +3,10 @@
 Watch events only say "look at this key again"; the queue turns a burst of events into one
 reconcile per key, never runs the same key on two workers at once (a key added while it is being
 processed runs again afterwards), retries failures with per-key exponential backoff and supports
-delayed adds. It knows nothing about what a key means and must not talk to Kubernetes.
+delayed adds. Sweeps (a periodic resync, the start-up pass) add their keys as ``background``:
+those run only when no other key is ready, so a change seen meanwhile never waits behind ten
+thousand look-agains; a key added both ways runs once, in the front lane. It knows nothing about
+what a key means and must not talk to Kubernetes.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -40,7 +43,9 @@ class WorkQueue(Generic[K]):
         self._max = backoff_max_seconds
         self._cond = threading.Condition()
         self._queue: deque[K] = deque()
+        self._later: OrderedDict[K, None] = OrderedDict()  # the background lane, FIFO
         self._dirty: set[K] = set()
+        self._background: set[K] = set()  # dirty keys that only a sweep asked for
         self._processing: set[K] = set()
         self._waiting: dict[K, float] = {}
         self._heap: list[tuple[float, int, K]] = []
@@ -54,18 +59,40 @@ class WorkQueue(Generic[K]):
 
     # -- adding --------------------------------------------------------------------------------
 
-    def add(self, key: K) -> None:
-        """Queue ``key`` unless it is already queued; a key being processed runs again after."""
+    def add(self, key: K, *, background: bool = False) -> None:
+        """Queue ``key`` unless it is already queued; a key being processed runs again after.
+
+        ``background``: a sweep's add, served after every other ready key (see the module)."""
         with self._cond:
-            self._add_locked(key)
+            if background:
+                self._add_background_locked(key)
+            else:
+                self._add_locked(key)
 
     def _add_locked(self, key: K) -> None:
-        if self._shutting_down or key in self._dirty:
+        if self._shutting_down:
+            return
+        if key in self._dirty:
+            if key in self._background:  # a sweep queued it; a change moves it to the front
+                self._background.discard(key)
+                if self._later.pop(key, False) is None:
+                    self._queue.append(key)
+                    self._cond.notify()
             return
         self.adds += 1
         self._dirty.add(key)
         if key not in self._processing:
             self._queue.append(key)
+            self._cond.notify()
+
+    def _add_background_locked(self, key: K) -> None:
+        if self._shutting_down or key in self._dirty:
+            return
+        self.adds += 1
+        self._dirty.add(key)
+        self._background.add(key)
+        if key not in self._processing:
+            self._later[key] = None
             self._cond.notify()
 
     def add_after(self, key: K, delay: float) -> None:
@@ -114,9 +141,10 @@ class WorkQueue(Generic[K]):
                 if self._shutting_down:
                     return None
                 self._promote_due_locked()
-                if self._queue:
-                    key = self._queue.popleft()
+                if self._queue or self._later:
+                    key = self._queue.popleft() if self._queue else self._later.popitem(False)[0]
                     self._dirty.discard(key)
+                    self._background.discard(key)
                     self._processing.add(key)
                     return key
                 wait = self._wait_seconds_locked(deadline)
@@ -149,7 +177,10 @@ class WorkQueue(Generic[K]):
         with self._cond:
             self._processing.discard(key)
             if key in self._dirty and not self._shutting_down:
-                self._queue.append(key)
+                if key in self._background:
+                    self._later[key] = None
+                else:
+                    self._queue.append(key)
                 self._cond.notify()
 
     # -- observing -----------------------------------------------------------------------------
@@ -158,7 +189,7 @@ class WorkQueue(Generic[K]):
         """Keys ready to run (not counting ones being processed or still delayed)."""
         with self._cond:
             self._promote_due_locked()
-            return len(self._queue)
+            return len(self._queue) + len(self._later)
 
     def delayed(self) -> int:
         """Keys waiting for a delayed add or a backoff."""

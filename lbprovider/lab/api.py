@@ -64,6 +64,16 @@ class WatchSpec:
 
 
 @dataclass(frozen=True)
+class Selection:
+    """What a list or watch selects: ``matches`` decides; ``name`` is the single object name a
+    ``metadata.name=`` field selector pins down (the registry then reads that one key instead
+    of scanning the kind, as kube-apiserver does for ``MatchesSingle`` predicates)."""
+
+    matches: Callable[[JSON], bool]
+    name: str | None
+
+
+@dataclass(frozen=True)
 class Target:
     kind: Kind
     namespace: str
@@ -181,11 +191,13 @@ class Api:
             return self._delete_collection(request, target)
         raise errors.method_not_allowed(request.method)
 
-    def _matcher(self, request: Request, target: Target) -> Callable[[JSON], bool]:
+    def _selection(self, request: Request, target: Target) -> Selection:
+        """The request's selectors as a predicate, and the one name they pin down (if any)."""
         labels = parse_label_selector(request.query.get("labelSelector"))
         getters = target.kind.field_labels
         terms = parse_field_selector(request.query.get("fieldSelector"), getters)
         namespace = target.namespace
+        names = {t.value for t in terms if t.field == "metadata.name" and not t.negate}
 
         def matches(obj: JSON) -> bool:
             meta = obj["metadata"]
@@ -195,12 +207,17 @@ class Api:
                 return False
             return all((getters[t.field](obj) == t.value) != t.negate for t in terms)
 
-        return matches
+        return Selection(matches, names.pop() if len(names) == 1 else None)
+
+    def _select(self, kind: Kind, target: Target, selection: Selection) -> tuple[list[JSON], int]:
+        return self._store.list_objects(
+            kind, target.namespace, selection.matches, name=selection.name
+        )
 
     def _list(self, request: Request, target: Target) -> Response:
         self._check_future_rv(request)
         kind = _storage_kind(target.kind)
-        items, rv = self._store.list_objects(kind, target.namespace, self._matcher(request, target))
+        items, rv = self._select(kind, target, self._selection(request, target))
         start = self._continue_from(request.query.get("continue"))
         if start is not None:
             rv, position = start
@@ -249,7 +266,7 @@ class Api:
 
     def _watch(self, request: Request, target: Target) -> WatchSpec:
         query = request.query
-        matches = self._matcher(request, target)
+        selection = self._selection(request, target)
         rv_text = query.get("resourceVersion", "")
         send_initial = query.get("sendInitialEvents") == "true"
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
@@ -267,9 +284,7 @@ class Api:
             )
         initial: list[JSON] = []
         if rv_text in ("", "0") or send_initial:
-            initial, start = self._store.list_objects(
-                _storage_kind(target.kind), target.namespace, matches
-            )
+            initial, start = self._select(_storage_kind(target.kind), target, selection)
         else:
             if not rv_text.isdigit():
                 raise errors.bad_request(f"invalid resource version: {rv_text}")
@@ -277,7 +292,7 @@ class Api:
         timeout = float(query.get("timeoutSeconds") or DEFAULT_WATCH_TIMEOUT)
         return WatchSpec(
             target.kind,
-            matches,
+            selection.matches,
             start,
             initial,
             timeout,
@@ -306,7 +321,7 @@ class Api:
 
     def _delete_collection(self, request: Request, target: Target) -> Response:
         kind = _storage_kind(target.kind)
-        items, _ = self._store.list_objects(kind, target.namespace, self._matcher(request, target))
+        items, _ = self._select(kind, target, self._selection(request, target))
         for obj in items:
             try:
                 self._store.delete(

@@ -3,8 +3,9 @@
 One thread per connection keeps the server dependency-free and lets a watch block on the
 store's condition variable while other requests are served. Watch events are written in
 batches (everything newer than the last position at once), so a watcher keeps up with
-thousands of writes a second. `close()` ends every watch stream cleanly (a terminating chunk)
-and shuts down idle keep-alive connections, so no thread or socket outlives the server.
+thousands of writes a second; a watch whose client hung up ends at the next wake-up.
+`close()` ends every watch stream cleanly (a terminating chunk) and shuts down idle keep-alive
+connections, so no thread or socket outlives the server.
 This module moves bytes; it must not decide API semantics (see `lbprovider.lab.api`).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -125,6 +127,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.wfile.flush()
 
+    def _client_gone(self) -> bool:
+        """The client closed its end (EOF readable): a real server ends the watch then, instead
+        of filtering every later event for nobody until the watch times out."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
     def _stream(self, spec: WatchSpec) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -132,7 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache, private")
         self.end_headers()
         try:
-            _WatchStream(spec, self.server, self._chunk).run()
+            _WatchStream(spec, self.server, self._chunk, self._client_gone).run()
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError, OSError):
@@ -144,11 +155,16 @@ class _WatchStream:
     """Writes one watch: initial events, then the log from the start RV, then bookmarks."""
 
     def __init__(
-        self, spec: WatchSpec, server: LabHTTPServer, write: Callable[[bytes], None]
+        self,
+        spec: WatchSpec,
+        server: LabHTTPServer,
+        write: Callable[[bytes], None],
+        gone: Callable[[], bool] = lambda: False,
     ) -> None:
         self.spec = spec
         self.server = server
         self.write = write
+        self.gone = gone
         self.position = spec.start_rv
         self.deadline = time.monotonic() + spec.timeout
 
@@ -166,8 +182,13 @@ class _WatchStream:
                 self.write(_dumps({"type": "ERROR", "object": expired(message).status()}) + b"\n")
                 return
             if events:
-                self.write(b"".join(self._encode(e) for e in events))
+                data = b"".join(self._encode(e) for e in events)
+                self.write(data)
                 self.position = events[-1].rv
+                # Woken for nothing this watch shows: is anyone still there? (A client that
+                # receives events is found gone by the failing write instead.)
+                if not data and self.gone():
+                    return
                 continue
             now = time.monotonic()
             if now >= self.deadline:

@@ -81,10 +81,16 @@ class Store:
             return self._get(kind, namespace, name)
 
     def list_objects(
-        self, kind: Kind, namespace: str, match: Callable[[JSON], bool]
+        self, kind: Kind, namespace: str, match: Callable[[JSON], bool], *, name: str | None = None
     ) -> tuple[list[JSON], int]:
+        """Objects that ``match``, sorted by key, and the current RV. ``name``: only that object
+        can match (a ``metadata.name`` selector), so it is looked up instead of scanned for
+        when its key is known (a namespaced kind needs ``namespace``)."""
         with self.changed:
             table = self._objects.get(kind.storage_key, {})
+            if name is not None and (namespace or not kind.namespaced):
+                found = table.get((namespace, name))
+                return ([found] if found is not None and match(found) else []), self._rv
             if namespace:
                 items = [o for (ns, _), o in table.items() if ns == namespace and match(o)]
             else:

@@ -51,6 +51,7 @@ from lbprovider.services.state import (
     DBStateView,
     HeldRow,
     Holdings,
+    PoolSpecs,
     cached_pool_specs,
     load_holdings,
     occupancy_from_rows,
@@ -135,8 +136,30 @@ def _flush_pending(session: Session) -> None:
         session.flush()
 
 
+def steady_outcome(
+    *,
+    session: Session,
+    request: Request,
+    policy: IPPolicy,
+    now: datetime,
+    holdings: Holdings,
+    pool_specs: PoolSpecs | None = None,
+) -> Outcome | None:
+    """What ``allocate_service`` would return without writing, or None when it would write
+    (read-only; for a start-up pass that checks many Services from bulk-read ``holdings``).
+    ``pool_specs``: from ``cached_pool_specs`` in this transaction, when checking many."""
+    if not holdings.rows:
+        return None
+    return _steady(session, request, policy, now, holdings, pool_specs)
+
+
 def _steady(
-    session: Session, request: Request, ip_policy: IPPolicy, now: datetime, holdings: Holdings
+    session: Session,
+    request: Request,
+    ip_policy: IPPolicy,
+    now: datetime,
+    holdings: Holdings,
+    pool_specs: PoolSpecs | None = None,
 ) -> Outcome | None:
     """The outcome when deciding changes nothing (the steady state), else None.
 
@@ -146,7 +169,7 @@ def _steady(
     caller takes the full path, which decides again under its savepoint."""
     if not all(_row_is_current(row, request) for row in holdings.rows):
         return None
-    specs, pool_ids = cached_pool_specs(session, holdings.stamp)
+    specs, pool_ids = pool_specs or cached_pool_specs(session, holdings.stamp)
     view = DBStateView(session, pool_ids, now, known=holdings.occupancy)
     policy = Policy(now=now, hold=ip_policy.hold, quarantine=ip_policy.quarantine)
     held = [Assignment(r.ip, r.pool_name, r.family) for r in holdings.rows]

@@ -12,31 +12,42 @@ Kubernetes or decides what a Service's status says.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lbprovider.db.models import Allocation, ServiceRecord
+from lbprovider.db.models import Allocation, ReleasedIP, Reservation, ServiceRecord
 from lbprovider.db.types import utcnow
-from lbprovider.ipam.allocator import Decision, Reason, Request
+from lbprovider.ipam.allocator import Decision, Holder, Occupancy, Reason, Request, ServiceRef
 from lbprovider.services.allocations import (
     Outcome,
     active_allocations,
     adopt_service,
     allocate_service,
     release_service,
+    steady_outcome,
 )
 from lbprovider.services.context import Actor, IPPolicy
 from lbprovider.services.records import (
     ServiceData,
     delete_service_record,
     get_record,
+    record_matches,
     set_condition,
     upsert_service_record,
 )
-from lbprovider.services.state import Holdings, load_holdings
+from lbprovider.services.state import (
+    HeldRow,
+    Holdings,
+    cached_pool_specs,
+    live_reservation,
+    load_holdings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +76,7 @@ def converge_service(
     At steady state (the record and the request unchanged, the addresses held) this is three
     reads and no write: the record, the Service's allocations with their occupancy, and the
     pools' change stamp."""
-    record = upsert_service_record(session=session, data=data)
+    record = upsert_service_record(session=session, data=data, flush=False)
     holdings: Holdings | None = load_holdings(session, data.namespace, data.name, utcnow())
     adopted = None
     if _should_adopt(holdings, request, status_ips):
@@ -111,6 +122,16 @@ def _unadoptable(adopted: Outcome, status_ips: Sequence[str]) -> Outcome:
     )
     decision = Decision(adopted.decision.reason, message)
     return Outcome(decision, tuple(status_ips), changed=False)
+
+
+def held_service_keys(*, session: Session) -> set[str]:
+    """``namespace/name`` of every Service holding a live allocation."""
+    return {
+        f"{ns}/{name}"
+        for ns, name in session.execute(
+            select(Allocation.service_namespace, Allocation.service_name).where(Allocation.active)
+        )
+    }
 
 
 def adopt_services(
@@ -166,6 +187,146 @@ def retire_service(
     if get_record(session, namespace, name) is not None:
         delete_service_record(session=session, namespace=namespace, name=name)
     return released
+
+
+# Plain rows (no ORM identity map): what ``record_matches`` compares, and the condition.
+RECORD_STATE = select(
+    *(getattr(ServiceRecord, f.name) for f in fields(ServiceData)),
+    ServiceRecord.condition_reason,
+    ServiceRecord.condition_message,
+    ServiceRecord.serving,
+    ServiceRecord.serving_message,
+)
+
+
+def steady_services(
+    *,
+    session: Session,
+    items: Sequence[tuple[ServiceData, Request]],
+    policy: IPPolicy,
+    now: datetime | None = None,
+) -> dict[str, Converged]:
+    """``converge_service`` for many Services at once, read-only: the result of each Service
+    that call would leave exactly as it is (record, addresses and condition unchanged, no
+    adoption), keyed ``namespace/name``. The others are absent: they need a real reconcile.
+
+    A few bulk reads (records, live allocations, reservations, releases) instead of four
+    statements per Service: the start-up pass uses it to skip the Services already converged."""
+    now = now or utcnow()
+    records = {(r.namespace, r.name): r for r in session.execute(RECORD_STATE)}
+    holdings = load_all_holdings(session, now)
+    specs = cached_pool_specs(session)
+    out: dict[str, Converged] = {}
+    for data, request in items:
+        rec = records.get((data.namespace, data.name))
+        held = holdings.get((data.namespace, data.name))
+        if rec is None or held is None or not record_matches(rec, data):
+            continue
+        outcome = steady_outcome(
+            session=session,
+            request=request,
+            policy=policy,
+            now=now,
+            holdings=held,
+            pool_specs=specs,
+        )
+        if outcome is None:
+            continue
+        if (rec.condition_reason, rec.condition_message) != (
+            outcome.reason.value,
+            outcome.decision.message,
+        ):
+            continue
+        out[f"{data.namespace}/{data.name}"] = Converged(
+            outcome, None, rec.serving, rec.serving_message
+        )
+    return out
+
+
+def load_all_holdings(session: Session, now: datetime) -> dict[tuple[str, str], Holdings]:
+    """``load_holdings`` of every Service holding an address, from three bulk reads."""
+    rows = session.execute(
+        select(
+            Allocation.id,
+            Allocation.ip,
+            Allocation.pool_id,
+            Allocation.pool_name,
+            Allocation.family,
+            Allocation.service_namespace,
+            Allocation.service_name,
+            Allocation.service_uid,
+            Allocation.sharing_key,
+            Allocation.ports,
+        )
+        .where(Allocation.active)
+        .order_by(Allocation.family, Allocation.id)
+    ).all()
+    reserved = {
+        r.ip: r
+        for r in session.execute(
+            select(
+                Reservation.ip,
+                Reservation.service_namespace,
+                Reservation.service_name,
+                Reservation.owner,
+            ).where(live_reservation(now))
+        )
+    }
+    released = {
+        x.ip: x
+        for x in session.execute(
+            select(
+                ReleasedIP.ip,
+                ReleasedIP.service_namespace,
+                ReleasedIP.service_name,
+                ReleasedIP.released_at,
+            )
+        )
+    }
+    holders: dict[str, list[Holder]] = defaultdict(list)
+    by_service: dict[tuple[str, str], list[HeldRow]] = defaultdict(list)
+    for row in rows:
+        ports = list(row.ports or [])
+        ref = ServiceRef(row.service_namespace, row.service_name, row.service_uid or "")
+        holders[row.ip].append(Holder(ref, row.sharing_key, _port_set(ports)))
+        by_service[(row.service_namespace, row.service_name)].append(
+            HeldRow(
+                row.id,
+                row.ip,
+                row.pool_id,
+                row.pool_name,
+                row.family,
+                row.service_uid or "",
+                row.sharing_key,
+                ports,
+            )
+        )
+    out: dict[tuple[str, str], Holdings] = {}
+    for (namespace, name), held in by_service.items():
+        occupancy: dict[str, Occupancy] = {}
+        for h in held:
+            res, rel = reserved.get(h.ip), released.get(h.ip)
+            # The Service's own holding first, as ``load_holdings`` lists it.
+            mine = [x for x in holders[h.ip] if x.service.key == f"{namespace}/{name}"]
+            others = [x for x in holders[h.ip] if x.service.key != f"{namespace}/{name}"]
+            occupancy[h.ip] = Occupancy(
+                holders=tuple(mine + others),
+                reserved=res is not None,
+                reserved_for=f"{res.service_namespace}/{res.service_name}"
+                if res is not None and res.service_name
+                else None,
+                reservation_owner=res.owner or "" if res is not None else "",
+                released_at=rel.released_at if rel is not None else None,
+                released_by=f"{rel.service_namespace}/{rel.service_name}"
+                if rel is not None
+                else None,
+            )
+        out[(namespace, name)] = Holdings(tuple(held), occupancy)
+    return out
+
+
+def _port_set(ports: Sequence[Sequence[Any]]) -> frozenset[tuple[str, int]]:
+    return frozenset((str(p[0]), int(p[1])) for p in ports)
 
 
 def known_service_keys(*, session: Session) -> set[str]:

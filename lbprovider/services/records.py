@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from lbprovider.db.models import Allocation, ServiceRecord
@@ -34,25 +34,46 @@ class ServiceData:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+# Built once: constructing the statement costs more than running it on the reconcile path.
+RECORD_BY_KEY = select(ServiceRecord).where(
+    ServiceRecord.namespace == bindparam("ns"), ServiceRecord.name == bindparam("name")
+)
+
+
 def get_record(session: Session, namespace: str, name: str) -> ServiceRecord | None:
-    return session.scalar(
-        select(ServiceRecord).where(
-            ServiceRecord.namespace == namespace, ServiceRecord.name == name
-        )
-    )
+    return session.scalar(RECORD_BY_KEY, {"ns": namespace, "name": name})
 
 
-def upsert_service_record(*, session: Session, data: ServiceData) -> ServiceRecord:
-    """Create or update the record; only changed columns are written."""
+def upsert_service_record(
+    *, session: Session, data: ServiceData, flush: bool = True
+) -> ServiceRecord:
+    """Create or update the record; only changed columns are written. ``flush=False`` leaves
+    the write to the transaction's next flush (the controller sets the condition too, so a
+    new record costs one INSERT and a changed one one UPDATE)."""
     rec = get_record(session, data.namespace, data.name)
     if rec is None:
-        rec = ServiceRecord(namespace=data.namespace, name=data.name)
+        # The column defaults, set now: the caller reads them before anything is flushed.
+        rec = ServiceRecord(
+            namespace=data.namespace,
+            name=data.name,
+            condition_reason="",
+            condition_message="",
+            serving=False,
+            serving_message="",
+        )
         session.add(rec)
     for key, value in vars(data).items():
         if getattr(rec, key, None) != value:
             setattr(rec, key, value)
-    session.flush()
+    if flush:
+        session.flush()
     return rec
+
+
+def record_matches(rec: object, data: ServiceData) -> bool:
+    """Whether ``upsert_service_record(data)`` would leave ``rec`` unchanged (a record, or a
+    row with the same column names)."""
+    return all(getattr(rec, key, None) == value for key, value in vars(data).items())
 
 
 def delete_service_record(*, session: Session, namespace: str, name: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from kubernetes import watch
 from sqlalchemy.orm import Session, sessionmaker
 
 from lbprovider.db.session import transaction
@@ -14,6 +15,7 @@ from .conftest import StartController
 from .helpers import (
     CLASS,
     FINALIZER,
+    NAMESPACE,
     condition,
     create_service,
     db_ips,
@@ -56,6 +58,33 @@ def test_create_gets_ip_in_status_and_db(
     assert wait_until(lambda: "IPAllocated" in event_reasons(core, "web"))
 
 
+def test_no_version_of_a_new_service_shows_an_ip_without_the_finalizer(
+    core: Any, db: sessionmaker[Session], pool: str, start_controller: StartController
+) -> None:
+    """The finalizer PATCH runs alongside the allocating transaction, but the status is only
+    written once both are done: every stored version with an IP carries the finalizer, and
+    the IP it shows is already in the database."""
+    start_controller(db)
+    rv = core.list_namespaced_service(NAMESPACE).metadata.resource_version
+    names = [f"order-{i}" for i in range(5)]
+    for name in names:
+        create_service(core, name)
+    assert wait_until(lambda: all(ip_of(core, n) for n in names))
+    stream = watch.Watch().stream(
+        core.list_namespaced_service,
+        NAMESPACE,
+        resource_version=rv,
+        timeout_seconds=2,
+        _preload_content=False,
+    )
+    versions = [event["raw_object"] for event in stream]
+    shown = [v for v in versions if (v.get("status") or {}).get("loadBalancer", {}).get("ingress")]
+    assert {v["metadata"]["name"] for v in shown} == set(names)
+    assert all(FINALIZER in (v["metadata"].get("finalizers") or []) for v in shown)
+    for name in names:
+        assert db_ips(db, name) == [ip_of(core, name)]
+
+
 @pytest.mark.parametrize("lab_version", ["1.28", "1.30"])
 def test_steady_state_writes_nothing(
     core: Any,
@@ -86,6 +115,37 @@ def test_steady_state_writes_nothing(
         "error": "lbprovider.io/UnsupportedProtocol",
     }
     assert event_reasons(core, "web").count("UnsupportedProtocol") == 1
+
+
+def test_a_resync_reconciles_only_the_service_whose_status_drifted(
+    core: Any, db: sessionmaker[Session], pool: str, start_controller: StartController
+) -> None:
+    """The resync checks every Service in bulk: a status someone else cleared (an event our
+    fingerprint ignores) gets its IP back, and the converged Services are not queued."""
+    # No serving poll: the resync alone must find the drift.
+    ctl = start_controller(db, resync_seconds=0.5, serving_poll_seconds=300)
+    names = [f"calm-{i}" for i in range(8)]
+    for name in names:
+        create_service(core, name)
+    assert wait_until(lambda: all(ip_of(core, n) for n in names))
+    assert wait_until(ctl.idle)
+    before = {n: ip_of(core, n) for n in names}
+    adds = ctl.queues["services"].adds
+    resyncs = ctl.caches["services"].resyncs
+    core.patch_namespaced_service_status(
+        "calm-3",
+        NAMESPACE,
+        {"status": {"loadBalancer": {"ingress": None}}},
+        _content_type="application/merge-patch+json",
+        _preload_content=False,
+    )
+    assert not ip_of(core, "calm-3")
+
+    assert wait_until(lambda: ip_of(core, "calm-3") == before["calm-3"], timeout=5)
+    assert wait_until(lambda: ctl.caches["services"].resyncs >= resyncs + 3, timeout=5)
+    assert wait_until(ctl.idle)
+    assert {n: ip_of(core, n) for n in names} == before
+    assert ctl.queues["services"].adds - adds == 1
 
 
 def test_service_of_another_class_is_never_written(

@@ -152,3 +152,34 @@ def test_shutdown_lets_the_running_handler_finish_and_stops_workers() -> None:
     q.add("late")
     assert q.depth() == 0
     assert all(not t.is_alive() for t in threading.enumerate() if t.name.startswith("work-"))
+
+
+def test_background_keys_wait_for_every_other_ready_key() -> None:
+    q: WorkQueue[str] = WorkQueue()
+    for key in ["sweep-1", "sweep-2", "sweep-3"]:
+        q.add(key, background=True)
+    q.add("changed")
+    assert q.depth() == 4
+    # A change seen during a sweep runs first; the sweep keeps its own order.
+    assert [q.get(timeout=0) for _ in range(4)] == ["changed", "sweep-1", "sweep-2", "sweep-3"]
+
+
+def test_a_change_moves_a_background_key_to_the_front_once() -> None:
+    q: WorkQueue[str] = WorkQueue()
+    q.add("a", background=True)
+    q.add("b", background=True)
+    q.add("b")  # b changed while the sweep had queued it: front lane, still one entry
+    q.add("b", background=True)  # a later sweep add does not push it back
+    assert q.depth() == 2
+    assert [q.get(timeout=0), q.get(timeout=0)] == ["b", "a"]
+    assert q.get(timeout=0) is None
+
+
+def test_a_background_add_while_processing_reruns_in_the_background_lane() -> None:
+    q: WorkQueue[str] = WorkQueue()
+    q.add("busy")
+    assert q.get(timeout=0) == "busy"
+    q.add("busy", background=True)
+    q.add("other")
+    q.done("busy")
+    assert [q.get(timeout=0), q.get(timeout=0)] == ["other", "busy"]

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pytest
 from kubernetes import client, watch
 
 from lbprovider.lab.apiserver import LabAPIServer
+from lbprovider.lab.kinds import find_kind
 
 pytestmark = pytest.mark.slow
 
@@ -102,3 +106,56 @@ def test_ten_thousand_services_are_listed_in_a_few_seconds() -> None:
     # A generous bound: it catches per-object quadratic work (minutes), not a busy CI machine
     # (the typed client's own deserialisation takes ~2-5 s of this on 2 shared cores).
     assert elapsed < 15, elapsed
+
+
+def _median_seconds(action: Callable[[], object], rounds: int) -> float:
+    timings = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        action()
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def test_a_name_selected_list_or_watch_costs_the_same_among_ten_thousand_services() -> None:
+    """``fieldSelector=metadata.name=x`` in a namespace reads that one key (kube-apiserver
+    does the same for single-object predicates) instead of scanning every Service: a client
+    that lists or watches one Service must not pay for the other ten thousand."""
+    with LabAPIServer() as lab:
+        api = client.CoreV1Api(_client(lab))
+        kind = find_kind("", "v1", "services")
+        assert kind is not None
+        for i in range(10):
+            lab.store.create(
+                kind,
+                "default",
+                {"metadata": {"name": f"few-{i}"}, "spec": {"ports": [{"port": 80}]}},
+            )
+
+        def one(name: str) -> Callable[[], object]:
+            def call() -> object:
+                listed = api.list_namespaced_service(
+                    "default", field_selector=f"metadata.name={name}", _preload_content=False
+                )
+                watched = api.list_namespaced_service(
+                    "default",
+                    field_selector=f"metadata.name={name}",
+                    watch=True,
+                    timeout_seconds=0,
+                    _preload_content=False,
+                )
+                return listed.data, watched.data
+
+            return call
+
+        few = _median_seconds(one("few-3"), 40)
+        for i in range(10_000):
+            lab.store.create(
+                kind,
+                "default",
+                {"metadata": {"name": f"many-{i:05d}"}, "spec": {"ports": [{"port": 80}]}},
+            )
+        many = _median_seconds(one("many-04321"), 40)
+        body = json.loads(one("many-04321")()[0])  # type: ignore[index]
+        assert [item["metadata"]["name"] for item in body["items"]] == ["many-04321"]
+        assert many < 3 * few, f"{many * 1000:.2f} ms among 10,010 vs {few * 1000:.2f} ms among 10"

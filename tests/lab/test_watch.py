@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 
@@ -210,3 +211,29 @@ def test_watch_stream_ends_cleanly_when_the_server_stops() -> None:
     api.api_client.close()
     assert finished.is_set()
     assert received == ["kubernetes", "web"]
+
+
+def test_a_watch_whose_client_hung_up_ends_at_the_next_change(lab: LabAPIServer) -> None:
+    """A real server ends a watch when its client goes away; the lab must not keep a thread
+    filtering every later event for nobody until the watch's timeout."""
+    host, port = lab.url.removeprefix("http://").split(":")
+    before = threading.active_count()
+    clients = []
+    for _ in range(5):
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request(
+            "GET",
+            "/api/v1/namespaces/default/services?watch=true&timeoutSeconds=300"
+            "&fieldSelector=metadata.name%3Dnobody",
+        )
+        assert conn.getresponse().status == 200
+        clients.append(conn)
+    assert threading.active_count() >= before + 5
+    for conn in clients:
+        conn.close()
+    with client.ApiClient(client.Configuration(host=lab.url)) as api_client:
+        client.CoreV1Api(api_client).create_namespaced_service("default", _svc("wake-up"))
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= before
