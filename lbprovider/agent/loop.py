@@ -5,8 +5,10 @@ Why: each HAProxy host runs one agent. It long-polls the API for its FleetState,
 reload only when the skeleton changes), checks that each new VIP:port carries a connection,
 and reports health and counters. When the API is away it keeps serving the last good state —
 also across its own restart (the state is kept in its state directory) — and says how long the
-API was away once it is back. Every heartbeat it re-applies against HAProxy's *live* state, so
-a hand edit through the socket is undone.
+API was away once it is back. Every ``heartbeat_seconds`` (and on start, after a failure, while
+servers wait to go) it re-applies against HAProxy's *live* state, so a hand edit through the
+socket is undone; in between, a change is fetched as a delta and applied as one (only the
+changed map lines). Heartbeats go from a reporter thread, so a report never delays a change.
 
 With an announcer (``LBP_ANNOUNCE_MODE`` bgp or vrrp, see ``agent.announcing``) the VIPs are held
 on the host before HAProxy binds them, withdrawn before an apply removes them, announced after

@@ -355,6 +355,12 @@ class StateCache:
         with self._lock:
             if stamp == self._stamp and self._compiled is not None:
                 return self._compiled
+        return self.refresh(session)
+
+    def refresh(self, session: Session) -> Compiled:
+        """Compile the database's latest committed state; ``session`` only names the database
+        (no statement runs in it, so a writer can call this before it takes the write lock,
+        and not wait for a compile while holding it)."""
         with self._compile_lock, Session(self._reader(session)) as own, own.begin():
             fresh = change_stamp(own)
             with self._lock:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left, insort
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +53,25 @@ class _Entry:
     routes: tuple[RouteSpec, ...] | None  # None: unservable (see problem)
     problem: str = ""
     no_routes: str = ""
+    inputs: tuple[Any, ...] = ()  # the record's values the compile read (see _INPUTS)
+
+
+# Every column of a record that compile_fleet's per-Service rules read: a record updated in
+# other columns only (its serving flag, its condition) keeps its compiled routes.
+_INPUTS = (
+    ServiceRecord.namespace,
+    ServiceRecord.name,
+    ServiceRecord.ports,
+    ServiceRecord.external_traffic_policy,
+    ServiceRecord.health_check_node_port,
+    ServiceRecord.source_ranges,
+    ServiceRecord.session_affinity,
+    ServiceRecord.options,
+)
+
+
+def _inputs_of(rec: ServiceRecord) -> tuple[Any, ...]:
+    return tuple(getattr(rec, col.key) for col in _INPUTS)
 
 
 def _position(route: RouteSpec) -> tuple[tuple[int, int, int], str]:
@@ -97,6 +116,8 @@ class IncrementalCompiler:
             if released != self._released or self._alloc_count(session) != len(self._allocs):
                 changed |= self._reconcile_allocations(session)
             done = self._changed_records(session)
+            if self._reconcile_due():  # also allocations edited in place (a corrupt row)
+                changed |= self._reconcile_allocations(session)
             if self._record_count(session) != len(self._entries) or self._reconcile_due():
                 changed |= self._reconcile_records(session)
             self._recompile(session, changed - done)
@@ -119,19 +140,32 @@ class IncrementalCompiler:
         self._reconciled = time.monotonic()
 
     def _changed_records(self, session: Session) -> set[ServiceKey]:
-        """Recompile the records updated or inserted since the last look (with their
-        allocations read again); return them."""
-        query = select(ServiceRecord).where(
+        """Recompile the records inserted, or updated in a column the compile reads, since the
+        last look (with their allocations read again); return them. A record updated in other
+        columns only (``serving``, conditions) just has its stamp noted."""
+        query = select(ServiceRecord.id, ServiceRecord.updated_at, *_INPUTS).where(
             or_(
                 ServiceRecord.updated_at > self._max_updated,
                 ServiceRecord.id > self._max_record_id,
             )
         )
-        records = list(session.scalars(query))
-        self._reload_allocations(session, {(r.namespace, r.name) for r in records})
-        for rec in records:
-            self._put(rec)
-        return {(r.namespace, r.name) for r in records}
+        stale: set[ServiceKey] = set()
+        for rec_id, updated, *inputs in session.execute(query):
+            key = (inputs[0], inputs[1])
+            entry = self._entries.get(key)
+            self._note_marks(rec_id, updated)
+            if entry is not None and entry.record_id == rec_id and entry.inputs == tuple(inputs):
+                self._entries[key] = replace(entry, updated_at=updated)
+            else:
+                stale.add(key)
+        self._reload_allocations(session, stale)
+        self._recompile(session, stale)
+        return stale
+
+    def _note_marks(self, rec_id: int, updated: datetime) -> None:
+        if self._max_updated is None or updated > self._max_updated:
+            self._max_updated = updated
+        self._max_record_id = max(self._max_record_id, rec_id)
 
     def _reload_allocations(self, session: Session, services: set[ServiceKey]) -> None:
         """Read the active allocations of ``services`` again (an in-place edit of one is
@@ -262,9 +296,7 @@ class IncrementalCompiler:
 
     def _put(self, rec: ServiceRecord) -> None:
         key = (rec.namespace, rec.name)
-        if self._max_updated is None or rec.updated_at > self._max_updated:
-            self._max_updated = rec.updated_at
-        self._max_record_id = max(self._max_record_id, rec.id)
+        self._note_marks(rec.id, rec.updated_at)
         ips = self._ips.get(key, ())
         try:
             routes: tuple[RouteSpec, ...] | None = service_routes(rec, ips)
@@ -277,7 +309,7 @@ class IncrementalCompiler:
         if old is not None and routes is not None and old.routes is not None:
             routes = _reuse(old.routes, routes)
         self._unlink(key, old)
-        entry = _Entry(rec.id, rec.updated_at, routes, problem, none)
+        entry = _Entry(rec.id, rec.updated_at, routes, problem, none, _inputs_of(rec))
         self._entries[key] = entry
         self._link(key, entry)
 

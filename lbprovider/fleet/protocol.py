@@ -82,6 +82,7 @@ def accept_status(
 
     The report is stored with the version the API serves the host now, so the row keeps since
     when the host's applied version lags it (``/metrics``' version lag reads that)."""
+    cache.refresh(session)  # before this transaction writes: see StateCache.refresh
     status = report.model_dump(mode="json")
     row_status = {k: v for k, v in status.items() if k != "applied_routes"}
     row_status["applied_routes"] = report.applied_routes

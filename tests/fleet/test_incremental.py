@@ -57,6 +57,11 @@ def test_every_kind_of_change_compiles_as_a_full_compile_would(
     add_service(sessions, service_data("bad", [(80, 30000)], options={"balance": "nope"}))
     inc = assert_same(sessions, cache)
     assert "balance" in inc.problems["shop/bad"]
+    with transaction(sessions) as s:  # only the serving flag: nothing to recompile
+        s.execute(update(ServiceRecord).values(serving=True, updated_at=utcnow()))
+    routes = cache._compiler._entries[("shop", "s1")].routes
+    assert_same(sessions, cache)
+    assert cache._compiler._entries[("shop", "s1")].routes is routes
     set_node(sessions, "node-b", "127.0.0.3")  # a node joins
     assert [n.name for n in assert_same(sessions, cache).nodes] == ["node-a", "node-b"]
     assert cache._compiler.full_loads == loads  # none of that read everything again
@@ -76,6 +81,8 @@ def test_a_clash_and_its_end_compile_as_a_full_compile_would(
         s.execute(
             update(ServiceRecord).where(ServiceRecord.name == "b").values(updated_at=utcnow())
         )
+    # An allocation edited in place (no mark moves) is found by the periodic reconciliation.
+    cache._compiler._reconciled = float("-inf")  # as if RECONCILE_SECONDS had passed
     inc = assert_same(sessions, cache)
     assert (
         inc.problems["shop/a"]
