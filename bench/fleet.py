@@ -59,6 +59,7 @@ from lbprovider.db.models import (
 )
 from lbprovider.db.session import make_engine, session_factory, transaction
 from lbprovider.db.types import utcnow
+from lbprovider.haproxy.runtime import HAProxyError
 from lbprovider.ipam.ranges import ip_key
 from tests.agent.conftest import FastBackend, Fleet, WrkResult, run_wrk, serve_on, try_get
 from tests.api.conftest import api_settings
@@ -461,8 +462,20 @@ def p2(agent: Agent, fast: FastBackend, direct_url: str, via_url: str) -> None:
     """wrk direct to the NodePort, then through the VIP; with the CPU each process spent per
     request (wrk, the NodePort HAProxy, the proxy HAProxy worker, this Python process: API and
     agent), which shows where the cycles of the two shared cores go."""
-    assert agent.process is not None
-    proxy = agent.process.show_proc().workers[-1]
+    process = agent.process
+    assert process is not None
+    found: list[int] = []
+
+    def worker() -> bool:  # the master is briefly away while a reload re-executes it
+        try:
+            found[:] = process.show_proc().workers[-1:]
+        except HAProxyError:
+            return False
+        return bool(found)
+
+    settle(agent)
+    wait(worker, timeout=30, step=0.1)
+    proxy = found[0]
     rows = {}
     for label, url in (("direct", direct_url), ("via VIP", via_url)):
         pids = {"backend": fast.popen.pid, "proxy": proxy}
