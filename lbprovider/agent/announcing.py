@@ -24,6 +24,9 @@ from lbprovider.fleet.models import AnnouncementStatus
 logger = logging.getLogger(__name__)
 
 
+MAX_VERDICTS = 100_000  # remembered announceability verdicts (one per VIP seen)
+
+
 class AnnounceDriver:
     """Keeps ``announcer`` in step with the VIPs HAProxy serves and with HAProxy's health."""
 
@@ -46,6 +49,7 @@ class AnnounceDriver:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._misses = 0
+        self._verdicts: dict[str, str | None] = {}  # VIP -> why it cannot be announced
 
     @property
     def enabled(self) -> bool:
@@ -81,6 +85,8 @@ class AnnounceDriver:
 
     def hold(self, vips: Collection[str]) -> None:
         """Put these VIPs on the host (BGP: on ``lo``) before HAProxy binds them."""
+        if not self.enabled:
+            return  # nothing to hold them for
         with self._lock:
             wanted = self._announceable(vips)
             self._call("hold addresses", lambda: self.announcer.hold_addresses(wanted))
@@ -124,11 +130,18 @@ class AnnounceDriver:
         """The VIPs an announcer accepts (loopback and the like cannot be announced)."""
         out = []
         for vip in sorted(set(vips)):
-            try:
-                check_vips([vip])
-            except InvalidValue as e:
+            if vip not in self._verdicts:  # a verdict depends on the address only: kept
+                if len(self._verdicts) > MAX_VERDICTS:
+                    self._verdicts.clear()
+                try:
+                    check_vips([vip])
+                    self._verdicts[vip] = None
+                except InvalidValue as e:
+                    self._verdicts[vip] = str(e)
+            why = self._verdicts[vip]
+            if why is not None:
                 if self.enabled:
-                    self._note(f"not announced: {e}")
+                    self._note(f"not announced: {why}")
                 continue
             out.append(vip)
         return out

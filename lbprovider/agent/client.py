@@ -12,7 +12,9 @@ from __future__ import annotations
 import httpx
 from pydantic import ValidationError
 
-from lbprovider.fleet.models import FleetState, HostStatus, StatusAck
+from lbprovider.fleet.models import FleetDelta, FleetState, HostStatus, StatusAck
+
+DELTA_HEADER = "X-Fleet-Delta"  # the API's mark on an answer that is a FleetDelta
 
 
 class ApiUnavailable(Exception):
@@ -32,13 +34,27 @@ class FleetApi:
     def close(self) -> None:
         self._http.close()
 
-    def fetch_state(self, version: str, wait: float) -> FleetState | None:
+    def fetch_state(
+        self, version: str, wait: float, held: FleetState | None = None
+    ) -> FleetState | None:
         """The host's state if its version differs from ``version``; ``None`` after ``wait``
-        seconds without news (304)."""
+        seconds without news (304).
+
+        With ``held`` (the state of that version), the API may answer with a delta against it,
+        which is applied here; a delta that does not rebuild a state of its announced version
+        is dropped and the whole state fetched at once instead."""
+        delta = held is not None and held.version == version and bool(version)
         params = {"version": version, "wait": f"{max(wait, 0.0):.3f}"}
+        if delta:
+            params["delta"] = "true"
         r = self._request("GET", "/state", params=params, timeout=wait + self.timeout)
         if r.status_code == 304:
             return None
+        if r.headers.get(DELTA_HEADER) is not None and held is not None:
+            try:
+                return FleetDelta.model_validate_json(r.content).apply_to(held)
+            except ValueError:  # pydantic's ValidationError is one
+                return self.fetch_state(version, 0.0)
         try:
             state = FleetState.model_validate_json(r.content)
         except ValidationError as e:

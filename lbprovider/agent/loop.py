@@ -5,8 +5,10 @@ Why: each HAProxy host runs one agent. It long-polls the API for its FleetState,
 reload only when the skeleton changes), checks that each new VIP:port carries a connection,
 and reports health and counters. When the API is away it keeps serving the last good state —
 also across its own restart (the state is kept in its state directory) — and says how long the
-API was away once it is back. Every heartbeat it re-applies against HAProxy's *live* state, so
-a hand edit through the socket is undone.
+API was away once it is back. Every ``heartbeat_seconds`` (and on start, after a failure, while
+servers wait to go) it re-applies against HAProxy's *live* state, so a hand edit through the
+socket is undone; in between, a change is fetched as a delta and applied as one (only the
+changed map lines). Heartbeats go from a reporter thread, so a report never delays a change.
 
 With an announcer (``LBP_ANNOUNCE_MODE`` bgp or vrrp, see ``agent.announcing``) the VIPs are held
 on the host before HAProxy binds them, withdrawn before an apply removes them, announced after
@@ -36,7 +38,7 @@ from lbprovider.agent.announcing import AnnounceDriver
 from lbprovider.agent.checks import check_targets
 from lbprovider.agent.client import ApiUnavailable, FleetApi
 from lbprovider.agent.report import observe
-from lbprovider.agent.translate import Translated, translate
+from lbprovider.agent.translate import Translated, Translator
 from lbprovider.agent.vips import InterfaceVips, RoutedVips, Vips
 from lbprovider.announce import Announcer, NullAnnouncer, announcer_from_settings
 from lbprovider.config import Settings
@@ -46,7 +48,7 @@ from lbprovider.haproxy.apply import Applier, ApplyResult, paths, start_or_attac
 from lbprovider.haproxy.layout import build_skeleton
 from lbprovider.haproxy.process import HAProxyProcess
 from lbprovider.haproxy.render import config_digest
-from lbprovider.haproxy.runtime import HAProxyError
+from lbprovider.haproxy.runtime import HAProxyError, RuntimeClient
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +171,11 @@ class Agent:
         self._last_reload = float("-inf")
         self._next_apply = 0.0
         self._next_heartbeat = 0.0
+        self._report_now = threading.Event()  # wakes the reporter: report at once
+        self._reporter: threading.Thread | None = None
+        self._next_resync = 0.0  # the next full diff against HAProxy's live state
         self._failures = 0
+        self.translate = Translator()
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -177,7 +183,7 @@ class Agent:
         """Start or attach to HAProxy, serving the last good state kept on disk (if any)."""
         Path(self.hsettings.run_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         saved = self._load_saved()
-        translated = translate(saved or FleetState(host=self.config.host))
+        translated = self.translate(saved or FleetState(host=self.config.host))
         self.vips.sync(set(saved.vips) if saved else set())
         self.announce.start()  # its daemon up, nothing announced yet
         self.announce.hold(_vips_of(saved) if saved else set())
@@ -203,23 +209,45 @@ class Agent:
         self.api.close()
 
     def run(self) -> None:
-        """Loop: fetch, apply when needed, report; until :meth:`stop`."""
+        """Loop: fetch and apply when needed, until :meth:`stop`; heartbeats go from a
+        reporter thread meanwhile (a report never delays the next change)."""
+        self._reporter = threading.Thread(target=self._report_loop, name="agent-report")
+        self._reporter.start()
+        try:
+            while not self._stop.is_set():
+                self.step()
+        finally:
+            self._stop.set()
+            self._report_now.set()
+            self._reporter.join(timeout=30)
+
+    def _report_loop(self) -> None:
+        """Heartbeat every ``heartbeat_seconds``, and at once after an apply or an outage."""
         while not self._stop.is_set():
-            self.step()
+            wait = max(0.0, self._next_heartbeat - time.monotonic())
+            self._report_now.wait(wait)
+            if self._stop.is_set():
+                return
+            self._report_now.clear()
+            try:
+                self._heartbeat()
+            except Exception:  # a report must never end the reporter
+                logger.exception("heartbeat failed", extra={"event": "heartbeat_failed"})
+                self._stop.wait(self.config.retry_seconds)
 
     # -- one iteration -----------------------------------------------------------------------
 
     def step(self) -> None:
-        """Fetch (long-poll up to the next due task), then apply and report what is due."""
-        wait = max(0.0, min(self._next_heartbeat, self._next_apply_due()) - time.monotonic())
+        """Fetch (long-poll up to the next due task), then apply, or re-check HAProxy's live
+        state when that is due."""
+        wait = max(0.0, min(self._next_resync, self._next_apply_due()) - time.monotonic())
         if not self._fetch(min(wait, self.config.long_poll_seconds)):
             self._stop.wait(min(self.config.retry_seconds, max(wait, 0.05)))
         now = time.monotonic()
         if self._needs_apply() and now >= self._next_apply:
             self._maybe_apply(now)
-        if time.monotonic() >= self._next_heartbeat:
+        if time.monotonic() >= self._next_resync:
             self._resync()
-            self._heartbeat()
 
     def _next_apply_due(self) -> float:
         return self._next_apply if self._needs_apply() else float("inf")
@@ -233,7 +261,7 @@ class Agent:
     def _fetch(self, wait: float) -> bool:
         known = self.progress.desired.version if self.progress.desired else ""
         try:
-            state = self.api.fetch_state(known, wait)
+            state = self.api.fetch_state(known, wait, self.progress.desired)
         except ApiUnavailable as e:
             self._api_down(e)
             return False
@@ -264,7 +292,7 @@ class Agent:
         if started is not None:
             self.progress.outage_seconds = time.monotonic() - started
             self.progress.outage_started = None
-            self._next_heartbeat = 0.0  # tell the API at once
+            self._report_soon()  # tell the API at once
             logger.info(
                 "API reachable again",
                 extra={
@@ -284,35 +312,43 @@ class Agent:
             if now < ready_at:
                 self._next_apply = ready_at  # debounced: newer states may still arrive
                 return
-        self._apply(desired)
+        # A failed apply or servers waiting to go: read everything again; else the change.
+        self._apply(desired, live=bool(self._failures or self.progress.pending))
 
     def _needs_reload(self, state: FleetState) -> bool:
+        desired = self.translate(state).desired
+        if self.applier is not None and self.applier.derive(desired) is not None:
+            return False  # same skeleton as what runs
         try:
-            skeleton = build_skeleton(translate(state).desired, self.hsettings)
+            skeleton = build_skeleton(desired, self.hsettings)
         except hx.InvalidModel:
             return False
         config, _, _ = paths(self.hsettings)
         return config_digest(config) != skeleton.digest
 
-    def _apply(self, state: FleetState) -> None:
+    def _apply(self, state: FleetState, *, live: bool = True) -> None:
         assert self.applier is not None
-        translated = translate(state)
+        translated = self.translate(state)
         vip_errors = self.vips.sync(set(state.vips))
         wanted = _vips_of(state)
         with self.announce.applying():
             self.announce.withdraw_leaving(wanted)  # withdrawn before HAProxy drops them
             self.announce.hold(wanted | self.announce.serving)  # on the host before binding
-            result = self._run_apply(translated)
+            result = self._run_apply(translated, live=live)
             if result.reloaded:
                 self._last_reload = time.monotonic()
             self._record(state, translated, result, vip_errors)
 
-    def _run_apply(self, translated: Translated) -> ApplyResult:
-        """One apply through the runtime API or a reload, counted and timed for the report."""
+    def _run_apply(self, translated: Translated, *, live: bool) -> ApplyResult:
+        """One apply through the runtime API or a reload, counted and timed for the report.
+        ``live``: diff against HAProxy's live state, else send what changed since the last
+        apply (the applier falls back to reading everything when it cannot)."""
         assert self.applier is not None
         started = time.monotonic()
+        if live:
+            self._next_resync = started + self.config.heartbeat_seconds
         try:
-            result = self.applier.apply(translated.desired)
+            result = self.applier.apply(translated.desired, live=live)
         except (hx.InvalidModel, HAProxyError) as e:
             result = ApplyResult(errors=[f"refused: {e}"])
         p = self.progress
@@ -350,7 +386,7 @@ class Agent:
                 if p.applied_routes.get(r.route_id) != r.digest()
             } | dict(translated.refused)
         p.errors += self.announce.errors
-        self._next_heartbeat = 0.0
+        self._report_soon()
         level = logging.WARNING if p.errors else logging.INFO
         logger.log(
             level,
@@ -399,15 +435,16 @@ class Agent:
         p.route_errors = {k: v for k, v in errors.items() if k not in p.checked} | refused
 
     def _resync(self) -> None:
-        """Re-apply the applied state against HAProxy's live state (undoes hand edits) and
-        re-check the routes that failed."""
+        """Every ``heartbeat_seconds`` since the last full diff, re-apply the applied state
+        against HAProxy's live state (undoes hand edits) and re-check the routes that failed."""
+        self._next_resync = time.monotonic() + self.config.heartbeat_seconds
         p = self.progress
         if p.applied is None or self._needs_apply():
             return
         assert self.applier is not None
-        translated = translate(p.applied)
+        translated = self.translate(p.applied)
         with self.announce.applying():
-            result = self._run_apply(translated)
+            result = self._run_apply(translated, live=True)
             if result.commands or result.reloaded or result.errors:
                 vip_errors = self.vips.sync(set(p.applied.vips))
                 self._record(p.applied, translated, result, vip_errors)
@@ -421,7 +458,9 @@ class Agent:
         """The report HAProxy and the agent's progress make now."""
         assert self.applier is not None and self.process is not None
         p = self.progress
-        seen = observe(self.applier.client, self.process, self.hsettings.run_dir)
+        # its own connection: the reporter runs beside applies, which use the applier's
+        with RuntimeClient(str(paths(self.hsettings)[1])) as client:
+            seen = observe(client, self.process, self.hsettings.run_dir)
         routes = p.applied_routes if p.routes_sent != p.applied_routes else None
         backends = self._route_backends(seen.route_backends)
         return HostStatus(
@@ -452,6 +491,10 @@ class Agent:
         applied = self.progress.applied
         routes = applied.routes if applied else ()
         return {r.route_id: by_key[r.key] for r in routes if r.key in by_key}
+
+    def _report_soon(self) -> None:
+        self._next_heartbeat = 0.0
+        self._report_now.set()
 
     def _heartbeat(self) -> None:
         self._next_heartbeat = time.monotonic() + self.config.heartbeat_seconds

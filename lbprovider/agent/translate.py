@@ -10,6 +10,7 @@ What it must not do: talk to HAProxy or the API.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lbprovider.fleet.models import FleetState, NodeSpec, RouteSpec
@@ -37,7 +38,48 @@ class Translated:
     problems: list[str] = field(default_factory=list)  # nodes, health check
 
 
-def translate(state: FleetState) -> Translated:
+class Translator:
+    """:func:`translate` that remembers each route it translated, by route object: a state
+    that shares most routes with the previous one (a delta) costs only its new routes, and an
+    unchanged route keeps its ``Route`` object (which the applier recognises by identity)."""
+
+    def __init__(self) -> None:
+        self._routes: dict[str, tuple[RouteSpec, Route | str]] = {}
+        self._last: tuple[FleetState, Translated] | None = None
+
+    def __call__(self, state: FleetState) -> Translated:
+        if self._last is not None and self._last[0] is state:
+            return self._last[1]
+        cache: dict[str, tuple[RouteSpec, Route | str]] = {}
+        old = self._routes
+
+        def route_of(spec: RouteSpec) -> Route | str:
+            hit = old.get(spec.route_id)
+            if hit is not None and (hit[0] is spec or hit[0] == spec):
+                cache[spec.route_id] = hit
+                return hit[1]
+            try:
+                made: Route | str = _route(spec)
+            except (InvalidModel, ValueError) as e:
+                made = f"refused: {e}"
+            cache[spec.route_id] = (spec, made)
+            return made
+
+        translated = translate(state, route_of)
+        self._routes, self._last = cache, (state, translated)
+        return translated
+
+
+def _translate_route(spec: RouteSpec) -> Route | str:
+    try:
+        return _route(spec)
+    except (InvalidModel, ValueError) as e:
+        return f"refused: {e}"
+
+
+def translate(
+    state: FleetState, route_of: Callable[[RouteSpec], Route | str] = _translate_route
+) -> Translated:
     """Validate every route and node of ``state``; never raises on bad content."""
     refused: dict[str, str] = {}
     problems: list[str] = []
@@ -45,10 +87,9 @@ def translate(state: FleetState) -> Translated:
     keys: set[str] = set()
     ids: set[str] = set()
     for spec in state.routes:
-        try:
-            route = _route(spec)
-        except (InvalidModel, ValueError) as e:
-            refused[spec.route_id[:300]] = f"refused: {e}"
+        route = route_of(spec)
+        if isinstance(route, str):
+            refused[spec.route_id[:300]] = route
             continue
         if route.key in keys or route.route_id in ids:
             refused[spec.route_id] = "refused: duplicate VIP:port or route id"

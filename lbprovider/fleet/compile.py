@@ -22,11 +22,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from lbprovider.config import Settings
 from lbprovider.db.models import Allocation, FleetHost, Node, ServiceRecord
+from lbprovider.db.session import read_only_engine, read_only_factory
 from lbprovider.fleet.models import (
     FleetState,
     HealthCheckSpec,
@@ -52,7 +53,7 @@ class Unservable(ValueError):
 class Compiled:
     """The fleet-wide result: routes per Service, the nodes, and what could not be served."""
 
-    routes: tuple[RouteSpec, ...]
+    routes: tuple[RouteSpec, ...]  # sorted by address (family, value), then port
     nodes: tuple[NodeSpec, ...]
     health_check: HealthCheckSpec
     by_service: Mapping[str, tuple[RouteSpec, ...]]
@@ -64,8 +65,9 @@ class Compiled:
         if not enabled:
             return FleetState(host=host, enabled=False).with_version()
         routes = self.routes  # every enabled host serves every VIP: see hosts_for_vip
-        vips = tuple(sorted({r.address for r in routes}, key=_addr_key))
-        return FleetState(
+        vips = tuple(dict.fromkeys(r.address for r in routes))  # routes are sorted by address
+        # Constructed without re-validating: every part is a model this module built.
+        return FleetState.model_construct(
             host=host,
             routes=routes,
             nodes=self.nodes,
@@ -295,15 +297,20 @@ def _addr_key(text: str) -> tuple[int, int]:
 def change_stamp(session: Session) -> tuple[Any, ...]:
     """A cheap fingerprint of everything :func:`compile_fleet` reads: equal stamps, equal
     compilation. (Counts catch deletions; maxima catch inserts and updates.)"""
-    svc = session.execute(
-        select(func.count(), func.max(ServiceRecord.updated_at), func.max(ServiceRecord.id))
-    ).one()
-    alloc = session.execute(
-        select(func.count(), func.max(Allocation.id)).where(Allocation.active)
-    ).one()
-    released = session.execute(select(func.max(Allocation.released_at))).scalar()
-    nodes = session.execute(select(func.count(), func.max(Node.updated_at))).one()
-    return (tuple(svc), tuple(alloc), released, tuple(nodes))
+    active = select(Allocation.id).where(Allocation.active).subquery()
+    row = session.execute(
+        select(
+            select(func.count()).select_from(ServiceRecord).scalar_subquery(),
+            select(func.max(ServiceRecord.updated_at)).scalar_subquery(),
+            select(func.max(ServiceRecord.id)).scalar_subquery(),
+            select(func.count()).select_from(active).scalar_subquery(),
+            select(func.max(active.c.id)).scalar_subquery(),
+            select(func.max(Allocation.released_at)).scalar_subquery(),
+            select(func.count()).select_from(Node).scalar_subquery(),
+            select(func.max(Node.updated_at)).scalar_subquery(),
+        )
+    ).one()  # one round trip: a long-poll runs this every fleet_state_poll_seconds
+    return (tuple(row[0:3]), tuple(row[3:5]), row[5], tuple(row[6:8]))
 
 
 def host_enabled(session: Session, host: str) -> bool:
@@ -313,28 +320,71 @@ def host_enabled(session: Session, host: str) -> bool:
 
 
 class StateCache:
-    """Compiled fleets keyed by change stamp, so a long-poll check costs one stamp query.
+    """The compiled fleet and each host's state, kept current by change stamp, so a long-poll
+    check costs one stamp query and a change costs what changed (an incremental compile, see
+    ``lbprovider.fleet.incremental``). It also keeps each host's last few states, so an agent
+    that holds one of them can be sent a :class:`~lbprovider.fleet.models.FleetDelta`.
 
-    One per API app; safe to share between request threads.
+    One per API app; safe to share between request threads (compiles are serialised).
     """
 
     def __init__(self, settings: Settings) -> None:
+        # imported here: the incremental compiler builds on this module's per-Service rules
+        from lbprovider.fleet.incremental import IncrementalCompiler
+
         self.settings = settings
         self._lock = threading.Lock()
+        self._compile_lock = threading.Lock()
+        self._compiler = IncrementalCompiler(settings)
         self._stamp: tuple[Any, ...] | None = None
         self._compiled: Compiled | None = None
         self._states: dict[tuple[str, bool], FleetState] = {}
+        self._history: dict[str, dict[str, FleetState]] = {}  # host -> version -> state
+        self._bodies: dict[tuple[str, str], bytes] = {}  # (host, version) -> JSON
+        self._read_engine: tuple[Engine, Engine] | None = None
+        self._readers: tuple[sessionmaker[Session], sessionmaker[Session]] | None = None
 
     def compiled(self, session: Session) -> Compiled:
-        """The compilation of the database as ``session`` sees it now."""
+        """The compilation of the database as ``session`` sees it now, or newer.
+
+        A change is compiled in a read-only transaction of its own, begun under the compile
+        lock: compiles see the database in commit order (an incremental compile must never
+        step back to an older snapshot), and no thread waits for the database while it holds
+        the lock (a caller's transaction may hold SQLite's write lock)."""
         stamp = change_stamp(session)
         with self._lock:
             if stamp == self._stamp and self._compiled is not None:
                 return self._compiled
-        compiled = compile_fleet(session, self.settings)
+        return self.refresh(session)
+
+    def refresh(self, session: Session) -> Compiled:
+        """Compile the database's latest committed state; ``session`` only names the database
+        (no statement runs in it, so a writer can call this before it takes the write lock,
+        and not wait for a compile while holding it)."""
+        with self._compile_lock, Session(self._reader(session)) as own, own.begin():
+            fresh = change_stamp(own)
+            with self._lock:
+                if fresh == self._stamp and self._compiled is not None:
+                    return self._compiled
+            compiled = self._compiler.refresh(own, fresh)
+            with self._lock:
+                self._stamp, self._compiled, self._states = fresh, compiled, {}
+            return compiled
+
+    def readers(self, sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+        """Read-only sessions like ``sessions``' (made once per factory and kept here)."""
         with self._lock:
-            self._stamp, self._compiled, self._states = stamp, compiled, {}
-        return compiled
+            if self._readers is None or self._readers[0] is not sessions:
+                self._readers = (sessions, read_only_factory(sessions))
+            return self._readers[1]
+
+    def _reader(self, session: Session) -> Engine:
+        bind = session.get_bind()
+        engine = bind if isinstance(bind, Engine) else bind.engine
+        with self._lock:
+            if self._read_engine is None or self._read_engine[0] is not engine:
+                self._read_engine = (engine, read_only_engine(engine))
+            return self._read_engine[1]
 
     def state(self, session: Session, host: str) -> FleetState:
         """The current state of ``host``."""
@@ -346,6 +396,34 @@ class StateCache:
                 return cached
         state = compiled.state_for(host, enabled=key[1])
         with self._lock:
+            history = self._history.setdefault(host, {})
+            state = history.get(state.version, state)  # equal content: the same object
+            history.pop(state.version, None)
+            history[state.version] = state
+            while len(history) > HISTORY:
+                old = next(iter(history))
+                del history[old]
+                self._bodies.pop((host, old), None)
             if self._compiled is compiled:
                 self._states[key] = state
         return state
+
+    def known(self, host: str, version: str) -> FleetState | None:
+        """One of ``host``'s last :data:`HISTORY` states, by version (None if not kept)."""
+        with self._lock:
+            return self._history.get(host, {}).get(version)
+
+    def body(self, state: FleetState) -> bytes:
+        """``state`` as JSON, serialised once per version."""
+        key = (state.host, state.version)
+        with self._lock:
+            cached = self._bodies.get(key)
+        if cached is None:
+            cached = state.model_dump_json().encode()
+            with self._lock:
+                if state.version in self._history.get(state.host, {}):
+                    self._bodies[key] = cached
+        return cached
+
+
+HISTORY = 16  # states kept per host for deltas: an agent lagging more gets the whole state

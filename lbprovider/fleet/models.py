@@ -13,9 +13,13 @@ every value through ``lbprovider.haproxy.model`` before it reaches HAProxy.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+from bisect import insort
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from functools import cached_property
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +28,15 @@ PROTOCOL_VERSION = 1
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy without the values cached from this object's content (``cached_property``),
+        which an ``update`` could make wrong."""
+        copy = super().model_copy(update=update, deep=deep)
+        for name, value in vars(type(self)).items():
+            if isinstance(value, cached_property):
+                copy.__dict__.pop(name, None)
+        return copy
 
 
 class RouteOptionsSpec(_Model):
@@ -55,9 +68,20 @@ class RouteSpec(_Model):
         """``<vip>:<port>`` as HAProxy sees the destination (IPv6 unbracketed)."""
         return f"{self.address}:{self.port}"
 
+    @cached_property
+    def full_digest(self) -> str:
+        """SHA-256 of the route's canonical JSON, computed once per (immutable) route."""
+        return _digest(self.model_dump(mode="json"))
+
     def digest(self) -> str:
         """A short digest of the route's content: "applied" means this digest was applied."""
-        return _digest(self.model_dump(mode="json"))[:12]
+        return self.full_digest[:12]
+
+    @cached_property
+    def order(self) -> tuple[int, int, int]:
+        """The position of the route in a state: by address (family, value), then port."""
+        addr = ipaddress.ip_address(self.address)
+        return (addr.version, int(addr), self.port)
 
 
 class NodeSpec(_Model):
@@ -90,12 +114,118 @@ class FleetState(_Model):
     vips: tuple[str, ...] = ()
 
     def content_digest(self) -> str:
-        """The version this content deserves (the ``version`` field itself excluded)."""
-        return _digest(self.model_dump(mode="json", exclude={"version"}))[:20]
+        """The version this content deserves (the ``version`` field itself excluded): a digest
+        of every field but the routes, and of each route's own digest in order. A route's
+        digest is computed once per route object, so a state that shares most routes with the
+        previous one (a delta, an incremental compile) costs a join, not a re-serialisation."""
+        head = self.model_dump(mode="json", exclude={"version", "routes", "vips"})
+        routes = ",".join(r.full_digest for r in self.routes)
+        vips = ",".join(self.vips)  # addresses hold no comma
+        parts = {"head": head, "routes": _sha(routes), "vips": _sha(vips)}
+        return _digest(parts)[:20]
 
     def with_version(self) -> FleetState:
         """This state with ``version`` set from its content."""
         return self.model_copy(update={"version": self.content_digest()})
+
+    @cached_property
+    def routes_by_id(self) -> dict[str, RouteSpec]:
+        """route_id -> route (read-only by convention; built once per state)."""
+        return {r.route_id: r for r in self.routes}
+
+
+class FleetDelta(_Model):
+    """The change from a state the agent holds (``base_version``) to the host's current one.
+
+    Sent instead of the whole state when the agent asks for it (``delta=true``) and the API
+    still knows the base. Every field but the routes and VIPs is carried whole; routes are
+    upserted (new or changed, whole) or removed by ``route_id``. The agent rebuilds the state
+    with :meth:`apply_to` and must find ``version`` as its content digest, else it asks for the
+    whole state.
+    """
+
+    kind: Literal["delta"] = "delta"
+    protocol: int = PROTOCOL_VERSION
+    host: str
+    base_version: str
+    version: str
+    enabled: bool = True
+    upsert: tuple[RouteSpec, ...] = ()
+    remove: tuple[str, ...] = ()
+    nodes: tuple[NodeSpec, ...] = ()
+    health_check: HealthCheckSpec = Field(default_factory=HealthCheckSpec)
+    vips_add: tuple[str, ...] = ()
+    vips_remove: tuple[str, ...] = ()
+
+    @classmethod
+    def between(cls, base: FleetState, current: FleetState) -> FleetDelta:
+        """The delta that turns ``base`` into ``current`` (same host)."""
+        before, after = base.routes_by_id, current.routes_by_id
+        upsert = tuple(
+            r
+            for rid, r in after.items()
+            if (old := before.get(rid)) is not r
+            and (old is None or old.full_digest != r.full_digest)
+        )
+        remove = tuple(rid for rid in before if rid not in after)
+        old_vips, new_vips = set(base.vips), set(current.vips)
+        return cls(
+            protocol=current.protocol,
+            host=current.host,
+            base_version=base.version,
+            version=current.version,
+            enabled=current.enabled,
+            upsert=upsert,
+            remove=remove,
+            nodes=current.nodes,
+            health_check=current.health_check,
+            vips_add=tuple(v for v in current.vips if v not in old_vips),
+            vips_remove=tuple(v for v in base.vips if v not in new_vips),
+        )
+
+    def apply_to(self, base: FleetState) -> FleetState:
+        """``base`` with this delta applied, routes and VIPs in the canonical order; raises
+        ``ValueError`` when ``base`` is not this delta's base or the result is not ``version``."""
+        if base.version != self.base_version or base.host != self.host:
+            raise ValueError("the delta is not against this state")
+        gone = set(self.remove) | {r.route_id for r in self.upsert}
+        routes = _merged(
+            [r for r in base.routes if r.route_id not in gone], self.upsert, _route_position
+        )
+        dropped = set(self.vips_remove)
+        vips = _merged([v for v in base.vips if v not in dropped], self.vips_add, address_order)
+        state = FleetState.model_construct(
+            protocol=self.protocol,
+            host=self.host,
+            version=self.version,
+            enabled=self.enabled,
+            routes=tuple(routes),
+            nodes=self.nodes,
+            health_check=self.health_check,
+            vips=tuple(vips),
+        )
+        if state.content_digest() != self.version:
+            raise ValueError("the state rebuilt from the delta does not match its version")
+        return state
+
+
+def _merged(kept: list[Any], added: Sequence[Any], key: Callable[[Any], Any]) -> list[Any]:
+    """``kept`` (sorted by ``key``) with ``added`` inserted in order."""
+    if len(added) > 64:  # many: one sort beats bisecting each
+        return sorted([*kept, *added], key=key)
+    for item in added:
+        insort(kept, item, key=key)
+    return kept
+
+
+def address_order(text: str) -> tuple[int, int]:
+    """The canonical order of addresses in a state: family, then value."""
+    addr = ipaddress.ip_address(text)
+    return (addr.version, int(addr))
+
+
+def _route_position(route: RouteSpec) -> tuple[tuple[int, int, int], str]:
+    return (route.order, route.route_id)
 
 
 class ServerHealth(_Model):
@@ -205,6 +335,10 @@ class StatusAck(_Model):
     host: str
     desired_version: str
     resend_routes: bool = False
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _digest(data: Any) -> str:

@@ -20,10 +20,10 @@ import anyio.to_thread
 from sqlalchemy.orm import Session, sessionmaker
 
 from lbprovider.config import Settings
-from lbprovider.db.session import transaction
+from lbprovider.db.session import read_transaction
 from lbprovider.db.types import utcnow
 from lbprovider.fleet.compile import StateCache
-from lbprovider.fleet.models import FleetState, HostStatus, StatusAck
+from lbprovider.fleet.models import FleetDelta, FleetState, HostStatus, StatusAck
 from lbprovider.fleet.serving import live_hosts, serving_states
 from lbprovider.services.fleet import HostReport, fleet_hosts, record_host_report, set_serving
 
@@ -31,8 +31,9 @@ logger = logging.getLogger(__name__)
 
 
 def current_state(sessions: sessionmaker[Session], cache: StateCache, host: str) -> FleetState:
-    """The state ``host`` should serve now (one short transaction)."""
-    with transaction(sessions) as session:
+    """The state ``host`` should serve now (one short read-only transaction: a long-poll
+    checks every ``fleet_state_poll_seconds`` and must not take SQLite's write lock)."""
+    with read_transaction(cache.readers(sessions)) as session:
         return cache.state(session, host)
 
 
@@ -58,6 +59,22 @@ async def wait_for_state(
         await asyncio.sleep(min(poll, left))
 
 
+DELTA_HEADER = "X-Fleet-Delta"  # set on an answer that is a FleetDelta: its base version
+
+
+def state_answer(
+    *, cache: StateCache, state: FleetState, known_version: str, delta: bool
+) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of a state answer: a :class:`FleetDelta` against the version the
+    agent holds when it asked for one and that version is still kept, else the whole state."""
+    headers = {"ETag": f'"{state.version}"'}
+    base = cache.known(state.host, known_version) if delta and known_version else None
+    if base is None or base.version == state.version:
+        return cache.body(state), headers
+    headers[DELTA_HEADER] = base.version
+    return FleetDelta.between(base, state).model_dump_json().encode(), headers
+
+
 def accept_status(
     *, session: Session, cache: StateCache, settings: Settings, host: str, report: HostStatus
 ) -> StatusAck:
@@ -65,6 +82,7 @@ def accept_status(
 
     The report is stored with the version the API serves the host now, so the row keeps since
     when the host's applied version lags it (``/metrics``' version lag reads that)."""
+    cache.refresh(session)  # before this transaction writes: see StateCache.refresh
     status = report.model_dump(mode="json")
     row_status = {k: v for k, v in status.items() if k != "applied_routes"}
     row_status["applied_routes"] = report.applied_routes

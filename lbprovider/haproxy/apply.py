@@ -15,6 +15,7 @@ ends up in :class:`ApplyResult.errors`.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +26,16 @@ from lbprovider.haproxy.layout import (
     ROUTES_MAP,
     Layout,
     LiveAssignments,
+    Profile,
     ServerSpec,
     allow_map_name,
     build_layout,
     build_skeleton,
     parse_route_value,
+    profile_of,
+    route_value,
 )
-from lbprovider.haproxy.model import DesiredState, Settings
+from lbprovider.haproxy.model import BindMode, DesiredState, Route, RouteOptions, Settings
 from lbprovider.haproxy.process import HAProxyProcess, ReloadFailed
 from lbprovider.haproxy.render import (
     ADMIN_SOCKET,
@@ -255,8 +259,99 @@ def _execute_deletes(
     result.commands += len(deletes)
 
 
+@dataclass(frozen=True)
+class Known:
+    """What this applier last made HAProxy serve (equal to its live state at that moment):
+    the base of the next apply's layout, so a change of a few routes costs a few routes."""
+
+    desired: DesiredState
+    layout: Layout
+    by_key: dict[str, Route]
+    binds: Counter[tuple[object, int]]  # routes per skeleton bind
+    profiles: Counter[Profile]  # routes per profile
+
+    @classmethod
+    def of(cls, desired: DesiredState, layout: Layout) -> Known:
+        settings = layout.skeleton.settings
+        return cls(
+            desired,
+            layout,
+            {r.key: r for r in desired.routes},
+            Counter(_bind_of(r, settings) for r in desired.routes),
+            Counter(profile_of(r.options, settings) for r in desired.routes),
+        )
+
+
+def _bind_of(route: Route, settings: Settings) -> tuple[object, int]:
+    address = route.address if settings.bind_mode is BindMode.PER_VIP else None
+    return (address, route.port)
+
+
+def derive_layout(known: Known, desired: DesiredState) -> Known | None:
+    """``desired``'s layout derived from the known one when only Cluster routes without
+    source ranges changed and the skeleton stays the same; ``None`` when it must be built
+    from scratch (nodes, health check, Local or allow-listed routes, a new bind or profile)."""
+    old = known.desired
+    if desired.nodes != old.nodes or desired.health_check != old.health_check:
+        return None
+    settings = known.layout.skeleton.settings
+    new_keys = {r.key for r in desired.routes}
+    changed = [r for r in desired.routes if known.by_key.get(r.key) is not r]
+    gone = [r for key, r in known.by_key.items() if key not in new_keys]
+    replaced = [o for r in changed if (o := known.by_key.get(r.key)) is not None]
+    if any(r.is_local or r.options.source_ranges for r in (*changed, *gone, *replaced)):
+        return None
+    binds, profiles = known.binds.copy(), known.profiles.copy()
+    for r in (*gone, *replaced):
+        binds[_bind_of(r, settings)] -= 1
+        profiles[profile_of(r.options, settings)] -= 1
+    for r in changed:
+        binds[_bind_of(r, settings)] += 1
+        profiles[profile_of(r.options, settings)] += 1
+    binds, profiles = +binds, +profiles  # drop the zero counts
+    sk = known.layout.skeleton
+    default = profile_of(RouteOptions(), settings)
+    if set(binds) != {b for b in sk.binds} or set(profiles) | {default} != set(sk.profiles):
+        return None
+    route_map = dict(known.layout.route_map)
+    for r in gone:
+        del route_map[r.key]
+    for r in changed:
+        prof = profile_of(r.options, settings)
+        route_map[r.key] = route_value(prof.shared_backend, r.node_port, r.options.maxconn, 0)
+    old_layout = known.layout
+    layout = Layout(sk, route_map, old_layout.allow_maps, old_layout.servers, old_layout.nodes)
+    by_key = dict(known.by_key)
+    for r in gone:
+        del by_key[r.key]
+    by_key.update((r.key, r) for r in changed)
+    return Known(desired, layout, by_key, binds, profiles)
+
+
+def plan_delta(before: Layout, after: Layout) -> RuntimePlan:
+    """Map commands from one route map to another (skeleton, servers and allow maps equal)."""
+    plan = RuntimePlan()
+    path = f"{after.skeleton.settings.run_dir}/{ROUTES_MAP}"
+    old, new = before.route_map, after.route_map
+    for key, value in new.items():
+        have = old.get(key)
+        if have is None:
+            plan.maps.append(rt.add_map(path, key, value))
+        elif have != value:
+            plan.maps.append(rt.set_map(path, key, value))
+    plan.down = [rt.del_map(path, key) for key in sorted(old) if key not in new]
+    return plan
+
+
 class Applier:
-    """Applies desired states to one HAProxy; keeps one persistent runtime connection."""
+    """Applies desired states to one HAProxy; keeps one persistent runtime connection.
+
+    After a successful apply it keeps what it applied (:class:`Known`). The next apply derives
+    its layout from that when it can (see :func:`derive_layout`) and then either diffs it
+    against HAProxy's live state (``live=True``: maps and servers read through the socket) or,
+    with ``live=False``, sends only what changed since the known state. Any failure forgets the
+    known state, so the next apply reads everything again.
+    """
 
     def __init__(self, settings: Settings, process: HAProxyProcess, haproxy_bin: str = "haproxy"):
         self.settings = settings
@@ -264,28 +359,75 @@ class Applier:
         self.haproxy_bin = haproxy_bin
         self.config_path, admin, _ = paths(settings)
         self.client = RuntimeClient(str(admin))
+        self.known: Known | None = None
+        self._derived: tuple[Known, DesiredState, Known | None] | None = None
 
     def close(self) -> None:
         """Close the runtime connection (the process keeps running)."""
         self.client.close()
 
-    def apply(self, desired: DesiredState) -> ApplyResult:
-        """Converge HAProxy to ``desired``; never raises for a HAProxy-side failure."""
+    def apply(self, desired: DesiredState, *, live: bool = True) -> ApplyResult:
+        """Converge HAProxy to ``desired``; never raises for a HAProxy-side failure.
+
+        ``live=False`` trusts that HAProxy still serves the known state and sends only the
+        difference (when the layout can be derived); ``True`` diffs against the live state."""
+        derived = self.derive(desired)
+        if (
+            derived is not None
+            and config_digest(self.config_path) == derived.layout.skeleton.digest
+        ):
+            result = self._apply_derived(derived, live=live)
+            if result is not None:
+                return result
+        self.known = None
         result = ApplyResult()
         try:
-            layout, live = self._layout(desired)
+            layout, seen = self._layout(desired)
         except HAProxyError as e:
             result.errors.append(f"reading live state: {e}")
             return result
         if config_digest(self.config_path) != layout.skeleton.digest:
             return self._reload(desired, result)
         try:
-            self._apply_runtime(layout, live, result)
+            self._apply_runtime(layout, seen, result)
         except HAProxyError as e:
             logger.warning("runtime apply failed, reloading", extra={"error": str(e)})
             result.errors.append(f"runtime: {e}")
             return self._reload(desired, result)
         self._persist(layout, result)
+        self.known = Known.of(desired, layout)
+        result.applied = True
+        return result
+
+    def derive(self, desired: DesiredState) -> Known | None:
+        """:func:`derive_layout` from the known state (remembered for the same ``desired``)."""
+        known = self.known
+        if known is None:
+            return None
+        last = self._derived
+        if last is not None and last[0] is known and last[1] is desired:
+            return last[2]
+        derived = derive_layout(known, desired)
+        self._derived = (known, desired, derived)
+        return derived
+
+    def _apply_derived(self, derived: Known, *, live: bool) -> ApplyResult | None:
+        """Apply a derived layout; ``None`` (known state forgotten) when that failed."""
+        assert self.known is not None
+        result = ApplyResult()
+        try:
+            if live:
+                state = read_live(self.client, self.settings, derived.layout.skeleton.allow_slots)
+                plan = plan_runtime(derived.layout, state)
+            else:
+                plan = plan_delta(self.known.layout, derived.layout)
+            self._execute_plan(plan, result)
+        except HAProxyError as e:
+            logger.warning("incremental apply failed, reading everything", extra={"error": str(e)})
+            self.known = None
+            return None
+        self._persist(derived.layout, result)
+        self.known = derived
         result.applied = True
         return result
 
@@ -295,7 +437,9 @@ class Applier:
         return build_layout(desired, self.settings, live.assignments()), live
 
     def _apply_runtime(self, layout: Layout, live: LiveState, result: ApplyResult) -> None:
-        plan = plan_runtime(layout, live)
+        self._execute_plan(plan_runtime(layout, live), result)
+
+    def _execute_plan(self, plan: RuntimePlan, result: ApplyResult) -> None:
         for phase in (plan.up, plan.maps, plan.down):
             result.commands += _execute(self.client, phase)
         if plan.deletes:
@@ -346,6 +490,7 @@ class Applier:
             result.errors.append(f"after reload: {e}")
             return result
         self._persist(layout, result)
+        self.known = Known.of(desired, layout)
         result.applied = True
         return result
 

@@ -159,7 +159,7 @@ def _capacity(count: int, minimum: int) -> int:
     return size
 
 
-def _route_value(backend: str, node_port: int, maxconn: int, allow_slot: int) -> str:
+def route_value(backend: str, node_port: int, maxconn: int, allow_slot: int) -> str:
     return VALUE_SEP.join((backend, str(node_port), str(maxconn), str(allow_slot)))
 
 
@@ -271,7 +271,7 @@ def build_layout(
         prof = profile_of(route.options, settings)
         backend = local.get(route.key, prof.shared_backend)
         slot = allow[_cidrs(route.options)] if route.options.source_ranges else 0
-        route_map[route.key] = _route_value(backend, route.node_port, route.options.maxconn, slot)
+        route_map[route.key] = route_value(backend, route.node_port, route.options.maxconn, slot)
     allow_maps = {s: () for s in range(1, skeleton.allow_slots + 1)} | {
         s: lst for lst, s in allow.items()
     }

@@ -15,6 +15,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -197,9 +198,9 @@ class Route:
         if self.health_check_node_port is not None:
             check_port(self.health_check_node_port, "health_check_node_port")
 
-    @property
+    @cached_property
     def key(self) -> str:
-        """The map key HAProxy builds from ``%[dst]:%[dst_port]``."""
+        """The map key HAProxy builds from ``%[dst]:%[dst_port]`` (computed once: frozen)."""
         return f"{self.address}:{self.port}"
 
     @property

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from lbprovider.api.app import create_app
 from lbprovider.db.models import FleetHost, ServiceRecord
 from lbprovider.db.session import transaction
-from lbprovider.fleet.models import FleetState, HostStatus
+from lbprovider.fleet.models import FleetDelta, FleetState, HostStatus
 from tests.api.conftest import LiveServer, api_settings, make_token
 
 from .helpers import add_service, make_pool, service_data, set_node
@@ -178,3 +178,28 @@ def test_every_live_host_must_serve_a_vip(proto: Proto) -> None:
         assert rec is not None and rec.serving
     disabled = proto.other.get("/api/v1/fleet/hosts/edge-2/state").json()
     assert disabled["enabled"] is False and disabled["routes"] == []
+
+
+def test_delta_against_a_kept_version_rebuilds_the_new_state(proto: Proto) -> None:
+    add_service(proto.sessions, service_data("a", [(80, 30080)]))
+    first = FleetState.model_validate(proto.state().json())
+    add_service(proto.sessions, service_data("b", [(80, 30081)]))
+    r = proto.state(version=first.version, wait=5, delta="true")
+    assert r.status_code == 200 and r.headers["X-Fleet-Delta"] == first.version
+    delta = FleetDelta.model_validate(r.json())
+    assert [u.service for u in delta.upsert] == ["shop/b"] and delta.remove == ()
+    whole = proto.state(version=first.version)  # the same answer without delta=true
+    assert "X-Fleet-Delta" not in whole.headers
+    state = FleetState.model_validate(whole.json())
+    assert delta.apply_to(first) == state
+    assert r.headers["ETag"] == whole.headers["ETag"] == f'"{state.version}"'
+    # the long-poll contract holds with delta=true: same version waits, then 304
+    assert proto.state(version=state.version, wait=0.3, delta="true").status_code == 304
+
+
+def test_delta_against_an_unknown_version_is_the_whole_state(proto: Proto) -> None:
+    add_service(proto.sessions, service_data("a", [(80, 30080)]))
+    r = proto.state(version="0" * 20, delta="true")
+    assert r.status_code == 200 and "X-Fleet-Delta" not in r.headers
+    state = FleetState.model_validate(r.json())
+    assert state.version == state.content_digest() and len(state.routes) == 1

@@ -170,3 +170,40 @@ def test_runtime_client_reconnects_when_haproxy_closed_its_idle_connection(
         assert before["Pid"] != after["Pid"], "answered by the new worker"
     finally:
         client.close()
+
+
+def test_a_change_sends_only_its_own_commands_and_a_live_diff_still_heals(
+    lab_factory, backends
+) -> None:
+    """With the state it applied known, the next apply (``live=False``) sends only the map
+    lines that changed, whatever the number of routes; a hand edit is undone by the next
+    live diff (``live=True``), and an incremental command that fails on a hand edit falls
+    back to reading everything, not to a reload."""
+    port, np, np2 = free_port(), backends.node_port(), backends.node_port()
+    routes = [route(i, port, np) for i in range(1, 301)]
+    lab = lab_factory()
+    assert lab.applier.apply(lab.state(routes)).applied  # the first bind: a reload
+    pid = lab.worker_pid()
+    more = [*routes, route(400, port, np)]
+    added = lab.applier.apply(lab.state(more), live=False)
+    assert added.applied and added.commands == 1 and not added.reloaded
+    assert get(vip(400), port).endswith(f":{np}")
+    fewer = [r for r in more if r.key != route(7, port, np).key]
+    removed = lab.applier.apply(lab.state(fewer), live=False)
+    assert removed.applied and removed.commands == 1
+    assert try_get(vip(7), port) is None
+    run = lab.settings.run_dir
+    with RuntimeClient(f"{run}/admin.sock") as hand:
+        hand.execute([del_map(f"{run}/routes.map", route(8, port, np).key)])
+    assert lab.applier.apply(lab.state(fewer), live=False).commands == 0  # trusts what it knows
+    assert try_get(vip(8), port) is None
+    healed = lab.applier.apply(lab.state(fewer), live=True)
+    assert healed.applied and healed.commands == 1
+    assert get(vip(8), port).endswith(f":{np}")
+    with RuntimeClient(f"{run}/admin.sock") as hand:
+        hand.execute([del_map(f"{run}/routes.map", route(9, port, np).key)])
+    moved = [route(9, port, np2) if r.key == route(9, port, np).key else r for r in fewer]
+    result = lab.applier.apply(lab.state(moved), live=False)  # "set map" finds no line
+    assert result.applied and not result.reloaded, result.errors
+    assert get(vip(9), port).endswith(f":{np2}")
+    assert lab.worker_pid() == pid

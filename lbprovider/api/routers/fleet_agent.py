@@ -3,8 +3,11 @@
 An agent token reaches only its own host (an admin token any host). The state route
 long-polls: it answers at once when the host's state version differs from ``version`` (or
 ``If-None-Match``), else ``304`` after ``wait`` seconds (capped by
-``fleet_long_poll_max_seconds``); the ETag is the version. Authentication runs in its own short
-transaction so a waiting poll holds no database lock. Logic lives in ``lbprovider.fleet``.
+``fleet_long_poll_max_seconds``); the ETag is the version. With ``delta=true`` the answer is
+a ``FleetDelta`` against ``version`` when the API still keeps that state (header
+``X-Fleet-Delta`` names the base), else the whole state as without it. Authentication runs
+in its own short transaction so a waiting poll holds no database lock. Logic lives in
+``lbprovider.fleet``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import threading
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
 
 from lbprovider.api.auth import bearer, current_token, require_host_agent
@@ -22,7 +24,7 @@ from lbprovider.api.problems import problem_responses
 from lbprovider.db.session import transaction
 from lbprovider.fleet.compile import StateCache
 from lbprovider.fleet.models import FleetState, HostStatus, StatusAck
-from lbprovider.fleet.protocol import accept_status, wait_for_state
+from lbprovider.fleet.protocol import accept_status, state_answer, wait_for_state
 
 router = APIRouter(prefix="/fleet", tags=["fleet"])
 _cache_lock = threading.Lock()
@@ -77,6 +79,9 @@ async def get_state(
     cache: CacheDep,
     version: Annotated[str, Query(max_length=64, description="The version the agent has.")] = "",
     wait: Annotated[float, Query(ge=0, le=3600, description="Seconds to wait for news.")] = 0,
+    delta: Annotated[
+        bool, Query(description="Answer with a FleetDelta against `version` when possible.")
+    ] = False,
     if_none_match: Annotated[str | None, Header(max_length=80)] = None,
 ) -> Response:
     known = version or (if_none_match or "").strip().strip('"')
@@ -90,7 +95,8 @@ async def get_state(
     )
     if state is None:
         return Response(status_code=304, headers={"ETag": f'"{known}"'})
-    return JSONResponse(state.model_dump(mode="json"), headers={"ETag": f'"{state.version}"'})
+    body, headers = state_answer(cache=cache, state=state, known_version=known, delta=delta)
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @router.post("/hosts/{name}/status", responses=problem_responses(401, 403, 422, 429))

@@ -1,0 +1,153 @@
+"""The incremental compiler and the delta protocol: what a change costs follows the change,
+and the result is exactly what a full compile gives (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from lbprovider.config import Settings
+from lbprovider.db.models import Allocation, ServiceRecord
+from lbprovider.db.session import transaction
+from lbprovider.db.types import utcnow
+from lbprovider.fleet.compile import Compiled, StateCache, compile_fleet
+from lbprovider.fleet.models import FleetDelta, FleetState
+
+from .helpers import add_service, make_pool, remove_service, service_data, set_node
+
+SETTINGS = Settings(database_url="sqlite://")
+
+
+def both(sessions: sessionmaker[Session], cache: StateCache) -> tuple[Compiled, Compiled]:
+    """(incremental, full) compilations of the database as it is now."""
+    with transaction(sessions) as s:
+        return cache.compiled(s), compile_fleet(s, SETTINGS)
+
+
+def assert_same(sessions: sessionmaker[Session], cache: StateCache) -> Compiled:
+    inc, full = both(sessions, cache)
+    assert inc.routes == full.routes
+    assert dict(inc.by_service) == dict(full.by_service)
+    assert dict(inc.problems) == dict(full.problems)
+    assert dict(inc.no_routes) == dict(full.no_routes)
+    assert inc.nodes == full.nodes
+    assert inc.state_for("edge-1", enabled=True) == full.state_for("edge-1", enabled=True)
+    return inc
+
+
+def test_every_kind_of_change_compiles_as_a_full_compile_would(
+    sessions: sessionmaker[Session],
+) -> None:
+    make_pool(sessions, "127.24.0.1-127.24.0.60")
+    set_node(sessions, "node-a", "127.0.0.2")
+    cache = StateCache(SETTINGS)
+    for i in range(20):
+        add_service(sessions, service_data(f"s{i}", [(80, 30000 + i)]))
+    assert_same(sessions, cache)
+    loads = cache._compiler.full_loads  # the first compile read everything
+    add_service(sessions, service_data("new", [(80, 31000)]))  # a new Service
+    assert_same(sessions, cache)
+    add_service(sessions, service_data("s3", [(80, 32003), (443, 32443)]))  # a changed one
+    assert_same(sessions, cache)
+    remove_service(sessions, "s4")  # released: its routes go, its record stays
+    assert_same(sessions, cache)
+    with transaction(sessions) as s:  # a record deleted outright
+        s.delete(s.scalars(select(ServiceRecord).where(ServiceRecord.name == "s5")).one())
+    assert_same(sessions, cache)
+    add_service(sessions, service_data("bad", [(80, 30000)], options={"balance": "nope"}))
+    inc = assert_same(sessions, cache)
+    assert "balance" in inc.problems["shop/bad"]
+    with transaction(sessions) as s:  # only the serving flag: nothing to recompile
+        s.execute(update(ServiceRecord).values(serving=True, updated_at=utcnow()))
+    routes = cache._compiler._entries[("shop", "s1")].routes
+    assert_same(sessions, cache)
+    assert cache._compiler._entries[("shop", "s1")].routes is routes
+    set_node(sessions, "node-b", "127.0.0.3")  # a node joins
+    assert [n.name for n in assert_same(sessions, cache).nodes] == ["node-a", "node-b"]
+    assert cache._compiler.full_loads == loads  # none of that read everything again
+
+
+def test_a_clash_and_its_end_compile_as_a_full_compile_would(
+    sessions: sessionmaker[Session],
+) -> None:
+    make_pool(sessions, "127.25.0.1-127.25.0.20")
+    set_node(sessions, "node-a", "127.0.0.2")
+    cache = StateCache(SETTINGS)
+    (ip,) = add_service(sessions, service_data("a", [(80, 30001)]))
+    add_service(sessions, service_data("b", [(80, 30002)]))
+    assert_same(sessions, cache)
+    with transaction(sessions) as s:  # a corrupt row: b's allocation moved onto a's address
+        s.execute(update(Allocation).where(Allocation.service_name == "b").values(ip=ip))
+        s.execute(
+            update(ServiceRecord).where(ServiceRecord.name == "b").values(updated_at=utcnow())
+        )
+    # An allocation edited in place (no mark moves) is found by the periodic reconciliation.
+    cache._compiler._reconciled = float("-inf")  # as if RECONCILE_SECONDS had passed
+    inc = assert_same(sessions, cache)
+    assert (
+        inc.problems["shop/a"]
+        == inc.problems["shop/b"]
+        == ("another Service claims the same VIP:port")
+    )
+    assert inc.routes == ()
+    remove_service(sessions, "b")
+    inc = assert_same(sessions, cache)
+    assert [r.service for r in inc.routes] == ["shop/a"]
+
+
+def test_a_row_committed_out_of_order_is_found_by_the_reconciliation(
+    sessions: sessionmaker[Session],
+) -> None:
+    """An update whose stamp is older than one already compiled (two writers committing out of
+    order) is invisible to the high-water marks; the reconciliation finds it."""
+    make_pool(sessions, "127.26.0.1-127.26.0.20")
+    set_node(sessions, "node-a", "127.0.0.2")
+    cache = StateCache(SETTINGS)
+    add_service(sessions, service_data("a", [(80, 30001)]))
+    before = utcnow()
+    add_service(sessions, service_data("b", [(80, 30002)]))
+    assert_same(sessions, cache)
+    with transaction(sessions) as s:
+        s.execute(
+            update(ServiceRecord)
+            .where(ServiceRecord.name == "a")
+            .values(ports=[{"name": "p", "protocol": "TCP", "port": 81, "nodePort": 30001}])
+            .values(updated_at=before)
+        )
+        s.execute(update(ServiceRecord).where(ServiceRecord.name == "b").values(serving=True))
+    cache._compiler._reconciled = float("-inf")  # as if RECONCILE_SECONDS had passed
+    inc = assert_same(sessions, cache)
+    assert {r.port for r in inc.by_service["shop/a"]} == {81}
+
+
+def test_a_delta_rebuilds_the_next_state_exactly(sessions: sessionmaker[Session]) -> None:
+    make_pool(sessions, "127.27.0.1-127.27.0.200")
+    set_node(sessions, "node-a", "127.0.0.2")
+    cache = StateCache(SETTINGS)
+    for i in range(100):
+        add_service(sessions, service_data(f"s{i}", [(80, 30000 + i)]))
+
+    def current() -> FleetState:
+        with transaction(sessions) as s:
+            return cache.state(s, "edge-1")
+
+    base = current()
+    add_service(sessions, service_data("new", [(80, 31000)]))
+    add_service(sessions, service_data("s7", [(8080, 31007)]))
+    remove_service(sessions, "s9")
+    now = current()
+    delta = FleetDelta.between(base, now)
+    assert {r.service for r in delta.upsert} == {"shop/new", "shop/s7"}
+    assert len(delta.remove) == 2  # s7's old route and s9's
+    # over the wire, then rebuilt on the agent's copy of the base
+    wire = FleetDelta.model_validate_json(delta.model_dump_json())
+    held = FleetState.model_validate_json(base.model_dump_json())
+    rebuilt = wire.apply_to(held)
+    assert rebuilt == now and rebuilt.version == now.version == rebuilt.content_digest()
+    assert len(wire.model_dump_json()) < len(now.model_dump_json()) / 20
+    try:
+        wire.apply_to(now)
+    except ValueError as e:
+        assert "not against this state" in str(e)
+    else:
+        raise AssertionError("a delta applied to another base")
