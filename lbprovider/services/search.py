@@ -25,7 +25,7 @@ from lbprovider.db.models import (
     ServiceRecord,
 )
 from lbprovider.ipam.ranges import IPRange, ip_key
-from lbprovider.services.catalog import ServiceRow, listed, live, name_contains, service_rows
+from lbprovider.services.catalog import ServiceLine, listed, live, name_contains, service_lines
 from lbprovider.services.queries import count_rows
 from lbprovider.services.state import pool_spec
 
@@ -100,8 +100,25 @@ def search(*, session: Session, query: str, limit: int = 25) -> SearchResult:
     return result
 
 
-def _section(session: Session, stmt: Select[Any], limit: int) -> Section:
-    rows = list(session.scalars(stmt.limit(limit)))
+SHOWN_ALLOCATION = (
+    Allocation.ip,
+    Allocation.service_namespace,
+    Allocation.service_name,
+    Allocation.pool_name,
+    Allocation.active,
+    Allocation.allocated_at,
+    Allocation.released_at,
+    Allocation.ports,
+    Allocation.sharing_key,
+)
+"""What the Allocations section shows (and a ``ServiceLine`` without a record reads)."""
+
+
+def _section(session: Session, stmt: Select[Any], limit: int, *, columns: bool = False) -> Section:
+    """Up to ``limit`` rows of ``stmt`` (its entities, or Core rows for ``columns``) and how
+    many there are in all."""
+    result = session.execute(stmt.limit(limit))
+    rows = list(result if columns else result.scalars())
     total = len(rows) if len(rows) < limit else count_rows(session, stmt)
     return Section(rows, total)
 
@@ -116,11 +133,11 @@ def _search_network(session: Session, result: SearchResult, net: IPNetwork, limi
         else (Allocation.ip_key >= low) & (Allocation.ip_key <= high)
     )
     allocations = (
-        select(Allocation)
+        select(*SHOWN_ALLOCATION)
         .where(in_alloc)
         .order_by(Allocation.active.desc(), Allocation.ip_key, Allocation.id.desc())
     )
-    result.allocations = _section(session, allocations, limit)
+    result.allocations = _section(session, allocations, limit, columns=True)
     in_res = (
         Reservation.ip == single
         if single
@@ -147,13 +164,13 @@ def _search_network(session: Session, result: SearchResult, net: IPNetwork, limi
         )
 
 
-def _services_holding(session: Session, allocations: Sequence[Allocation], limit: int) -> Section:
+def _services_holding(session: Session, allocations: Sequence[Any], limit: int) -> Section:
     keys = sorted({(a.service_namespace, a.service_name) for a in allocations if a.active})
     if not keys:
         return Section()
     records = {
         (r.namespace, r.name): r
-        for r in session.scalars(
+        for r in session.execute(
             listed(select(ServiceRecord)).where(
                 or_(
                     *(
@@ -164,10 +181,19 @@ def _services_holding(session: Session, allocations: Sequence[Allocation], limit
             )
         )
     }
-    rows = service_rows(session, [records[k] for k in keys[:limit] if k in records])
+    rows = service_lines(session, [records[k] for k in keys[:limit] if k in records])
     known = {(r.namespace, r.name) for r in rows}
     rows += [
-        ServiceRow(ns, name, None, [a for a in allocations if a.active and a.service_name == name])
+        ServiceLine.of(
+            ns,
+            name,
+            None,
+            [
+                a
+                for a in allocations
+                if a.active and a.service_namespace == ns and a.service_name == name
+            ],
+        )
         for ns, name in keys[:limit]
         if (ns, name) not in known
     ]
@@ -199,14 +225,16 @@ def _search_names(
     services = listed(select(ServiceRecord)).where(
         match(ServiceRecord.namespace, ServiceRecord.name)
     )
-    svc = _section(session, services.order_by(ServiceRecord.namespace, ServiceRecord.name), limit)
-    result.services = Section(service_rows(session, svc.rows), svc.total)
+    services = services.order_by(ServiceRecord.namespace, ServiceRecord.name)
+    svc = _section(session, services, limit, columns=True)
+    result.services = Section(service_lines(session, svc.rows), svc.total)
     result.allocations = _section(
         session,
-        select(Allocation)
+        select(*SHOWN_ALLOCATION)
         .where(live(), match(Allocation.service_namespace, Allocation.service_name))
         .order_by(Allocation.service_namespace, Allocation.service_name, Allocation.family),
         limit,
+        columns=True,
     )
     result.reservations = _section(
         session,
