@@ -66,6 +66,13 @@ def include_for(dialect: str) -> Callable[[Any, str | None, str, bool, Any], boo
     return include
 
 
+GIN_NO_PENDING_LIST = {"fastupdate": "off"}
+"""New entries go straight into a GIN index instead of a pending list that only (auto)vacuum
+merges: until then a search would scan that list, and the planner, seeing it, scans the table
+instead (measured: 10,000 fresh names, 29 ms instead of 0.5 ms). Service names change at the
+rate of Kubernetes events, so the slower insert does not matter."""
+
+
 # The trigram indexes below need pg_trgm (a trusted extension of PostgreSQL's contrib: the
 # database owner may create it). Migration 0005 creates it; this covers ``create_all``.
 @event.listens_for(Base.metadata, "before_create")
@@ -210,6 +217,7 @@ class Allocation(Base):
             postgresql_using="gin",
             postgresql_ops={"service_name": "gin_trgm_ops"},
             postgresql_where=text("active"),
+            postgresql_with=GIN_NO_PENDING_LIST,
             info=POSTGRESQL_ONLY,
         ).ddl_if(dialect="postgresql"),
     )
@@ -287,6 +295,7 @@ class ServiceRecord(Base):
             "name",
             postgresql_using="gin",
             postgresql_ops={"name": "gin_trgm_ops"},
+            postgresql_with=GIN_NO_PENDING_LIST,
             info=POSTGRESQL_ONLY,
         ).ddl_if(dialect="postgresql"),
     )

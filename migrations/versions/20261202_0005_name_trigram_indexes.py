@@ -6,7 +6,9 @@ Create Date: 2026-12-02 06:50:00
 
 The dashboard's Services filter and its search match names by substring
 (``name ILIKE '%word%'`` on PostgreSQL), which no B-tree serves: with 10,000 Services every
-search scanned the table (and counted by scanning again). pg_trgm's GIN indexes serve it.
+search scanned the table (and counted by scanning again). pg_trgm's GIN indexes serve it;
+``fastupdate = off`` (see ``models.GIN_NO_PENDING_LIST``) keeps fresh names out of a pending
+list that only vacuum merges.
 PostgreSQL only: SQLite has no such index (and scans 10,000 names in about a millisecond),
 so on SQLite this revision does nothing.
 """
@@ -30,7 +32,7 @@ def upgrade() -> None:
     )
     op.execute(
         "CREATE INDEX ix_allocations_live_name_trgm ON allocations "
-        "USING gin (service_name gin_trgm_ops) WHERE active"
+        "USING gin (service_name gin_trgm_ops) WITH (fastupdate = off) WHERE active"
     )
 
 
