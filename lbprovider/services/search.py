@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Select, String, cast, or_, select
+from sqlalchemy import Select, String, cast, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from lbprovider.db.models import (
@@ -110,14 +110,23 @@ SHOWN_ALLOCATION = (
     Allocation.released_at,
     Allocation.ports,
     Allocation.sharing_key,
+    Allocation.family,
 )
 """What the Allocations section shows (and a ``ServiceLine`` without a record reads)."""
 
 
-def _section(session: Session, stmt: Select[Any], limit: int, *, columns: bool = False) -> Section:
+def _section(
+    session: Session,
+    stmt: Select[Any],
+    limit: int,
+    *,
+    columns: bool = False,
+    rows_of: Select[Any] | None = None,
+) -> Section:
     """Up to ``limit`` rows of ``stmt`` (its entities, or Core rows for ``columns``) and how
-    many there are in all."""
-    result = session.execute(stmt.limit(limit))
+    many there are in all; ``rows_of``: the same rows in the same order, spelled for a better
+    plan (the count stays ``stmt``'s)."""
+    result = session.execute((stmt if rows_of is None else rows_of).limit(limit))
     rows = list(result if columns else result.scalars())
     total = len(rows) if len(rows) < limit else count_rows(session, stmt)
     return Section(rows, total)
@@ -200,6 +209,25 @@ def _services_holding(session: Session, allocations: Sequence[Any], limit: int) 
     return Section(rows, len(keys))
 
 
+def _word_rows(
+    session: Session, base: Select[Any], ns_col: Any, name_col: Any, word: str | None, *tail: str
+) -> Select[Any] | None:
+    """PostgreSQL: ``base`` rows whose namespace is ``word`` or whose name contains it, ordered
+    by namespace, name, ``tail``, as the two disjoint halves of that OR. Given the OR with a
+    LIMIT, the planner walks the (namespace, name) index in order and tests every row until it
+    has a page (1,400 rows for "ns-07" among 10,000: 4-11 ms); each half alone gets its index
+    (the namespace B-tree, the name trigrams) and the sort is over the matches only (<1 ms).
+    SQLite walks its covering index faster than it would scan for the second half: None."""
+    if word is None or session.get_bind().dialect.name != "postgresql":
+        return None
+    halves = union_all(
+        base.where(ns_col == word),
+        base.where(ns_col != word, name_contains(name_col, word)),
+    ).subquery()
+    keys = (ns_col.key, name_col.key, *tail)
+    return select(halves).order_by(*(halves.c[k] for k in keys))
+
+
 def _search_names(
     session: Session,
     result: SearchResult,
@@ -222,19 +250,28 @@ def _search_names(
         def match(ns_col: Any, name_col: Any) -> Any:
             return (ns_col == namespace) & name_col.startswith(name, autoescape=True)
 
-    services = listed(select(ServiceRecord)).where(
-        match(ServiceRecord.namespace, ServiceRecord.name)
-    )
+    records = listed(select(ServiceRecord))
+    services = records.where(match(ServiceRecord.namespace, ServiceRecord.name))
     services = services.order_by(ServiceRecord.namespace, ServiceRecord.name)
-    svc = _section(session, services, limit, columns=True)
-    result.services = Section(service_lines(session, svc.rows), svc.total)
-    result.allocations = _section(
+    svc = _section(
         session,
-        select(*SHOWN_ALLOCATION)
-        .where(live(), match(Allocation.service_namespace, Allocation.service_name))
-        .order_by(Allocation.service_namespace, Allocation.service_name, Allocation.family),
+        services,
         limit,
         columns=True,
+        rows_of=_word_rows(session, records, ServiceRecord.namespace, ServiceRecord.name, word),
+    )
+    result.services = Section(service_lines(session, svc.rows), svc.total)
+    held = select(*SHOWN_ALLOCATION).where(live())
+    result.allocations = _section(
+        session,
+        held.where(match(Allocation.service_namespace, Allocation.service_name)).order_by(
+            Allocation.service_namespace, Allocation.service_name, Allocation.family
+        ),
+        limit,
+        columns=True,
+        rows_of=_word_rows(
+            session, held, Allocation.service_namespace, Allocation.service_name, word, "family"
+        ),
     )
     result.reservations = _section(
         session,

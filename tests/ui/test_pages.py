@@ -406,3 +406,14 @@ def test_postgres_serves_name_contains_from_the_trigram_indexes(ui: Ui) -> None:
             compiled = stmt.compile(conn, compile_kwargs={"literal_binds": True})
             plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
             assert "_name_trgm" in plan, plan
+
+
+def test_word_search_lists_namespace_and_name_matches_once_in_order(ui: Ui) -> None:
+    make_pool(ui.sessions, "p", "127.1.0.0/24")
+    for ns, name in (("web", "b"), ("web", "web-x"), ("a", "myweb"), ("z", "web"), ("a", "x")):
+        add_service(ui.sessions, ns, name, pool="p")
+    html = ui.signed_in("read").get("/search?q=web").text
+    services, allocations = html.split('id="sr-alloc"')
+    order = ["a/myweb", "web/b", "web/web-x", "z/web"]
+    assert re.findall(r'href="/services/([^"]+)">', services) == order
+    assert re.findall(r'href="/services/([^"]+)">', allocations) == order
