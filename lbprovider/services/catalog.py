@@ -101,13 +101,27 @@ def live() -> ColumnElement[bool]:
     return bare(Allocation.active)
 
 
+def like_escaped(text: str) -> str:
+    """``text`` for a ``LIKE`` pattern with escape character ``/`` (``%`` and ``_`` literal)."""
+    return text.replace("/", "//").replace("%", "/%").replace("_", "/_")
+
+
+def contains_pattern(text: str) -> str:
+    """The pattern ``name_like`` takes for "contains ``text``, ignoring case"."""
+    return f"%{like_escaped(text.lower())}%"
+
+
+def name_like(column: Any, pattern: Any, *, short: bool) -> ColumnElement[bool]:
+    """``column`` matches ``pattern`` (a ``contains_pattern``, as a value or a bind
+    parameter) ignoring case; ``short``: the text is under three characters (no trigram)."""
+    return (folded_scan if short else folded_like)(column, pattern)
+
+
 def name_contains(column: Any, text: str) -> ColumnElement[bool]:
     """``column`` contains ``text``, ignoring case (``%`` and ``_`` in it are literal). The
     pattern is one bound value (not ``'%' || :text || '%'``), so PostgreSQL plans it with the
     trigram index."""
-    escaped = text.lower().replace("/", "//").replace("%", "/%").replace("_", "/_")
-    kind = folded_like if len(text) >= 3 else folded_scan
-    return kind(column, f"%{escaped}%")
+    return name_like(column, contains_pattern(text), short=len(text) < 3)
 
 
 @dataclass(frozen=True)
