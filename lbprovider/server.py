@@ -4,6 +4,7 @@ configured. Composition only: each part lives in its own package."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,19 @@ class _Server(uvicorn.Server):
             await asyncio.to_thread(self._on_shutdown)
 
 
+def settle_heap() -> int:
+    """Collect once, then move everything alive (modules, mappers, compiled templates and
+    statements, settings: ~150,000 objects that live as long as the process) out of the cyclic
+    GC's reach (``gc.freeze``), and return how many. A process-level choice, so it is made here
+    at start-up and not in the app factory that tests build many times: a full collection
+    over that heap took 200-300 ms on the 2-vCPU bench machine, every few dozen dashboard
+    requests, and with it frozen 40 ms. Frozen objects are still freed by reference counting;
+    only a cycle among them would outlive its use, and these live for the process anyway."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 def run_server(settings: Settings, *, listen: str | None = None) -> None:
     from lbprovider.api.app import create_app
     from lbprovider.controller.runner import start_in_background
@@ -46,6 +60,7 @@ def run_server(settings: Settings, *, listen: str | None = None) -> None:
     controller = start_in_background(settings, registry=app.state.metrics)
     logger.info("serving", extra={"event": "serve", "host": host, "port": port})
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
+    logger.debug("start-up heap frozen", extra={"event": "gc_freeze", "objects": settle_heap()})
     try:
         _Server(config, controller.stop if controller else None).run()
     finally:

@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from lbprovider.config import get_settings
-from lbprovider.db.models import Base
+from lbprovider.db.models import Base, include_for
 from lbprovider.db.session import make_engine
 
 target_metadata = Base.metadata
@@ -18,6 +18,7 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=include_for(connection.dialect.name),
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -11,11 +11,13 @@ index lookup on both databases.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     Boolean,
+    Connection,
     ForeignKey,
     Index,
     Integer,
@@ -23,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -45,6 +48,37 @@ NAME = String(253)
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType, list[Any]: JSONType}
+
+
+POSTGRESQL_ONLY = {"dialects": ("postgresql",)}
+"""``info`` of a schema item that exists on PostgreSQL only (with ``ddl_if``), so that
+comparing the models with a SQLite database skips it (see ``include_for``)."""
+
+
+def include_for(dialect: str) -> Callable[[Any, str | None, str, bool, Any], bool]:
+    """An Alembic ``include_object`` hook for ``dialect``: compare only the items that exist
+    there (autogenerate does not honour ``ddl_if``)."""
+
+    def include(obj: Any, name: str | None, type_: str, reflected: bool, other: Any) -> bool:
+        dialects = None if reflected else getattr(obj, "info", {}).get("dialects")
+        return dialects is None or dialect in dialects
+
+    return include
+
+
+GIN_NO_PENDING_LIST = {"fastupdate": "off"}
+"""New entries go straight into a GIN index instead of a pending list that only (auto)vacuum
+merges: until then a search would scan that list, and the planner, seeing it, scans the table
+instead (measured: 10,000 fresh names, 29 ms instead of 0.5 ms). Service names change at the
+rate of Kubernetes events, so the slower insert does not matter."""
+
+
+# The trigram indexes below need pg_trgm (a trusted extension of PostgreSQL's contrib: the
+# database owner may create it). Migration 0005 creates it; this covers ``create_all``.
+@event.listens_for(Base.metadata, "before_create")
+def _create_pg_trgm(_metadata: MetaData, connection: Connection, **_kw: Any) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm")
 
 
 class Pool(Base):
@@ -176,6 +210,16 @@ class Allocation(Base):
         ),
         Index("ix_allocations_service", "service_namespace", "service_name"),
         Index("ix_allocations_active_key", "active", "ip_key"),
+        # The search's "name contains" over live allocations (PostgreSQL; pg_trgm).
+        Index(
+            "ix_allocations_live_name_trgm",
+            "service_name",
+            postgresql_using="gin",
+            postgresql_ops={"service_name": "gin_trgm_ops"},
+            postgresql_where=text("active"),
+            postgresql_with=GIN_NO_PENDING_LIST,
+            info=POSTGRESQL_ONLY,
+        ).ddl_if(dialect="postgresql"),
     )
 
 
@@ -244,6 +288,16 @@ class ServiceRecord(Base):
     __table_args__ = (
         UniqueConstraint("namespace", "name"),
         Index("ix_service_records_reason", "condition_reason"),
+        # "Name contains" (``name ILIKE '%...%'``, ``catalog.name_contains``) for the Services
+        # filter and the search, on PostgreSQL (pg_trgm); SQLite scans 10,000 names in ~1 ms.
+        Index(
+            "ix_service_records_name_trgm",
+            "name",
+            postgresql_using="gin",
+            postgresql_ops={"name": "gin_trgm_ops"},
+            postgresql_with=GIN_NO_PENDING_LIST,
+            info=POSTGRESQL_ONLY,
+        ).ddl_if(dialect="postgresql"),
     )
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
-from sqlalchemy import Select, String, cast, or_, select
+from sqlalchemy import Select, String, bindparam, cast, func, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from lbprovider.db.models import (
@@ -25,7 +26,15 @@ from lbprovider.db.models import (
     ServiceRecord,
 )
 from lbprovider.ipam.ranges import IPRange, ip_key
-from lbprovider.services.catalog import ServiceRow, listed, live, name_contains, service_rows
+from lbprovider.services.catalog import (
+    ServiceLine,
+    contains_pattern,
+    like_escaped,
+    listed,
+    live,
+    name_like,
+    service_lines,
+)
 from lbprovider.services.queries import count_rows
 from lbprovider.services.state import pool_spec
 
@@ -100,8 +109,26 @@ def search(*, session: Session, query: str, limit: int = 25) -> SearchResult:
     return result
 
 
-def _section(session: Session, stmt: Select[Any], limit: int) -> Section:
-    rows = list(session.scalars(stmt.limit(limit)))
+SHOWN_ALLOCATION = (
+    Allocation.ip,
+    Allocation.service_namespace,
+    Allocation.service_name,
+    Allocation.pool_name,
+    Allocation.active,
+    Allocation.allocated_at,
+    Allocation.released_at,
+    Allocation.ports,
+    Allocation.sharing_key,
+    Allocation.family,
+)
+"""What the Allocations section shows (and a ``ServiceLine`` without a record reads)."""
+
+
+def _section(session: Session, stmt: Select[Any], limit: int, *, columns: bool = False) -> Section:
+    """Up to ``limit`` rows of ``stmt`` (its entities, or Core rows for ``columns``) and how
+    many there are in all."""
+    result = session.execute(stmt.limit(limit))
+    rows = list(result if columns else result.scalars())
     total = len(rows) if len(rows) < limit else count_rows(session, stmt)
     return Section(rows, total)
 
@@ -116,11 +143,11 @@ def _search_network(session: Session, result: SearchResult, net: IPNetwork, limi
         else (Allocation.ip_key >= low) & (Allocation.ip_key <= high)
     )
     allocations = (
-        select(Allocation)
+        select(*SHOWN_ALLOCATION)
         .where(in_alloc)
         .order_by(Allocation.active.desc(), Allocation.ip_key, Allocation.id.desc())
     )
-    result.allocations = _section(session, allocations, limit)
+    result.allocations = _section(session, allocations, limit, columns=True)
     in_res = (
         Reservation.ip == single
         if single
@@ -147,13 +174,13 @@ def _search_network(session: Session, result: SearchResult, net: IPNetwork, limi
         )
 
 
-def _services_holding(session: Session, allocations: Sequence[Allocation], limit: int) -> Section:
+def _services_holding(session: Session, allocations: Sequence[Any], limit: int) -> Section:
     keys = sorted({(a.service_namespace, a.service_name) for a in allocations if a.active})
     if not keys:
         return Section()
     records = {
         (r.namespace, r.name): r
-        for r in session.scalars(
+        for r in session.execute(
             listed(select(ServiceRecord)).where(
                 or_(
                     *(
@@ -164,14 +191,120 @@ def _services_holding(session: Session, allocations: Sequence[Allocation], limit
             )
         )
     }
-    rows = service_rows(session, [records[k] for k in keys[:limit] if k in records])
+    rows = service_lines(session, [records[k] for k in keys[:limit] if k in records])
     known = {(r.namespace, r.name) for r in rows}
     rows += [
-        ServiceRow(ns, name, None, [a for a in allocations if a.active and a.service_name == name])
+        ServiceLine.of(
+            ns,
+            name,
+            None,
+            [
+                a
+                for a in allocations
+                if a.active and a.service_namespace == ns and a.service_name == name
+            ],
+        )
         for ns, name in keys[:limit]
         if (ns, name) not in known
     ]
     return Section(rows, len(keys))
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One section of a name search: its rows (limited) and its count, as statements."""
+
+    rows: Select[Any]
+    count: Select[Any]
+    columns: bool  # Core rows, not entities
+
+
+@lru_cache(maxsize=32)
+def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> dict[str, _Part]:
+    """The name search's statements for one shape of query, built once per process with
+    bound parameters (``word``, ``pattern``; ``namespace``, ``prefix``, ``owner``). Building
+    them per request (operators, coercions) and computing their cache keys cost about a third
+    of a namespace search's Python time; a reused statement keeps its cache key."""
+    word, pattern = bindparam("word", type_=String), bindparam("pattern", type_=String)
+    namespace, prefix = bindparam("namespace", type_=String), bindparam("prefix", type_=String)
+    owner = bindparam("owner", type_=String)
+    if kind == "word":
+
+        def match(ns_col: Any, name_col: Any) -> Any:
+            return or_(ns_col == word, name_like(name_col, pattern, short=short))
+
+    else:
+
+        def match(ns_col: Any, name_col: Any) -> Any:
+            return (ns_col == namespace) & name_col.like(prefix, escape="/")
+
+    def part(stmt: Select[Any], *, columns: bool = False, rows: Any = None) -> _Part:
+        count = select(func.count()).select_from(stmt.order_by(None).subquery())
+        return _Part((stmt if rows is None else rows).limit(limit), count, columns)
+
+    def word_rows(base: Select[Any], ns_col: Any, name_col: Any, *tail: str) -> Any:
+        """PostgreSQL, a word: the rows of ``match`` as the two disjoint halves of its OR.
+        Given the OR with a LIMIT, the planner walks the (namespace, name) index in order and
+        tests every row until it has a page (1,400 rows for "ns-07" among 10,000: 4-11 ms);
+        each half alone gets its index (the namespace B-tree, the name trigrams) and the sort
+        is over the matches only (<1-2 ms). SQLite walks its covering index faster than it
+        would scan for the second half."""
+        if kind != "word" or not postgresql:
+            return None
+        halves = union_all(
+            base.where(ns_col == word),
+            base.where(ns_col != word, name_like(name_col, pattern, short=short)),
+        ).subquery()
+        keys = (ns_col.key, name_col.key, *tail)
+        return select(halves).order_by(*(halves.c[k] for k in keys))
+
+    records = listed(select(ServiceRecord))
+    held = select(*SHOWN_ALLOCATION).where(live())
+    ingress = match(IngressRoute.namespace, IngressRoute.backend_service)
+    if kind == "word":
+        ingress = or_(ingress, name_like(IngressRoute.host, pattern, short=short))
+    parts = {
+        "services": part(
+            records.where(match(ServiceRecord.namespace, ServiceRecord.name)).order_by(
+                ServiceRecord.namespace, ServiceRecord.name
+            ),
+            columns=True,
+            rows=word_rows(records, ServiceRecord.namespace, ServiceRecord.name),
+        ),
+        "allocations": part(
+            held.where(match(Allocation.service_namespace, Allocation.service_name)).order_by(
+                Allocation.service_namespace, Allocation.service_name, Allocation.family
+            ),
+            columns=True,
+            rows=word_rows(held, Allocation.service_namespace, Allocation.service_name, "family"),
+        ),
+        "reservations": part(
+            select(Reservation)
+            .where(
+                or_(
+                    match(Reservation.service_namespace, Reservation.service_name),
+                    Reservation.owner == owner,
+                )
+            )
+            .order_by(Reservation.ip_key)
+        ),
+        "external_names": part(
+            select(ExternalNameMapping)
+            .where(match(ExternalNameMapping.namespace, ExternalNameMapping.name))
+            .order_by(ExternalNameMapping.namespace, ExternalNameMapping.name)
+        ),
+        "ingress_routes": part(
+            select(IngressRoute)
+            .where(or_(ingress, match(IngressRoute.namespace, IngressRoute.ingress_name)))
+            .order_by(IngressRoute.namespace, IngressRoute.ingress_name)
+        ),
+    }
+    if kind == "word":
+        pools = select(Pool).where(
+            or_(Pool.name == word, name_like(Pool.name, pattern, short=short))
+        )
+        parts["pools"] = part(pools.order_by(Pool.name))
+    return parts
 
 
 def _search_names(
@@ -186,57 +319,25 @@ def _search_names(
     """``namespace/name`` matches exactly (name may be a prefix); a word matches a namespace
     exactly or a name by substring."""
     if word is not None:
-
-        def match(ns_col: Any, name_col: Any) -> Any:
-            return or_(ns_col == word, name_contains(name_col, word))
-
+        kind: QueryKind = "word"
+        params = {"word": word, "pattern": contains_pattern(word), "owner": word}
     else:
         assert namespace is not None and name is not None
-
-        def match(ns_col: Any, name_col: Any) -> Any:
-            return (ns_col == namespace) & name_col.startswith(name, autoescape=True)
-
-    services = listed(select(ServiceRecord)).where(
-        match(ServiceRecord.namespace, ServiceRecord.name)
-    )
-    svc = _section(session, services.order_by(ServiceRecord.namespace, ServiceRecord.name), limit)
-    result.services = Section(service_rows(session, svc.rows), svc.total)
-    result.allocations = _section(
-        session,
-        select(Allocation)
-        .where(live(), match(Allocation.service_namespace, Allocation.service_name))
-        .order_by(Allocation.service_namespace, Allocation.service_name, Allocation.family),
-        limit,
-    )
-    result.reservations = _section(
-        session,
-        select(Reservation)
-        .where(
-            or_(
-                match(Reservation.service_namespace, Reservation.service_name),
-                Reservation.owner == (word or f"{namespace}/{name}"),
-            )
-        )
-        .order_by(Reservation.ip_key),
-        limit,
-    )
-    result.external_names = _section(
-        session,
-        select(ExternalNameMapping)
-        .where(match(ExternalNameMapping.namespace, ExternalNameMapping.name))
-        .order_by(ExternalNameMapping.namespace, ExternalNameMapping.name),
-        limit,
-    )
-    ingress = match(IngressRoute.namespace, IngressRoute.backend_service)
-    if word is not None:
-        ingress = or_(ingress, name_contains(IngressRoute.host, word))
-    result.ingress_routes = _section(
-        session,
-        select(IngressRoute)
-        .where(or_(ingress, match(IngressRoute.namespace, IngressRoute.ingress_name)))
-        .order_by(IngressRoute.namespace, IngressRoute.ingress_name),
-        limit,
-    )
-    if word is not None:
-        pools = select(Pool).where(or_(Pool.name == word, name_contains(Pool.name, word)))
-        result.pools = _section(session, pools.order_by(Pool.name), limit)
+        kind = "service"
+        params = {
+            "namespace": namespace,
+            "prefix": f"{like_escaped(name)}%",
+            "owner": f"{namespace}/{name}",
+        }
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    parts = _name_parts(kind, limit, word is not None and len(word) < 3, postgresql)
+    sections: dict[str, Section] = {}
+    for key, p in parts.items():
+        found = session.execute(p.rows, params)
+        rows = list(found if p.columns else found.scalars())
+        total = len(rows) if len(rows) < limit else session.scalar(p.count, params) or 0
+        sections[key] = Section(rows, total)
+    svc = sections.pop("services")
+    result.services = Section(service_lines(session, svc.rows), svc.total)
+    for key, section in sections.items():
+        setattr(result, key, section)

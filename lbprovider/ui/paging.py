@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from fastapi import Request
 from sqlalchemy import Select
@@ -15,6 +15,14 @@ from sqlalchemy.orm import Session
 from lbprovider.services.queries import count_rows, page_rows
 
 T = TypeVar("T")
+
+
+class Fetch(Protocol):
+    def __call__(
+        self, session: Session, stmt: Select[Any], /, *, limit: int, offset: int
+    ) -> Sequence[Any]: ...
+
+
 LIMITS = (25, 50, 100, 200)
 DEFAULT_LIMIT = 50
 MAX_OFFSET = 2**31 - 1
@@ -51,9 +59,19 @@ def int_param(request: Request, name: str, default: int, *, low: int, high: int)
     return min(max(int(raw), low), high)
 
 
-def page_of(session: Session, stmt: Select[Any], request: Request, prefix: str = "") -> Page[Any]:
+def page_of(
+    session: Session,
+    stmt: Select[Any],
+    request: Request,
+    prefix: str = "",
+    *,
+    fetch: Fetch | None = None,
+) -> Page[Any]:
+    """The page the URL asks for. ``fetch(session, stmt, limit=, offset=)`` reads the rows
+    (default: ``stmt``'s entities); the total is counted over ``stmt`` only when the page is
+    not the whole list."""
     limit = int_param(request, f"{prefix}limit", DEFAULT_LIMIT, low=1, high=LIMITS[-1])
     offset = int_param(request, f"{prefix}offset", 0, low=0, high=MAX_OFFSET)
-    rows = page_rows(session, stmt, limit=limit, offset=offset)
+    rows = (fetch or page_rows)(session, stmt, limit=limit, offset=offset)
     total = count_rows(session, stmt) if (offset or len(rows) >= limit) else len(rows)
     return Page(rows, total, limit, offset)

@@ -7,19 +7,23 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import insert, select
 
 from lbprovider.db.models import (
+    Allocation,
     ApiToken,
     AuditEntry,
     ExternalNameMapping,
     FleetHost,
     IngressRoute,
+    ServiceRecord,
 )
 from lbprovider.db.session import transaction
 from lbprovider.db.types import utcnow
+from lbprovider.services import catalog
 
 from .conftest import Ui, add_service, make_pool
 
@@ -312,3 +316,104 @@ def test_ten_thousand_rows_stay_paged(ui: Ui) -> None:
     html = ui.signed_in("admin").get("/audit?actor=bulk&offset=9950").text
     assert "9951\N{EN DASH}10000 of 10000 entries" in html
     assert html.count("<tr>") <= 51
+
+
+def _seed_records(ui: Ui, names: list[tuple[str, str]]) -> None:
+    now = utcnow()
+    with transaction(ui.sessions) as s:
+        s.execute(
+            insert(ServiceRecord),
+            [
+                {"namespace": ns, "name": name, "uid": f"u-{ns}-{name}", "created_at": now}
+                for ns, name in names
+            ],
+        )
+
+
+def _listed(html: str) -> list[str]:
+    return re.findall(r'<a href="/services/([^"/]+/[^"]+)">', html)
+
+
+@pytest.mark.parametrize(
+    ("q", "expect"),
+    [
+        ("WEB", ["a/web-1", "a/web_2", "a/webx2", "b/my-web"]),  # case ignored
+        ("b_2", ["a/web_2"]),  # "_" is a character, not a wildcard
+        ("100%", ["a/cpu-100%25"]),  # and "%" too
+        ("B-", ["a/web-1"]),  # under three characters: no trigram to look up, same rule
+        ("b", ["a/web-1", "a/web_2", "a/webx2", "b/my-web"]),
+    ],
+    ids=["upper case", "underscore", "percent", "two characters", "one character"],
+)
+def test_services_name_filter_is_a_case_insensitive_substring(
+    ui: Ui, q: str, expect: list[str]
+) -> None:
+    _seed_records(ui, [("a", "web-1"), ("a", "web_2"), ("a", "webx2"), ("b", "my-web")])
+    _seed_records(ui, [("a", "cpu-100%"), ("a", "cpu-1000")])
+    html = ui.signed_in("read").get(f"/services?q={quote(q)}").text
+    assert _listed(html) == expect
+
+
+def test_deep_offset_shows_the_rows_at_that_position(ui: Ui) -> None:
+    _seed_records(ui, [(f"ns-{i % 7}", f"svc-{i:04d}") for i in range(500)])
+    everything = sorted((f"ns-{i % 7}", f"svc-{i:04d}") for i in range(500))
+    b = ui.signed_in("read")
+    html = b.get("/services?offset=430&limit=25").text
+    assert _listed(html) == [f"{ns}/{name}" for ns, name in everything[430:455]]
+    assert "431\N{EN DASH}455 of 500 Services" in html
+    narrowed = b.get("/services?namespace=ns-3&q=svc-04&offset=3").text
+    wanted = [(ns, n) for ns, n in everything if ns == "ns-3" and "svc-04" in n]
+    assert _listed(narrowed) == [f"{ns}/{name}" for ns, name in wanted[3:]]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+def test_postgres_serves_name_contains_from_the_trigram_indexes(ui: Ui) -> None:
+    """The Services filter and the search's name match use pg_trgm's indexes, not a scan of
+    every name (which is what made the namespace search 18x /healthz at 10,000 Services)."""
+    names = [(f"ns-{i % 50:02d}", f"svc-{i:05d}") for i in range(3000)]
+    _seed_records(ui, names)
+    with transaction(ui.sessions) as s:
+        s.execute(
+            insert(Allocation),
+            [
+                {
+                    "ip": f"10.9.{i // 256}.{i % 256}",
+                    "ip_key": f"{i:034d}",
+                    "pool_name": "p",
+                    "family": 4,
+                    "service_namespace": ns,
+                    "service_name": name,
+                    "ports": [],
+                    "allocated_at": utcnow(),
+                }
+                for i, (ns, name) in enumerate(names)
+            ],
+        )
+    with ui.engine.connect() as conn:
+        for stmt in (
+            catalog.service_query(q="svc-0099"),
+            select(ServiceRecord.id).where(
+                (ServiceRecord.namespace == "ns-07")
+                | catalog.name_contains(ServiceRecord.name, "ns-07")
+            ),
+            select(Allocation.id).where(
+                catalog.live(),
+                (Allocation.service_namespace == "ns-07")
+                | catalog.name_contains(Allocation.service_name, "ns-07"),
+            ),
+        ):
+            compiled = stmt.compile(conn, compile_kwargs={"literal_binds": True})
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
+            assert "_name_trgm" in plan, plan
+
+
+def test_word_search_lists_namespace_and_name_matches_once_in_order(ui: Ui) -> None:
+    make_pool(ui.sessions, "p", "127.1.0.0/24")
+    for ns, name in (("web", "b"), ("web", "web-x"), ("a", "myweb"), ("z", "web"), ("a", "x")):
+        add_service(ui.sessions, ns, name, pool="p")
+    html = ui.signed_in("read").get("/search?q=web").text
+    services, allocations = html.split('id="sr-alloc"')
+    order = ["a/myweb", "web/b", "web/web-x", "z/web"]
+    assert re.findall(r'href="/services/([^"]+)">', services) == order
+    assert re.findall(r'href="/services/([^"]+)">', allocations) == order

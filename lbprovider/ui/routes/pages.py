@@ -66,15 +66,14 @@ def services_page(request: Request, ctx: UiDep, user: UserDep, session: ReadDB) 
         "state": choice(request, "state", STATES),
         "reason": choice(request, "reason", REASONS),
     }
-    # All columns, not catalog.listed(...): with a narrow row PostgreSQL pages a deep OFFSET
-    # by sorting the whole table instead of walking the (namespace, name) index (3x slower).
-    page = page_of(session, catalog.service_query(**filters), request)
+    stmt = catalog.service_query(**filters)
+    page = page_of(session, stmt, request, fetch=catalog.listed_page)
     context = {
         "title": "Services",
         "active": "services",
         "filters": filters,
         "page": page,
-        "rows": catalog.service_rows(session, page.rows),
+        "rows": catalog.service_lines(session, page.rows),
         "states": STATES,
         "reasons": REASONS,
     }
