@@ -74,7 +74,7 @@ rate of Kubernetes events, so the slower insert does not matter."""
 
 
 # The trigram indexes below need pg_trgm (a trusted extension of PostgreSQL's contrib: the
-# database owner may create it). Migration 0005 creates it; this covers ``create_all``.
+# database owner may create it). Migration 0002 creates it; this covers ``create_all``.
 @event.listens_for(Base.metadata, "before_create")
 def _create_pg_trgm(_metadata: MetaData, connection: Connection, **_kw: Any) -> None:
     if connection.dialect.name == "postgresql":
