@@ -28,7 +28,8 @@ def upgrade() -> None:
         return
     op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
     op.execute(
-        "CREATE INDEX ix_service_records_name_trgm ON service_records USING gin (name gin_trgm_ops)"
+        "CREATE INDEX ix_service_records_name_trgm ON service_records "
+        "USING gin (name gin_trgm_ops) WITH (fastupdate = off)"
     )
     op.execute(
         "CREATE INDEX ix_allocations_live_name_trgm ON allocations "
