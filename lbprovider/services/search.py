@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from sqlalchemy import Select, String, bindparam, cast, func, or_, select, union_all
+from sqlalchemy import Select, String, bindparam, cast, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from lbprovider.db.models import (
@@ -25,7 +25,7 @@ from lbprovider.db.models import (
     Reservation,
     ServiceRecord,
 )
-from lbprovider.ipam.ranges import IPRange, ip_key
+from lbprovider.ipam.ranges import IPRange, ip_key, parse_ranges
 from lbprovider.services.catalog import (
     ServiceLine,
     contains_pattern,
@@ -35,8 +35,7 @@ from lbprovider.services.catalog import (
     name_like,
     service_lines,
 )
-from lbprovider.services.queries import count_rows
-from lbprovider.services.state import pool_spec
+from lbprovider.services.queries import count_of, count_rows, total_column, total_in
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 QueryKind = Literal["ip", "cidr", "service", "word", "empty"]
@@ -156,10 +155,13 @@ def _search_network(session: Session, result: SearchResult, net: IPNetwork, limi
     reservations = select(Reservation).where(in_res).order_by(Reservation.ip_key)
     result.reservations = _section(session, reservations, limit)
     wanted = IPRange(int(net.network_address), int(net.broadcast_address), net.version)
+    # A pool holds the network when its ranges overlap it (exclusions do not change what the
+    # pool covers), so only the ranges are parsed: building the allocator's ``PoolSpec`` also
+    # lazy-loaded each pool's exclusions, one more statement per pool for nothing.
     pools = [
         p
         for p in session.scalars(select(Pool).order_by(Pool.name))
-        if pool_spec(p).by_family[net.version].overlaps(wanted)
+        if parse_ranges(p.ranges)[net.version].overlaps(wanted)
     ]
     result.pools = Section(pools[:limit], len(pools))
     result.services = _services_holding(session, result.allocations.rows, limit)
@@ -239,8 +241,16 @@ def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> d
             return (ns_col == namespace) & name_col.like(prefix, escape="/")
 
     def part(stmt: Select[Any], *, columns: bool = False, rows: Any = None) -> _Part:
-        count = select(func.count()).select_from(stmt.order_by(None).subquery())
-        return _Part((stmt if rows is None else rows).limit(limit), count, columns)
+        """On PostgreSQL the Core-row sections (the large ones) carry their total in every row
+        (``queries.total_column``): no second round trip when a section is full, and the
+        count uses the same indexes. On SQLite the subquery would also count sections that
+        are not full (a scan of every name for nothing); there the count runs only when
+        needed."""
+        count = count_of(stmt)
+        shown = stmt if rows is None else rows
+        if columns and postgresql:
+            shown = shown.add_columns(total_column(stmt))
+        return _Part(shown.limit(limit), count, columns)
 
     def word_rows(base: Select[Any], ns_col: Any, name_col: Any, *tail: str) -> Any:
         """PostgreSQL, a word: the rows of ``match`` as the two disjoint halves of its OR.
@@ -335,7 +345,9 @@ def _search_names(
     for key, p in parts.items():
         found = session.execute(p.rows, params)
         rows = list(found if p.columns else found.scalars())
-        total = len(rows) if len(rows) < limit else session.scalar(p.count, params) or 0
+        total = len(rows) if len(rows) < limit else total_in(rows)
+        if total is None:
+            total = session.scalar(p.count, params) or 0
         sections[key] = Section(rows, total)
     svc = sections.pop("services")
     result.services = Section(service_lines(session, svc.rows), svc.total)

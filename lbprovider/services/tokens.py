@@ -13,8 +13,9 @@ import ipaddress
 import re
 import secrets
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from lbprovider.db.models import ApiToken
@@ -133,6 +134,25 @@ def get_token(*, session: Session, token_id: int) -> ApiToken:
     if token is None:
         raise NotFound(f"token {token_id} does not exist", field="id")
     return token
+
+
+SESSION_COLUMNS = (
+    ApiToken.id,
+    ApiToken.name,
+    ApiToken.scopes,
+    ApiToken.allowed_cidrs,
+    ApiToken.expires_at,
+    ApiToken.revoked_at,
+)
+"""What a dashboard session's per-request check reads of its token (no secret hash, no ORM
+object: the check runs on every page, and building an ``ApiToken`` instance with its identity
+map entry cost more than the primary-key lookup itself)."""
+
+
+def session_token(*, session: Session, token_id: int) -> Row[Any] | None:
+    """The ``SESSION_COLUMNS`` of token ``token_id`` as a Core row, read now (revocation and
+    expiry are seen by the very next request); None when it does not exist."""
+    return session.execute(select(*SESSION_COLUMNS).where(ApiToken.id == token_id)).one_or_none()
 
 
 def revoke_token(*, session: Session, token_id: int, actor: Actor) -> ApiToken:

@@ -24,6 +24,7 @@ from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Request
+from sqlalchemy import Row
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -32,9 +33,8 @@ from lbprovider.db.models import ApiToken
 from lbprovider.db.session import transaction
 from lbprovider.db.types import utcnow
 from lbprovider.services.context import Actor, IPPolicy
-from lbprovider.services.errors import NotFound
 from lbprovider.services.ratelimit import FailedAuthLimiter
-from lbprovider.services.tokens import get_token
+from lbprovider.services.tokens import session_token
 from lbprovider.ui.live import LiveHub
 from lbprovider.ui.sessions import COOKIE, LOGIN_CSRF_COOKIE, SessionSigner, UiUser
 from lbprovider.ui.templating import Renderer
@@ -112,10 +112,9 @@ def current_user(request: Request, ctx: UiDep, session: ReadDB) -> UiUser:
     data = ctx.signer.verify(request.cookies.get(COOKIE))
     if data is None:
         raise LoginRequired()
-    try:
-        token = get_token(session=session, token_id=data.token_id)
-    except NotFound:
-        raise LoginRequired() from None
+    token = session_token(session=session, token_id=data.token_id)
+    if token is None:
+        raise LoginRequired()
     if token.revoked_at is not None or (token.expires_at and token.expires_at <= utcnow()):
         raise LoginRequired()
     user = UiUser.of(token, data.csrf)
@@ -136,7 +135,7 @@ def current_user(request: Request, ctx: UiDep, session: ReadDB) -> UiUser:
     return user
 
 
-def address_allowed(token: ApiToken, client: str | None) -> bool:
+def address_allowed(token: ApiToken | Row[Any], client: str | None) -> bool:
     """Whether ``client`` may use ``token``: any address when it names no networks (the rule
     ``services.tokens.authenticate`` applies at sign-in)."""
     if not token.allowed_cidrs:

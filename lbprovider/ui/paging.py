@@ -12,7 +12,7 @@ from fastapi import Request
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
-from lbprovider.services.queries import count_rows, page_rows
+from lbprovider.services.queries import count_rows, page_rows, total_in
 
 T = TypeVar("T")
 
@@ -69,9 +69,11 @@ def page_of(
 ) -> Page[Any]:
     """The page the URL asks for. ``fetch(session, stmt, limit=, offset=)`` reads the rows
     (default: ``stmt``'s entities); the total is counted over ``stmt`` only when the page is
-    not the whole list."""
+    not the whole list, and not at all when the rows carry it (``queries.window_total``)."""
     limit = int_param(request, f"{prefix}limit", DEFAULT_LIMIT, low=1, high=LIMITS[-1])
     offset = int_param(request, f"{prefix}offset", 0, low=0, high=MAX_OFFSET)
     rows = (fetch or page_rows)(session, stmt, limit=limit, offset=offset)
-    total = count_rows(session, stmt) if (offset or len(rows) >= limit) else len(rows)
+    total = total_in(rows)
+    if total is None:
+        total = count_rows(session, stmt) if (offset or len(rows) >= limit) else len(rows)
     return Page(rows, total, limit, offset)

@@ -16,6 +16,9 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row
 
 from lbprovider.db.models import ApiToken
 
@@ -81,7 +84,7 @@ class UiUser:
     csrf: str
 
     @classmethod
-    def of(cls, token: ApiToken, csrf: str) -> UiUser:
+    def of(cls, token: ApiToken | Row[Any], csrf: str) -> UiUser:
         return cls(token.id, token.name, tuple(token.scopes), csrf)
 
     def can(self, scope: str) -> bool:

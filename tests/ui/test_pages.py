@@ -7,10 +7,11 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import Engine, event, insert, select
 
 from lbprovider.db.models import (
     Allocation,
@@ -423,3 +424,76 @@ def test_word_search_lists_namespace_and_name_matches_once_in_order(ui: Ui) -> N
     order = ["a/myweb", "web/b", "web/web-x", "z/web"]
     assert re.findall(r'href="/services/([^"]+)">', services) == order
     assert re.findall(r'href="/services/([^"]+)">', allocations) == order
+
+
+def _statements_of(ui: Ui, url: str) -> tuple[str, list[str]]:
+    """The page at ``url`` and the SQL statements the server ran for it."""
+    b = ui.signed_in("read")
+    b.get(url)  # warm: the session's first statements are not the page's
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(" ".join(statement.split()))
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        html = b.get(url).text
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    return html, seen
+
+
+def test_full_pages_carry_their_totals_in_the_rows_on_postgres(ui: Ui) -> None:
+    """The Services page and the search's large sections say how many rows there are in all;
+    on PostgreSQL the total comes with the rows (a scalar subquery), not from a second round
+    trip; SQLite counts separately, only when the page is full. The session check reads the
+    token's columns, not its secret hash."""
+    names = [(f"ns-{i % 3}", f"svc-{i:04d}") for i in range(130)]
+    _seed_records(ui, names)
+    with transaction(ui.sessions) as s:
+        s.execute(
+            insert(Allocation),
+            [
+                {
+                    "ip": f"10.9.0.{i}",
+                    "ip_key": f"{i:034d}",
+                    "pool_name": "p",
+                    "family": 4,
+                    "service_namespace": ns,
+                    "service_name": name,
+                    "ports": [],
+                    "allocated_at": utcnow(),
+                }
+                for i, (ns, name) in enumerate(names)
+            ],
+        )
+    postgresql = ui.engine.dialect.name == "postgresql"
+    standalone = re.compile(r"^SELECT count\(\*\)", re.IGNORECASE)
+    for url, shown in (
+        ("/services", "1\N{EN DASH}50 of 130 Services"),
+        ("/services?offset=100", "101\N{EN DASH}130 of 130 Services"),
+        ("/search?q=ns-1", "18 more — narrow the search."),  # 43 in ns-1, 25 shown
+    ):
+        html, seen = _statements_of(ui, url)
+        assert shown in html, url
+        counts = [s for s in seen if standalone.match(s)]
+        assert (counts == []) if postgresql else counts, (url, seen)
+        token_checks = [s for s in seen if "FROM api_tokens" in s]
+        assert len(token_checks) == 1 and "secret_hash" not in token_checks[0], seen
+    html, seen = _statements_of(ui, "/services?q=svc-012")  # 10 rows: nothing to count
+    assert len(_listed(html)) == 10
+    assert not any(standalone.match(s) for s in seen), seen
+
+
+def test_ip_search_picks_pools_by_their_ranges_without_reading_exclusions(ui: Ui) -> None:
+    """Which pools hold an address is a matter of their ranges (an excluded address is still
+    in its pool's range, as before): one statement for the pools, none per pool."""
+    make_pool(ui.sessions, "a", "127.1.0.0/29", exclusions=["127.1.0.1"])
+    make_pool(ui.sessions, "b", "127.1.0.8/29", exclusions=["127.1.0.9"])
+    make_pool(ui.sessions, "c", "127.1.0.16/29")
+    html, seen = _statements_of(ui, "/search?q=127.1.0.0/28")
+    assert re.findall(r'<a href="/pools/([^"]+)"><strong>', html) == ["a", "b"]
+    assert not any("FROM exclusions" in s for s in seen), seen
+    assert len([s for s in seen if "FROM pools" in s]) == 1, seen
+    html, _ = _statements_of(ui, "/search?q=127.1.0.9")
+    assert re.findall(r'<a href="/pools/([^"]+)"><strong>', html) == ["b"]
