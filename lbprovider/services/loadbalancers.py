@@ -16,7 +16,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -47,6 +46,7 @@ from lbprovider.services.state import (
     cached_pool_specs,
     live_reservation,
     load_holdings,
+    port_set,
 )
 
 logger = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ def load_all_holdings(session: Session, now: datetime) -> dict[tuple[str, str], 
     for row in rows:
         ports = list(row.ports or [])
         ref = ServiceRef(row.service_namespace, row.service_name, row.service_uid or "")
-        holders[row.ip].append(Holder(ref, row.sharing_key, _port_set(ports)))
+        holders[row.ip].append(Holder(ref, row.sharing_key, port_set(ports)))
         by_service[(row.service_namespace, row.service_name)].append(
             HeldRow(
                 row.id,
@@ -323,10 +323,6 @@ def load_all_holdings(session: Session, now: datetime) -> dict[tuple[str, str], 
             )
         out[(namespace, name)] = Holdings(tuple(held), occupancy)
     return out
-
-
-def _port_set(ports: Sequence[Sequence[Any]]) -> frozenset[tuple[str, int]]:
-    return frozenset((str(p[0]), int(p[1])) for p in ports)
 
 
 def known_service_keys(*, session: Session) -> set[str]:

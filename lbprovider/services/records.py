@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from lbprovider.db.models import Allocation, ServiceRecord
 from lbprovider.ipam.allocator import Request, ServiceRef
+from lbprovider.services.state import port_set
 
 
 @dataclass
@@ -126,7 +127,7 @@ def request_for_allocation(session: Session, row: Allocation) -> Request:
         return request_for_record(rec)
     return Request(
         service=ServiceRef(row.service_namespace, row.service_name, row.service_uid),
-        ports=frozenset((str(p[0]), int(p[1])) for p in row.ports),
+        ports=port_set(row.ports),
         sharing_key=row.sharing_key,
         families=(row.family,),
     )

@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import (
     BindParameter,
+    ColumnClause,
     ColumnElement,
     CompoundSelect,
     Engine,
@@ -213,7 +214,7 @@ def occupancy_from_rows(rows: Iterable[Any]) -> dict[str, Occupancy]:
     released: dict[str, Any] = {}
     for row in rows:
         if row.kind == "a":
-            ports = frozenset((str(p[0]), int(p[1])) for p in json.loads(row.extra))
+            ports = port_set(json.loads(row.extra))
             svc = ServiceRef(row.ns, row.name, row.uid or "")
             holders[row.ip].append(Holder(svc, row.key, ports))
         elif row.kind == "r":
@@ -270,6 +271,22 @@ class Holdings:
     stamp: PoolStamp | None = None
     hints: Hints | None = None
     high_water: Mapping[tuple[int, int], str | None] | None = None
+
+
+def _occupancy_columns() -> tuple[ColumnClause[Any], ...]:
+    """The leading columns of the UNION ALL statements whose rows (kinds a, r, x, ...) go to
+    ``occupancy_from_rows``; a statement may append columns of its own after them. Fresh
+    objects per statement: a column belongs to the statement it is declared on."""
+    return (
+        column("kind", String()),
+        column("ip", String()),
+        column("ns", String()),
+        column("name", String()),
+        column("uid", String()),
+        column("key", String()),
+        column("extra", String()),
+        column("at", UTCDateTime()),
+    )
 
 
 # Everything a decision for ``:ns/:name`` reads before it looks at candidates, in one round
@@ -329,14 +346,7 @@ WHERE NOT EXISTS (SELECT 1 FROM mine)
     )
     .bindparams(bindparam("now", type_=UTCDateTime()))
     .columns(
-        column("kind", String()),
-        column("ip", String()),
-        column("ns", String()),
-        column("name", String()),
-        column("uid", String()),
-        column("key", String()),
-        column("extra", String()),
-        column("at", UTCDateTime()),
+        *_occupancy_columns(),
         column("n1", Integer()),
         column("n2", Integer()),
         column("n3", Integer()),
@@ -380,7 +390,8 @@ def load_holdings(session: Session, namespace: str, name: str, now: datetime) ->
     )
 
 
-def _port_set(ports: Sequence[Sequence[Any]]) -> frozenset[tuple[str, int]]:
+def port_set(ports: Sequence[Sequence[Any]]) -> frozenset[tuple[str, int]]:
+    """A stored ``ports`` value (``[[protocol, port], ...]``) as the allocator's port set."""
     return frozenset((str(p[0]), int(p[1])) for p in ports)
 
 
@@ -593,13 +604,4 @@ UNION ALL
 SELECT 'x', ip, service_namespace, service_name, NULL, NULL, NULL, released_at
 FROM released_ips WHERE ip = ANY(ARRAY(SELECT ip FROM seen))
 """
-).columns(
-    column("kind", String()),
-    column("ip", String()),
-    column("ns", String()),
-    column("name", String()),
-    column("uid", String()),
-    column("key", String()),
-    column("extra", String()),
-    column("at", UTCDateTime()),
-)
+).columns(*_occupancy_columns())
