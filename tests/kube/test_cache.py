@@ -104,6 +104,7 @@ class DroppableWatch:
     def __init__(self, list_func: Callable[..., Any]) -> None:
         self.list_func = list_func
         self.responses: list[Any] = []
+        self.cut_ones: list[Any] = []
 
     def __call__(self, **kwargs: Any) -> Any:
         response = self.list_func(**kwargs)
@@ -112,7 +113,23 @@ class DroppableWatch:
         return response
 
     def cut(self) -> None:
-        self.responses[-1].shutdown()
+        """Cut the open watch. On a loaded machine the latest watch may already have ended (and
+        the cache be backing off before the next one): wait for a watch that is open."""
+        done: list[Any] = []
+
+        def cut_open_watch() -> bool:
+            response = self.responses[-1] if self.responses else None
+            if response is None or response.closed or any(response is r for r in self.cut_ones):
+                return False
+            try:
+                response.shutdown()
+            except (ValueError, RuntimeError):  # it ended between the check and the cut
+                return False
+            done.append(response)
+            return True
+
+        assert wait_until(cut_open_watch), "no open watch to cut"
+        self.cut_ones.extend(done)
 
 
 def test_dropped_stream_resumes_from_last_resource_version_without_relist(
