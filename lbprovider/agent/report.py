@@ -31,13 +31,17 @@ class Observed:
     errors: list[str] = field(default_factory=list)
 
 
-def observe(client: RuntimeClient, process: HAProxyProcess, run_dir: str) -> Observed:
-    """Servers (``show stat``), per-route counters (the routes table), which backend each
-    VIP:port goes to (the live routes map) and ``show proc``."""
+def observe(
+    client: RuntimeClient, process: HAProxyProcess, run_dir: str, *, counters: bool = True
+) -> Observed:
+    """Servers (``show stat``), per-route counters (the routes table; skipped with
+    ``counters=False``), which backend each VIP:port goes to (the live routes map) and
+    ``show proc``."""
     seen = Observed()
     try:
         seen.servers = servers(client)
-        seen.counters = counters(client)
+        if counters:
+            seen.counters = route_counters(client)
         seen.route_backends = route_backends(client, run_dir)
     except HAProxyError as e:
         seen.errors.append(f"reading haproxy stats: {e}")
@@ -73,7 +77,7 @@ def servers(client: RuntimeClient) -> list[ServerHealth]:
     return out
 
 
-def counters(client: RuntimeClient) -> dict[str, RouteCounters]:
+def route_counters(client: RuntimeClient) -> dict[str, RouteCounters]:
     """VIP:port -> connection and byte counters from the routes stick table."""
     out = {}
     for key, values in client.show_table(TABLE_BACKEND).items():

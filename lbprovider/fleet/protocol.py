@@ -83,15 +83,23 @@ def accept_status(
     The report is stored with the version the API serves the host now, so the row keeps since
     when the host's applied version lags it (``/metrics``' version lag reads that)."""
     cache.refresh(session)  # before this transaction writes: see StateCache.refresh
-    status = report.model_dump(mode="json")
+    status = report.model_dump(mode="json", exclude=_NOT_STORED)
     row_status = {k: v for k, v in status.items() if k != "applied_routes"}
     row_status["applied_routes"] = report.applied_routes
     error = "; ".join(report.errors)
     desired = cache.state(session, host).version
-    record_host_report(
+    _, taken = record_host_report(
         session=session,
         name=host,
-        report=HostReport(report.applied_version, error, row_status, serving_version=desired),
+        report=HostReport(
+            report.applied_version,
+            error,
+            row_status,
+            serving_version=desired,
+            base_report=report.base_report,
+            gone_routes=tuple(report.gone_routes),
+            gone_counters=tuple(report.gone_counters),
+        ),
     )
     compiled = cache.compiled(session)
     views = live_hosts(
@@ -113,4 +121,13 @@ def accept_status(
         )
     stored = next((v for v in views if v.name == host), None)
     resend = report.applied_routes is None and (stored is None or not stored.applied)
-    return StatusAck(host=host, desired_version=desired, resend_routes=resend and bool(desired))
+    return StatusAck(
+        host=host,
+        desired_version=desired,
+        resend_routes=resend and bool(desired),
+        deltas=True,
+        resend_full=not taken,
+    )
+
+
+_NOT_STORED = {"base_report", "gone_routes", "gone_counters"}  # a delta's own fields

@@ -34,6 +34,15 @@ class HostReport:
     error: str
     status: dict[str, Any]  # JSON-ready; ``applied_routes`` None keeps the stored one
     serving_version: str | None = None  # the version the API serves the host now (None: unknown)
+    # set: ``status``' sections are a delta against the stored report of this id (see
+    # ``lbprovider.fleet.models.HostStatus``), with these route_ids / counter keys dropped
+    base_report: str = ""
+    gone_routes: tuple[str, ...] = ()
+    gone_counters: tuple[str, ...] = ()
+
+
+DELTA_SECTIONS = ("applied_routes", "route_backends")  # route_id keyed; None: unchanged
+REPORT_ID = "report_id"
 
 
 def get_or_register_host(*, session: Session, name: str) -> FleetHost:
@@ -48,14 +57,15 @@ def get_or_register_host(*, session: Session, name: str) -> FleetHost:
 
 def record_host_report(
     *, session: Session, name: str, report: HostReport, now: datetime | None = None
-) -> FleetHost:
-    """Store a heartbeat: applied version, errors, and the status the dashboard reads."""
+) -> tuple[FleetHost, bool]:
+    """Store a heartbeat: applied version, errors, and the status the dashboard reads.
+
+    Returns the host and whether the report was taken whole: False when it is a delta against
+    a report this row does not hold (its sections are then not stored, the previous ones are
+    kept, and no later delta is taken until a whole report arrives)."""
     host = get_or_register_host(session=session, name=name)
     previous = host.status if isinstance(host.status, dict) else {}
-    status = dict(report.status)
-    for kept in ("applied_routes", "route_backends"):  # None: unchanged since the last report
-        if status.get(kept) is None:
-            status[kept] = previous.get(kept)
+    status, taken = merge_report(previous, report)
     now = now or utcnow()
     if report.serving_version is not None:
         status[OUT_OF_SYNC_SINCE] = _out_of_sync_since(report, previous, now)
@@ -64,7 +74,41 @@ def record_host_report(
     host.error = report.error[:MAX_ERROR_CHARS]
     host.last_heartbeat = now
     session.flush()
-    return host
+    return host, taken
+
+
+def merge_report(previous: Mapping[str, Any], report: HostReport) -> tuple[dict[str, Any], bool]:
+    """The status to store for ``report`` given the stored one: a whole report as it came
+    (sections left out, None, keep the stored ones), a delta merged into the stored sections
+    when they are its base; else (an unknown base) the stored sections, no ``report_id``, and
+    False."""
+    status = dict(report.status)
+    if report.base_report and previous.get(REPORT_ID) != report.base_report:
+        for kept in DELTA_SECTIONS:
+            status[kept] = previous.get(kept)
+        status["counters"] = previous.get("counters") or {}
+        status[REPORT_ID] = ""
+        return status, False
+    if not report.base_report:
+        for kept in DELTA_SECTIONS:  # None: unchanged since the last report
+            if status.get(kept) is None:
+                status[kept] = previous.get(kept)
+        return status, True
+    gone = set(report.gone_routes)
+    for section in DELTA_SECTIONS:
+        status[section] = _merged(previous.get(section), status.get(section), gone)
+    status["counters"] = _merged(
+        previous.get("counters"), status.get("counters"), set(report.gone_counters)
+    )
+    return status, True
+
+
+def _merged(stored: object, changed: object, gone: set[str]) -> dict[str, Any]:
+    """``stored`` (a dict, else empty) with ``changed`` upserted and ``gone`` dropped."""
+    out = {k: v for k, v in stored.items() if k not in gone} if isinstance(stored, dict) else {}
+    if isinstance(changed, dict):
+        out.update(changed)
+    return out
 
 
 def _out_of_sync_since(report: HostReport, previous: dict[str, Any], now: datetime) -> str | None:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from lbprovider.api.app import create_app
 from lbprovider.db.models import FleetHost, ServiceRecord
 from lbprovider.db.session import transaction
-from lbprovider.fleet.models import FleetDelta, FleetState, HostStatus
+from lbprovider.fleet.models import FleetDelta, FleetState, HostStatus, RouteCounters, StatusAck
 from tests.api.conftest import LiveServer, api_settings, make_token
 
 from .helpers import add_service, make_pool, service_data, set_node
@@ -203,3 +203,96 @@ def test_delta_against_an_unknown_version_is_the_whole_state(proto: Proto) -> No
     assert r.status_code == 200 and "X-Fleet-Delta" not in r.headers
     state = FleetState.model_validate(r.json())
     assert state.version == state.content_digest() and len(state.routes) == 1
+
+
+def _stored(proto: Proto, host: str = "edge-1") -> dict[str, object]:
+    with transaction(proto.sessions) as s:
+        row = s.scalar(select(FleetHost).where(FleetHost.name == host))
+        assert row is not None and isinstance(row.status, dict)
+        return dict(row.status)
+
+
+def _serving_of(proto: Proto) -> dict[str, tuple[bool, str]]:
+    with transaction(proto.sessions) as s:
+        return {r.name: (r.serving, r.serving_message) for r in s.scalars(select(ServiceRecord))}
+
+
+SECTIONS = ("applied_routes", "route_backends", "counters")
+
+
+def test_a_delta_report_stores_what_the_whole_report_would(proto: Proto) -> None:
+    for name, port in (("a", 80), ("b", 81), ("c", 82)):
+        add_service(proto.sessions, service_data(name, [(port, 30080)]))
+    state = FleetState.model_validate(proto.state().json())
+    ra, rb, rc = state.routes
+    counters = {r.key: RouteCounters(conn_cnt=1) for r in (ra, rb)}
+    first = HostStatus(
+        applied_version="v1",
+        applied_routes={ra.route_id: ra.digest(), rb.route_id: "stale-digest"},
+        route_backends={ra.route_id: "be_a", rb.route_id: "be_b"},
+        counters=counters,
+        report_id="run-1",
+    )
+    ack = StatusAck.model_validate(proto.report(first).json())
+    assert ack.deltas and not ack.resend_full
+    assert _serving_of(proto)["a"][0] and not _serving_of(proto)["b"][0]
+    # b's digest fixed, a's route dropped from both sections, c added, one counter gone
+    delta = HostStatus(
+        applied_version=state.version,
+        applied_routes={rb.route_id: rb.digest(), rc.route_id: rc.digest()},
+        route_backends={rc.route_id: "be_c"},
+        counters={rc.key: RouteCounters(conn_cnt=7)},
+        gone_routes=[ra.route_id],
+        gone_counters=[ra.key],
+        report_id="run-2",
+        base_report="run-1",
+    )
+    ack = StatusAck.model_validate(proto.report(delta).json())
+    assert ack.deltas and not ack.resend_full
+    after_delta, serving_after_delta = _stored(proto), _serving_of(proto)
+    assert after_delta["applied_routes"] == {rb.route_id: rb.digest(), rc.route_id: rc.digest()}
+    assert after_delta["route_backends"] == {rb.route_id: "be_b", rc.route_id: "be_c"}
+    assert set(after_delta["counters"]) == {rb.key, rc.key}  # type: ignore[arg-type]
+    assert after_delta["report_id"] == "run-2"
+    assert not {"base_report", "gone_routes", "gone_counters"} & after_delta.keys()
+    assert serving_after_delta["a"] == (False, f"fleet host edge-1 has not applied {ra.key} yet")
+    assert serving_after_delta["b"][0] and serving_after_delta["c"][0]
+    # the same content as one whole report: the same row, the same serving
+    whole = HostStatus(
+        applied_version=state.version,
+        applied_routes={rb.route_id: rb.digest(), rc.route_id: rc.digest()},
+        route_backends={rb.route_id: "be_b", rc.route_id: "be_c"},
+        counters={rb.key: RouteCounters(conn_cnt=1), rc.key: RouteCounters(conn_cnt=7)},
+        report_id="run-3",
+    )
+    proto.report(whole)
+    after_whole = _stored(proto)
+    assert {k: after_whole[k] for k in SECTIONS} == {k: after_delta[k] for k in SECTIONS}
+    assert _serving_of(proto) == serving_after_delta
+
+
+def test_a_delta_against_an_unknown_base_is_refused_and_asks_for_a_whole_report(
+    proto: Proto,
+) -> None:
+    add_service(proto.sessions, service_data("web", [(80, 30080)]))
+    route = FleetState.model_validate(proto.state().json()).routes[0]
+    proto.report(HostStatus(applied_routes={}, report_id="run-1"))
+    claims = HostStatus(
+        applied_routes={route.route_id: route.digest()},
+        report_id="run-9",
+        base_report="run-8",  # a report the API never took (e.g. lost, or another API's DB)
+    )
+    ack = StatusAck.model_validate(proto.report(claims).json())
+    assert ack.resend_full
+    stored = _stored(proto)
+    assert stored["applied_routes"] == {} and stored["report_id"] == ""
+    assert _serving_of(proto)["web"][0] is False  # the delta's content was not believed
+    # nor is a delta against the report that was stored before the refusal
+    ack = StatusAck.model_validate(
+        proto.report(claims.model_copy(update={"base_report": "run-1"})).json()
+    )
+    assert ack.resend_full and _serving_of(proto)["web"][0] is False
+    ack = StatusAck.model_validate(
+        proto.report(claims.model_copy(update={"base_report": ""})).json()
+    )
+    assert not ack.resend_full and _serving_of(proto)["web"] == (True, "served by 1 fleet host")

@@ -1,0 +1,88 @@
+"""Delta reports between a real agent (real HAProxy) and the API: after one whole report the
+agent sends only what changed, the API's stored report is what a whole report would store, an
+API that lost the base gets a whole report again, and a restarted agent starts whole."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from lbprovider.agent.loop import Agent
+from lbprovider.db.models import FleetHost
+from lbprovider.db.session import transaction
+from tests.fleet.helpers import add_service, make_pool, remove_service, service_data, set_node
+from tests.haproxy.conftest import free_port
+
+from .conftest import HOST, Fleet, try_get, wait_until
+
+pytestmark = pytest.mark.haproxy
+
+
+def stored(fleet: Fleet) -> dict[str, Any]:
+    with transaction(fleet.sessions) as s:
+        host = s.scalar(select(FleetHost).where(FleetHost.name == HOST))
+        return dict(host.status) if host is not None and isinstance(host.status, dict) else {}
+
+
+def caught_up(fleet: Fleet, agent: Agent) -> bool:
+    """The API holds the agent's last acknowledged report, and it is the agent's whole view."""
+    p, row = agent.progress, stored(fleet)
+    return (
+        bool(p.acked_report)
+        and row.get("report_id") == p.acked_report
+        and row.get("applied_routes") == p.applied_routes
+        and p.applied is not None
+        and row.get("applied_version") == p.applied.version
+    )
+
+
+def test_delta_reports_keep_the_stored_report_whole(
+    fleet: Fleet, fast_backend: Callable[[], int]
+) -> None:
+    make_pool(fleet.sessions, "127.41.0.0/24")
+    set_node(fleet.sessions, "node-1", "127.0.0.2")
+    np, port = fast_backend(), free_port()
+    (a,) = add_service(fleet.sessions, service_data("a", [(port, np)]))
+    agent = fleet.start_agent(fleet.config(heartbeat_seconds=30.0))
+    wait_until(lambda: try_get(a, port), what="a answers")
+    wait_until(lambda: caught_up(fleet, agent), what="first report taken")
+    assert agent.progress.deltas
+    sent: list[Any] = []
+    post = agent.api.post_status
+    agent.api.post_status = lambda status: sent.append(status) or post(status)  # type: ignore[method-assign]
+    (b,) = add_service(fleet.sessions, service_data("b", [(port, np)]))
+    remove_service(fleet.sessions, "a")
+    wait_until(lambda: try_get(b, port) and try_get(a, port) is None, what="b in, a out")
+    wait_until(
+        lambda: caught_up(fleet, agent) and len(agent.progress.applied_routes) == 1,
+        what="delta taken",
+    )
+    deltas = [s for s in sent if s.base_report]
+    assert deltas, "the agent sent no delta report"
+    assert any(s.gone_routes for s in deltas)  # a's route left as a removal, not a resend
+    row = stored(fleet)
+    assert row["route_backends"].keys() == agent.progress.applied_routes.keys()
+    assert set(row["counters"]) <= {f"{a}:{port}", f"{b}:{port}"}
+
+    # the API loses the base (here: another report id on the row): a whole report follows
+    with transaction(fleet.sessions) as s:
+        s.execute(update(FleetHost).where(FleetHost.name == HOST).values(status={}))
+    sent.clear()
+    agent._report_soon()
+    wait_until(lambda: caught_up(fleet, agent), what="resynced after a lost base")
+    assert sent[0].base_report and any(not s.base_report for s in sent[1:])
+    assert stored(fleet)["route_backends"].keys() == agent.progress.applied_routes.keys()
+
+    # a restarted agent (new run, same state dir) starts with a whole report
+    state_dir = agent.config.state_dir
+    fleet.stop_agent(agent, stop_haproxy=False)
+    second = fleet.start_agent(fleet.config(state_dir=str(state_dir), heartbeat_seconds=30.0))
+    try:
+        wait_until(lambda: caught_up(fleet, second), what="restarted agent reported")
+        assert second.progress.acked_report.split("-")[0] != row["report_id"].split("-")[0]
+        assert stored(fleet)["applied_routes"] == second.progress.applied_routes
+    finally:
+        fleet.stop_agent(second)
