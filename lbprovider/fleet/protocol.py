@@ -17,14 +17,15 @@ import time
 from datetime import timedelta
 
 import anyio.to_thread
+from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from lbprovider.config import Settings
 from lbprovider.db.session import read_transaction
 from lbprovider.db.types import utcnow
-from lbprovider.fleet.compile import StateCache
+from lbprovider.fleet.compile import Compiled, ServingBasis, StateCache
 from lbprovider.fleet.models import FleetDelta, FleetState, HostStatus, StatusAck
-from lbprovider.fleet.serving import live_hosts, serving_states
+from lbprovider.fleet.serving import HostView, live_hosts, serving_states, touched_services
 from lbprovider.services.fleet import HostReport, fleet_hosts, record_host_report, set_serving
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ def accept_status(
     The report is stored with the version the API serves the host now, so the row keeps since
     when the host's applied version lags it (``/metrics``' version lag reads that)."""
     cache.refresh(session)  # before this transaction writes: see StateCache.refresh
+    stale = timedelta(seconds=settings.fleet_host_stale_seconds)
+    before = live_hosts(fleet_hosts(session=session), now=utcnow(), stale=stale)
     status = report.model_dump(mode="json", exclude=_NOT_STORED)
     row_status = {k: v for k, v in status.items() if k != "applied_routes"}
     row_status["applied_routes"] = report.applied_routes
@@ -102,12 +105,8 @@ def accept_status(
         ),
     )
     compiled = cache.compiled(session)
-    views = live_hosts(
-        fleet_hosts(session=session),
-        now=utcnow(),
-        stale=timedelta(seconds=settings.fleet_host_stale_seconds),
-    )
-    changed = set_serving(session=session, states=serving_states(compiled, views))
+    views = live_hosts(fleet_hosts(session=session), now=utcnow(), stale=stale)
+    changed = _refresh_serving(session, cache, compiled, host, before, views)
     if report.errors or changed:
         logger.info(
             "fleet host reported",
@@ -131,3 +130,49 @@ def accept_status(
 
 
 _NOT_STORED = {"base_report", "gone_routes", "gone_counters"}  # a delta's own fields
+SERVING_FULL_SECONDS = 10.0  # every Service's serving recomputed at least this often
+SERVING_FULL_ABOVE = 500  # more Services touched than this: recompute them all
+
+
+def _refresh_serving(
+    session: Session,
+    cache: StateCache,
+    compiled: Compiled,
+    host: str,
+    before: list[HostView],
+    after: list[HostView],
+) -> int:
+    """Write every Service's ``serving`` as ``compiled`` and the hosts' views ``after`` this
+    report make it; returns the rows changed.
+
+    Only the Services this report can have changed are recomputed (and only their records
+    read) when this API last wrote serving (committed) for the same live hosts less than
+    :data:`SERVING_FULL_SECONDS` ago: those compiled otherwise since then, and those with a
+    route whose applied digest or error on ``host`` changed in this report (every other host's
+    view is what its own last report left, and that report refreshed what it touched). Else,
+    or when that is many Services, every Service is recomputed."""
+    live = frozenset(v.name for v in after)
+    basis = cache.serving_basis
+    now = time.monotonic()
+    touched: set[str] | None = None
+    if (
+        basis is not None
+        and basis.live == live
+        and frozenset(v.name for v in before) == live
+        and now - basis.full_at < SERVING_FULL_SECONDS
+    ):
+        old = next((v for v in before if v.name == host), None)
+        new = next((v for v in after if v.name == host), None)
+        touched = touched_services(basis.compiled, compiled, old, new)
+        if len(touched) > SERVING_FULL_ABOVE:
+            touched = None
+    if touched is None:
+        changed = set_serving(session=session, states=serving_states(compiled, after))
+        done = ServingBasis(compiled, live, now)
+    else:
+        states = serving_states(compiled, after, only=touched)
+        changed = set_serving(session=session, states=states, only_listed=True)
+        assert basis is not None
+        done = ServingBasis(compiled, live, basis.full_at)
+    event.listen(session, "after_commit", lambda _s: cache.note_serving(done), once=True)
+    return changed

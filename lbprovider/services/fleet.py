@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.orm import Session
 
 from lbprovider.db.models import FleetHost, ServiceRecord
@@ -125,18 +125,25 @@ def fleet_hosts(*, session: Session) -> list[FleetHost]:
     return list(session.scalars(select(FleetHost).order_by(FleetHost.name)))
 
 
-def set_serving(*, session: Session, states: Mapping[str, tuple[bool, str]]) -> int:
-    """Write ``namespace/name -> (serving, message)`` where it differs; returns rows changed."""
+def set_serving(
+    *, session: Session, states: Mapping[str, tuple[bool, str]], only_listed: bool = False
+) -> int:
+    """Write ``namespace/name -> (serving, message)`` where it differs; returns rows changed.
+    ``only_listed``: read only the records ``states`` names (few), not every record."""
     changed = 0
-    rows = session.execute(
-        select(
-            ServiceRecord.id,
-            ServiceRecord.namespace,
-            ServiceRecord.name,
-            ServiceRecord.serving,
-            ServiceRecord.serving_message,
-        )
+    query = select(
+        ServiceRecord.id,
+        ServiceRecord.namespace,
+        ServiceRecord.name,
+        ServiceRecord.serving,
+        ServiceRecord.serving_message,
     )
+    if only_listed:
+        if not states:
+            return 0
+        keys = [tuple(k.split("/", 1)) for k in states]
+        query = query.where(tuple_(ServiceRecord.namespace, ServiceRecord.name).in_(keys))
+    rows = session.execute(query)
     updates = []
     for row_id, ns, name, serving, message in rows:
         wanted = states.get(f"{ns}/{name}")

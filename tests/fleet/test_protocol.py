@@ -6,16 +6,21 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import httpx
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from lbprovider.api.app import create_app
 from lbprovider.db.models import FleetHost, ServiceRecord
 from lbprovider.db.session import transaction
+from lbprovider.db.types import utcnow
+from lbprovider.fleet.compile import compile_fleet
 from lbprovider.fleet.models import FleetDelta, FleetState, HostStatus, RouteCounters, StatusAck
+from lbprovider.fleet.serving import live_hosts, serving_states
+from lbprovider.services.fleet import fleet_hosts
 from tests.api.conftest import LiveServer, api_settings, make_token
 
 from .helpers import add_service, make_pool, service_data, set_node
@@ -296,3 +301,50 @@ def test_a_delta_against_an_unknown_base_is_refused_and_asks_for_a_whole_report(
         proto.report(claims.model_copy(update={"base_report": ""})).json()
     )
     assert not ack.resend_full and _serving_of(proto)["web"] == (True, "served by 1 fleet host")
+
+
+def test_a_report_recomputes_serving_of_the_services_it_touches_only(
+    proto: Proto, engine: Engine
+) -> None:
+    for i in range(6):
+        add_service(proto.sessions, service_data(f"s{i}", [(80 + i, 30080)]))
+    routes = FleetState.model_validate(proto.state().json()).routes
+    applied = {r.route_id: r.digest() for r in routes}
+    proto.report(HostStatus(applied_routes=applied, report_id="run-1"))  # the basis: all
+    assert all(ok for ok, _ in _serving_of(proto).values())
+    add_service(proto.sessions, service_data("new", [(90, 30080)]))
+    new = next(r for r in FleetState.model_validate(proto.state().json()).routes if r.port == 90)
+    broken = routes[0]
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        proto.report(
+            HostStatus(
+                applied_routes={},
+                route_errors={broken.route_id: "connection refused"},
+                report_id="run-2",
+                base_report="run-1",
+            )
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    reads = [
+        s for s in statements if "serving_message" in s and s.lstrip().upper().startswith("SELECT")
+    ]
+    assert reads and all("IN" in s.upper() for s in reads), reads  # not every record
+    serving = _serving_of(proto)
+    assert serving["new"] == (False, f"fleet host edge-1 has not applied {new.key} yet")
+    assert serving["s0"] == (
+        False,
+        f"fleet host edge-1 does not serve {broken.key}: connection refused",
+    )
+    assert all(serving[f"s{i}"][0] for i in range(1, 6))
+    # the same as recomputing every Service from the stored reports
+    with transaction(proto.sessions) as s:
+        views = live_hosts(fleet_hosts(session=s), now=utcnow(), stale=timedelta(seconds=30))
+        full = serving_states(compile_fleet(s, api_settings("sqlite://")), views)
+    assert {k.split("/")[1]: v for k, v in full.items()} == serving
