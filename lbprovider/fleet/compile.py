@@ -344,12 +344,24 @@ class StateCache:
         self._read_engine: tuple[Engine, Engine] | None = None
         self._readers: tuple[sessionmaker[Session], sessionmaker[Session]] | None = None
         self._serving: ServingBasis | None = None
+        self._reports: dict[str, dict[str, Any]] = {}  # host -> its status as this API stored it
 
     @property
     def serving_basis(self) -> ServingBasis | None:
         """What serving was last written from (see ``lbprovider.fleet.protocol``)."""
         with self._lock:
             return self._serving
+
+    def stored_report(self, host: str) -> dict[str, Any] | None:
+        """``host``'s status as this API last stored it (committed), if it did (read-only by
+        convention: callers compare its ``report_id`` with the row's before trusting it)."""
+        with self._lock:
+            return self._reports.get(host)
+
+    def note_report(self, host: str, status: dict[str, Any]) -> None:
+        """``status`` was stored (committed) as ``host``'s."""
+        with self._lock:
+            self._reports[host] = status
 
     def note_serving(self, basis: ServingBasis) -> None:
         """Serving was written (committed) from ``basis``."""

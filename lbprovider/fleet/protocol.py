@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from datetime import timedelta
+from typing import Any
 
 import anyio.to_thread
 from sqlalchemy import event
@@ -25,8 +26,22 @@ from lbprovider.db.session import read_transaction
 from lbprovider.db.types import utcnow
 from lbprovider.fleet.compile import Compiled, ServingBasis, StateCache
 from lbprovider.fleet.models import FleetDelta, FleetState, HostStatus, StatusAck
-from lbprovider.fleet.serving import HostView, live_hosts, serving_states, touched_services
-from lbprovider.services.fleet import HostReport, fleet_hosts, record_host_report, set_serving
+from lbprovider.fleet.serving import (
+    HostView,
+    is_live,
+    serving_states,
+    touched_services,
+    view_of,
+)
+from lbprovider.services.fleet import (
+    REPORT_ID,
+    HostReport,
+    HostStamp,
+    host_stamps,
+    host_statuses,
+    record_host_report,
+    set_serving,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +100,20 @@ def accept_status(
     when the host's applied version lags it (``/metrics``' version lag reads that)."""
     cache.refresh(session)  # before this transaction writes: see StateCache.refresh
     stale = timedelta(seconds=settings.fleet_host_stale_seconds)
-    before = live_hosts(fleet_hosts(session=session), now=utcnow(), stale=stale)
+    now = utcnow()
+    stamps = host_stamps(session=session)
+    statuses, known = _statuses(session, cache, stamps)
+    before = [
+        view_of(h.name, statuses[h.name])
+        for h in stamps
+        if is_live(h.enabled, h.last_heartbeat, now=now, stale=stale)
+    ]
     status = report.model_dump(mode="json", exclude=_NOT_STORED)
     row_status = {k: v for k, v in status.items() if k != "applied_routes"}
     row_status["applied_routes"] = report.applied_routes
     error = "; ".join(report.errors)
     desired = cache.state(session, host).version
-    _, taken = record_host_report(
+    row, taken = record_host_report(
         session=session,
         name=host,
         report=HostReport(
@@ -103,10 +125,18 @@ def accept_status(
             gone_routes=tuple(report.gone_routes),
             gone_counters=tuple(report.gone_counters),
         ),
+        now=now,
+        previous=statuses.get(host),
     )
+    stored_status = row.status
     compiled = cache.compiled(session)
-    views = live_hosts(fleet_hosts(session=session), now=utcnow(), stale=stale)
-    changed = _refresh_serving(session, cache, compiled, host, before, views)
+    views = [v for v in before if v.name != host]
+    if row.enabled:
+        views = sorted([*views, view_of(host, stored_status)], key=lambda v: v.name)
+    changed = _refresh_serving(session, cache, compiled, host, before, views, known=known)
+    event.listen(
+        session, "after_commit", lambda _s: cache.note_report(host, stored_status), once=True
+    )
     if report.errors or changed:
         logger.info(
             "fleet host reported",
@@ -118,8 +148,7 @@ def accept_status(
                 "serving_changed": changed,
             },
         )
-    stored = next((v for v in views if v.name == host), None)
-    resend = report.applied_routes is None and (stored is None or not stored.applied)
+    resend = report.applied_routes is None and not stored_status.get("applied_routes")
     return StatusAck(
         host=host,
         desired_version=desired,
@@ -134,6 +163,22 @@ SERVING_FULL_SECONDS = 10.0  # every Service's serving recomputed at least this 
 SERVING_FULL_ABOVE = 500  # more Services touched than this: recompute them all
 
 
+def _statuses(
+    session: Session, cache: StateCache, stamps: list[HostStamp]
+) -> tuple[dict[str, dict[str, Any]], bool]:
+    """Each host's stored status: as this API last stored it when the row still holds that
+    report (same ``report_id``), else read (and parsed) from the row; and whether every one
+    was as this API stored it."""
+    out: dict[str, dict[str, Any]] = {}
+    for h in stamps:
+        kept = cache.stored_report(h.name)
+        if h.report_id and kept is not None and kept.get(REPORT_ID) == h.report_id:
+            out[h.name] = kept
+    missing = [h.name for h in stamps if h.name not in out]
+    out.update(host_statuses(session=session, names=missing))
+    return out, not missing
+
+
 def _refresh_serving(
     session: Session,
     cache: StateCache,
@@ -141,9 +186,14 @@ def _refresh_serving(
     host: str,
     before: list[HostView],
     after: list[HostView],
+    *,
+    known: bool,
 ) -> int:
     """Write every Service's ``serving`` as ``compiled`` and the hosts' views ``after`` this
     report make it; returns the rows changed.
+
+    ``known``: every host's stored status was as this API stored it (else some other writer
+    changed a host's report, and every Service is recomputed).
 
     Only the Services this report can have changed are recomputed (and only their records
     read) when this API last wrote serving (committed) for the same live hosts less than
@@ -156,7 +206,8 @@ def _refresh_serving(
     now = time.monotonic()
     touched: set[str] | None = None
     if (
-        basis is not None
+        known
+        and basis is not None
         and basis.live == live
         and frozenset(v.name for v in before) == live
         and now - basis.full_at < SERVING_FULL_SECONDS

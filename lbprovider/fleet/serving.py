@@ -35,21 +35,28 @@ class HostView:
 
 def live_hosts(hosts: Sequence[FleetHost], *, now: datetime, stale: timedelta) -> list[HostView]:
     """Enabled hosts with a recent heartbeat, as views of their last report."""
-    views = []
-    for host in hosts:
-        if not host.enabled or host.last_heartbeat is None or now - host.last_heartbeat > stale:
-            continue
-        status: Mapping[str, Any] = host.status if isinstance(host.status, dict) else {}
-        applied = status.get("applied_routes")
-        errors = status.get("route_errors")
-        views.append(
-            HostView(
-                name=host.name,
-                applied=applied if isinstance(applied, dict) else {},
-                errors=errors if isinstance(errors, dict) else {},
-            )
-        )
-    return views
+    return [
+        view_of(host.name, host.status)
+        for host in hosts
+        if is_live(host.enabled, host.last_heartbeat, now=now, stale=stale)
+    ]
+
+
+def is_live(enabled: bool, heartbeat: datetime | None, *, now: datetime, stale: timedelta) -> bool:
+    """An enabled host that reported within ``stale``."""
+    return enabled and heartbeat is not None and now - heartbeat <= stale
+
+
+def view_of(name: str, stored: object) -> HostView:
+    """The view of a host's stored status (``FleetHost.status``)."""
+    status: Mapping[str, Any] = stored if isinstance(stored, dict) else {}
+    applied = status.get("applied_routes")
+    errors = status.get("route_errors")
+    return HostView(
+        name=name,
+        applied=applied if isinstance(applied, dict) else {},
+        errors=errors if isinstance(errors, dict) else {},
+    )
 
 
 def serving_states(

@@ -11,13 +11,13 @@ What it must not do: compile desired state, or commit (the caller owns the trans
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, tuple_, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from lbprovider.db.models import FleetHost, ServiceRecord
 from lbprovider.db.types import utcnow
@@ -55,16 +55,62 @@ def get_or_register_host(*, session: Session, name: str) -> FleetHost:
     return host
 
 
+@dataclass(frozen=True)
+class HostStamp:
+    """A host's row without its status, and the stored report's id (``""``: none, or a report
+    without one): equal ids on a host, equal stored status."""
+
+    name: str
+    enabled: bool
+    last_heartbeat: datetime | None
+    report_id: str
+
+
+def host_stamps(*, session: Session) -> list[HostStamp]:
+    """Every fleet host, by name, without parsing its stored status (one statement)."""
+    rows = session.execute(
+        select(
+            FleetHost.name,
+            FleetHost.enabled,
+            FleetHost.last_heartbeat,
+            FleetHost.status[REPORT_ID].as_string(),
+        ).order_by(FleetHost.name)
+    )
+    return [HostStamp(n, bool(e), hb, rid or "") for n, e, hb, rid in rows]
+
+
+def host_statuses(*, session: Session, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The stored status of each named host."""
+    wanted = list(names)
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(FleetHost.name, FleetHost.status).where(FleetHost.name.in_(wanted))
+    )
+    return {n: st if isinstance(st, dict) else {} for n, st in rows}
+
+
 def record_host_report(
-    *, session: Session, name: str, report: HostReport, now: datetime | None = None
+    *,
+    session: Session,
+    name: str,
+    report: HostReport,
+    now: datetime | None = None,
+    previous: Mapping[str, Any] | None = None,
 ) -> tuple[FleetHost, bool]:
     """Store a heartbeat: applied version, errors, and the status the dashboard reads.
 
     Returns the host and whether the report was taken whole: False when it is a delta against
     a report this row does not hold (its sections are then not stored, the previous ones are
-    kept, and no later delta is taken until a whole report arrives)."""
-    host = get_or_register_host(session=session, name=name)
-    previous = host.status if isinstance(host.status, dict) else {}
+    kept, and no later delta is taken until a whole report arrives). ``previous``: the
+    stored status, when the caller knows it (then it is not read)."""
+    if previous is None:
+        host = get_or_register_host(session=session, name=name)
+        previous = host.status if isinstance(host.status, dict) else {}
+    else:
+        host = session.scalar(
+            select(FleetHost).where(FleetHost.name == name).options(defer(FleetHost.status))
+        ) or get_or_register_host(session=session, name=name)
     status, taken = merge_report(previous, report)
     now = now or utcnow()
     if report.serving_version is not None:
@@ -111,7 +157,9 @@ def _merged(stored: object, changed: object, gone: set[str]) -> dict[str, Any]:
     return out
 
 
-def _out_of_sync_since(report: HostReport, previous: dict[str, Any], now: datetime) -> str | None:
+def _out_of_sync_since(
+    report: HostReport, previous: Mapping[str, Any], now: datetime
+) -> str | None:
     """When the host's applied version first differed from the served one, as ISO-8601: kept
     from the previous report while they still differ, this report's time when they start to."""
     if report.applied_version == report.serving_version:

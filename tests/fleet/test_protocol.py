@@ -348,3 +348,28 @@ def test_a_report_recomputes_serving_of_the_services_it_touches_only(
         views = live_hosts(fleet_hosts(session=s), now=utcnow(), stale=timedelta(seconds=30))
         full = serving_states(compile_fleet(s, api_settings("sqlite://")), views)
     assert {k.split("/")[1]: v for k, v in full.items()} == serving
+
+
+def test_a_report_stored_by_another_api_is_read_from_the_row(proto: Proto) -> None:
+    add_service(proto.sessions, service_data("web", [(80, 30080)]))
+    route = FleetState.model_validate(proto.state().json()).routes[0]
+    applied = {route.route_id: route.digest()}
+    proto.report(HostStatus(applied_routes=applied, report_id="run-1"))
+    assert _serving_of(proto)["web"][0]
+    # another API replica (same database) stores a newer report of the host: nothing applied
+    with transaction(proto.sessions) as s:
+        row = s.scalar(select(FleetHost).where(FleetHost.name == "edge-1"))
+        assert row is not None
+        row.status = {**row.status, "applied_routes": {}, "report_id": "run-2"}
+    # a delta against the report this API stored is refused: the row holds another one
+    ack = StatusAck.model_validate(
+        proto.report(HostStatus(applied_routes={}, report_id="run-3", base_report="run-1")).json()
+    )
+    assert ack.resend_full
+    assert _stored(proto)["applied_routes"] == {}
+    # and serving follows the row (heartbeat-only whole report: sections kept from the row)
+    proto.report(HostStatus(applied_routes=None, report_id="run-4"))
+    assert _serving_of(proto)["web"] == (
+        False,
+        f"fleet host edge-1 has not applied {route.key} yet",
+    )
