@@ -475,21 +475,33 @@ class Agent:
         Whole when the API does not take deltas (an older API: then ``applied_routes`` and
         ``route_backends`` are left out when unchanged, as before) or holds no report of ours;
         else a delta against the last report it took. A delta reads the routes table's
-        counters only every ``heartbeat_seconds`` (a report right after an apply skips them:
-        at 10,000 routes reading them is most of a report's cost)."""
+        counters and the live routes map only every ``heartbeat_seconds`` (a report right
+        after an apply skips them: at 10,000 routes reading them is most of a report's cost;
+        until the next read, a new route's backend is not reported yet and a removed one's is
+        dropped)."""
         assert self.applier is not None and self.process is not None
         p = self.progress
         sent = (p.routes_sent, p.backends_sent, p.counters_sent)
         delta = p.deltas and bool(p.acked_report) and None not in sent
         now = time.monotonic()
-        read_counters = not delta or now >= self._next_counters
-        if read_counters:
+        read_live = not delta or now >= self._next_counters
+        if read_live:
             self._next_counters = now + self.config.heartbeat_seconds
         # its own connection: the reporter runs beside applies, which use the applier's
         with RuntimeClient(str(paths(self.hsettings)[1])) as client:
-            seen = observe(client, self.process, self.hsettings.run_dir, counters=read_counters)
-        backends = self._route_backends(seen.route_backends)
-        counters = seen.counters if read_counters else dict(p.counters_sent or {})
+            seen = observe(
+                client,
+                self.process,
+                self.hsettings.run_dir,
+                live=read_live,
+                previous=p.counters_sent or {},
+            )
+        if read_live:
+            backends, counters = self._route_backends(seen.route_backends), seen.counters
+        else:
+            applied = p.applied_routes
+            backends = {k: v for k, v in (p.backends_sent or {}).items() if k in applied}
+            counters = dict(p.counters_sent or {})
         whole = _Sections(dict(p.applied_routes), backends, counters)
         p.reports += 1
         report_id = f"{self._run_id}-{p.reports}"
@@ -607,7 +619,7 @@ class _Sections:
 def _changed(sent: dict[str, V], now: dict[str, V], gone: Sequence[str]) -> dict[str, V]:
     """The entries of ``now`` that ``sent`` lacks or holds otherwise, and those of ``gone``
     that ``now`` still has (a delta drops ``gone`` before it upserts)."""
-    out = {k: v for k, v in now.items() if sent.get(k) != v}
+    out = {k: v for k, v in now.items() if (w := sent.get(k)) is not v and w != v}
     out.update((k, now[k]) for k in gone if k in now)
     return out
 

@@ -46,7 +46,7 @@ def test_delta_reports_keep_the_stored_report_whole(
     set_node(fleet.sessions, "node-1", "127.0.0.2")
     np, port = fast_backend(), free_port()
     (a,) = add_service(fleet.sessions, service_data("a", [(port, np)]))
-    agent = fleet.start_agent(fleet.config(heartbeat_seconds=30.0))
+    agent = fleet.start_agent(fleet.config(heartbeat_seconds=2.0))
     wait_until(lambda: try_get(a, port), what="a answers")
     wait_until(lambda: caught_up(fleet, agent), what="first report taken")
     assert agent.progress.deltas
@@ -63,8 +63,14 @@ def test_delta_reports_keep_the_stored_report_whole(
     deltas = [s for s in sent if s.base_report]
     assert deltas, "the agent sent no delta report"
     assert any(s.gone_routes for s in deltas)  # a's route left as a removal, not a resend
+    # the live map is read every heartbeat_seconds (not right after an apply): b's backend
+    # follows within one, a's is dropped at once
+    assert stored(fleet)["route_backends"].keys() <= agent.progress.applied_routes.keys()
+    wait_until(
+        lambda: stored(fleet)["route_backends"].keys() == agent.progress.applied_routes.keys(),
+        what="b's backend reported",
+    )
     row = stored(fleet)
-    assert row["route_backends"].keys() == agent.progress.applied_routes.keys()
     assert set(row["counters"]) <= {f"{a}:{port}", f"{b}:{port}"}
 
     # the API loses the base (here: another report id on the row): a whole report follows
@@ -74,12 +80,12 @@ def test_delta_reports_keep_the_stored_report_whole(
     agent._report_soon()
     wait_until(lambda: caught_up(fleet, agent), what="resynced after a lost base")
     assert sent[0].base_report and any(not s.base_report for s in sent[1:])
-    assert stored(fleet)["route_backends"].keys() == agent.progress.applied_routes.keys()
+    assert stored(fleet)["route_backends"].keys() == agent.progress.applied_routes.keys()  # whole
 
     # a restarted agent (new run, same state dir) starts with a whole report
     state_dir = agent.config.state_dir
     fleet.stop_agent(agent, stop_haproxy=False)
-    second = fleet.start_agent(fleet.config(state_dir=str(state_dir), heartbeat_seconds=30.0))
+    second = fleet.start_agent(fleet.config(state_dir=str(state_dir), heartbeat_seconds=2.0))
     try:
         wait_until(lambda: caught_up(fleet, second), what="restarted agent reported")
         assert second.progress.acked_report.split("-")[0] != row["report_id"].split("-")[0]
