@@ -58,6 +58,8 @@ V = TypeVar("V")
 
 STATE_FILE = "desired-state.json"
 MAX_BACKOFF = 60.0
+CHECK_BATCH = 256  # serving checks per round: a bulk change must not hold up the next one
+CHECK_PENDING = "serving check pending"
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,9 @@ class Agent:
         self._run_id = os.urandom(6).hex()  # names this run's reports (``report_id``)
         self._failures = 0
         self.translate = Translator()
+        self.check_batch = CHECK_BATCH
+        self._checks_left = False  # applied routes still waiting for their serving check
+        self._refused: dict[str, str] = {}  # the applied state's refused routes
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -252,11 +257,17 @@ class Agent:
         """Fetch (long-poll up to the next due task), then apply, or re-check HAProxy's live
         state when that is due."""
         wait = max(0.0, min(self._next_resync, self._next_apply_due()) - time.monotonic())
+        if self._checks_left:
+            wait = 0.0  # only look for news between two rounds of checks
         if not self._fetch(min(wait, self.config.long_poll_seconds)):
             self._stop.wait(min(self.config.retry_seconds, max(wait, 0.05)))
         now = time.monotonic()
         if self._needs_apply() and now >= self._next_apply:
             self._maybe_apply(now)
+        elif self._checks_left and self.progress.applied is not None:
+            self._check_routes(self.progress.applied, self._refused)
+            if not self._checks_left:
+                self._report_soon()
         if time.monotonic() >= self._next_resync:
             self._resync()
 
@@ -426,8 +437,12 @@ class Agent:
             return False
 
     def _check_routes(self, state: FleetState, refused: dict[str, str]) -> None:
-        """Connect to every new, changed or failing VIP:port; keep the verdicts."""
+        """Connect to every new, changed or failing VIP:port, up to ``check_batch`` of them
+        per call; keep the verdicts. Routes left for a later round (``step`` goes on between
+        rounds, so a bulk change does not hold up the next change) report
+        :data:`CHECK_PENDING` as their error until checked: never served unchecked."""
         p = self.progress
+        self._refused = refused
         digests = {r.route_id: r.digest() for r in state.routes}
         p.checked = {k: d for k, d in p.checked.items() if digests.get(k) == d}
         todo = [
@@ -435,8 +450,12 @@ class Agent:
             for r in state.routes
             if r.route_id not in refused and p.checked.get(r.route_id) != digests[r.route_id]
         ]
+        todo, later = todo[: self.check_batch], todo[self.check_batch :]
+        self._checks_left = bool(later)
         verdicts = check_targets(todo, self.config.check_timeout_seconds)
         errors = {k: v for k, v in p.route_errors.items() if k in digests and k not in verdicts}
+        for route_id, _, _ in later:
+            errors.setdefault(route_id, CHECK_PENDING)
         for route_id, error in verdicts.items():
             if error:
                 errors[route_id] = error

@@ -4,14 +4,15 @@ API that lost the base gets a whole report again, and a restarted agent starts w
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
-from lbprovider.agent.loop import Agent
-from lbprovider.db.models import FleetHost
+from lbprovider.agent.loop import CHECK_PENDING, Agent
+from lbprovider.db.models import FleetHost, ServiceRecord
 from lbprovider.db.session import transaction
 from tests.fleet.helpers import add_service, make_pool, remove_service, service_data, set_node
 from tests.haproxy.conftest import free_port
@@ -25,6 +26,13 @@ def stored(fleet: Fleet) -> dict[str, Any]:
     with transaction(fleet.sessions) as s:
         host = s.scalar(select(FleetHost).where(FleetHost.name == HOST))
         return dict(host.status) if host is not None and isinstance(host.status, dict) else {}
+
+
+def serving(fleet: Fleet, name: str) -> tuple[bool, str]:
+    with transaction(fleet.sessions) as s:
+        rec = s.scalar(select(ServiceRecord).where(ServiceRecord.name == name))
+        assert rec is not None
+        return rec.serving, rec.serving_message
 
 
 def caught_up(fleet: Fleet, agent: Agent) -> bool:
@@ -92,3 +100,30 @@ def test_delta_reports_keep_the_stored_report_whole(
         assert stored(fleet)["applied_routes"] == second.progress.applied_routes
     finally:
         fleet.stop_agent(second)
+
+
+def test_serving_checks_go_in_rounds_and_nothing_is_served_unchecked(
+    fleet: Fleet, fast_backend: Callable[[], int]
+) -> None:
+    make_pool(fleet.sessions, "127.42.0.0/24")
+    set_node(fleet.sessions, "node-1", "127.0.0.2")
+    np, port = fast_backend(), free_port()
+    ips = [add_service(fleet.sessions, service_data(f"s{i}", [(port, np)]))[0] for i in range(4)]
+    agent = Agent(fleet.config(heartbeat_seconds=2.0))
+    agent.check_batch = 1  # one check per round (CHECK_BATCH at scale)
+    sent: list[Any] = []
+    post = agent.api.post_status
+    agent.api.post_status = lambda status: sent.append(status) or post(status)  # type: ignore[method-assign]
+    agent.start()
+    thread = threading.Thread(target=agent.run, name="agent-rounds")
+    thread.start()
+    fleet.agents.append((agent, thread))
+    wait_until(lambda: all(try_get(ip, port) for ip in ips), what="all answer")
+    wait_until(lambda: all(serving(fleet, f"s{i}")[0] for i in range(4)), what="all served")
+    assert not agent.progress.route_errors and len(agent.progress.checked) == 4
+    pending = [s for s in sent if CHECK_PENDING in (s.route_errors or {}).values()]
+    assert pending, "no report showed a route waiting for its check"
+    # a route reported applied but pending is not Serving: its error holds it back
+    first = pending[0]
+    waiting = {k for k, v in first.route_errors.items() if v == CHECK_PENDING}
+    assert waiting and waiting <= set(agent.progress.applied_routes)
