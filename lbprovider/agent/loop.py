@@ -8,7 +8,10 @@ also across its own restart (the state is kept in its state directory) — and s
 API was away once it is back. Every ``heartbeat_seconds`` (and on start, after a failure, while
 servers wait to go) it re-applies against HAProxy's *live* state, so a hand edit through the
 socket is undone; in between, a change is fetched as a delta and applied as one (only the
-changed map lines). Heartbeats go from a reporter thread, so a report never delays a change.
+changed map lines). Heartbeats go from a reporter thread, so a report never delays a change;
+once the API has taken a whole report (and says it takes deltas) they are deltas against the
+last one it took (``HostStatus.base_report``), whole again when the API asks (``resend_full``).
+Serving checks run in rounds of ``CHECK_BATCH`` between fetches.
 
 With an announcer (``LBP_ANNOUNCE_MODE`` bgp or vrrp, see ``agent.announcing``) the VIPs are held
 on the host before HAProxy binds them, withdrawn before an apply removes them, announced after
