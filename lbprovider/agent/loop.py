@@ -8,7 +8,10 @@ also across its own restart (the state is kept in its state directory) — and s
 API was away once it is back. Every ``heartbeat_seconds`` (and on start, after a failure, while
 servers wait to go) it re-applies against HAProxy's *live* state, so a hand edit through the
 socket is undone; in between, a change is fetched as a delta and applied as one (only the
-changed map lines). Heartbeats go from a reporter thread, so a report never delays a change.
+changed map lines). Heartbeats go from a reporter thread, so a report never delays a change;
+once the API has taken a whole report (and says it takes deltas) they are deltas against the
+last one it took (``HostStatus.base_report``), whole again when the API asks (``resend_full``).
+Serving checks run in rounds of ``CHECK_BATCH`` between fetches.
 
 With an announcer (``LBP_ANNOUNCE_MODE`` bgp or vrrp, see ``agent.announcing``) the VIPs are held
 on the host before HAProxy binds them, withdrawn before an apply removes them, announced after
@@ -28,11 +31,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from lbprovider.agent.announcing import AnnounceDriver
 from lbprovider.agent.checks import check_targets
@@ -42,7 +48,7 @@ from lbprovider.agent.translate import Translated, Translator
 from lbprovider.agent.vips import InterfaceVips, RoutedVips, Vips
 from lbprovider.announce import Announcer, NullAnnouncer, announcer_from_settings
 from lbprovider.config import Settings
-from lbprovider.fleet.models import FleetState, HostStatus
+from lbprovider.fleet.models import FleetState, HostStatus, RouteCounters
 from lbprovider.haproxy import model as hx
 from lbprovider.haproxy.apply import Applier, ApplyResult, paths, start_or_attach
 from lbprovider.haproxy.layout import build_skeleton
@@ -51,9 +57,12 @@ from lbprovider.haproxy.render import config_digest
 from lbprovider.haproxy.runtime import HAProxyError, RuntimeClient
 
 logger = logging.getLogger(__name__)
+V = TypeVar("V")
 
 STATE_FILE = "desired-state.json"
 MAX_BACKOFF = 60.0
+CHECK_BATCH = 256  # serving checks per round: a bulk change must not hold up the next one
+CHECK_PENDING = "serving check pending"
 
 
 @dataclass(frozen=True)
@@ -130,8 +139,13 @@ class Progress:
     checked: dict[str, str] = field(default_factory=dict)  # route_id -> digest checked OK
     errors: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
+    # what the API holds of the last report it took (None: unknown, the next report is whole)
     routes_sent: dict[str, str] | None = None
     backends_sent: dict[str, str] | None = None
+    counters_sent: dict[str, RouteCounters] | None = None
+    acked_report: str = ""  # that report's id ("": none, the next report is whole)
+    deltas: bool = False  # the API takes delta reports (its last StatusAck said so)
+    reports: int = 0  # reports built, for their ids
     outage_started: float | None = None
     outage_seconds: float = 0.0
     # cumulative since the agent started (reported; Prometheus handles the reset at a restart)
@@ -174,8 +188,13 @@ class Agent:
         self._report_now = threading.Event()  # wakes the reporter: report at once
         self._reporter: threading.Thread | None = None
         self._next_resync = 0.0  # the next full diff against HAProxy's live state
+        self._next_counters = 0.0  # the next report that reads the routes table's counters
+        self._run_id = os.urandom(6).hex()  # names this run's reports (``report_id``)
         self._failures = 0
         self.translate = Translator()
+        self.check_batch = CHECK_BATCH
+        self._checks_left = False  # applied routes still waiting for their serving check
+        self._refused: dict[str, str] = {}  # the applied state's refused routes
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -241,11 +260,17 @@ class Agent:
         """Fetch (long-poll up to the next due task), then apply, or re-check HAProxy's live
         state when that is due."""
         wait = max(0.0, min(self._next_resync, self._next_apply_due()) - time.monotonic())
+        if self._checks_left:
+            wait = 0.0  # only look for news between two rounds of checks
         if not self._fetch(min(wait, self.config.long_poll_seconds)):
             self._stop.wait(min(self.config.retry_seconds, max(wait, 0.05)))
         now = time.monotonic()
         if self._needs_apply() and now >= self._next_apply:
             self._maybe_apply(now)
+        elif self._checks_left and self.progress.applied is not None:
+            self._check_routes(self.progress.applied, self._refused)
+            if not self._checks_left:
+                self._report_soon()
         if time.monotonic() >= self._next_resync:
             self._resync()
 
@@ -415,8 +440,12 @@ class Agent:
             return False
 
     def _check_routes(self, state: FleetState, refused: dict[str, str]) -> None:
-        """Connect to every new, changed or failing VIP:port; keep the verdicts."""
+        """Connect to every new, changed or failing VIP:port, up to ``check_batch`` of them
+        per call; keep the verdicts. Routes left for a later round (``step`` goes on between
+        rounds, so a bulk change does not hold up the next change) report
+        :data:`CHECK_PENDING` as their error until checked: never served unchecked."""
         p = self.progress
+        self._refused = refused
         digests = {r.route_id: r.digest() for r in state.routes}
         p.checked = {k: d for k, d in p.checked.items() if digests.get(k) == d}
         todo = [
@@ -424,8 +453,12 @@ class Agent:
             for r in state.routes
             if r.route_id not in refused and p.checked.get(r.route_id) != digests[r.route_id]
         ]
+        todo, later = todo[: self.check_batch], todo[self.check_batch :]
+        self._checks_left = bool(later)
         verdicts = check_targets(todo, self.config.check_timeout_seconds)
         errors = {k: v for k, v in p.route_errors.items() if k in digests and k not in verdicts}
+        for route_id, _, _ in later:
+            errors.setdefault(route_id, CHECK_PENDING)
         for route_id, error in verdicts.items():
             if error:
                 errors[route_id] = error
@@ -456,17 +489,69 @@ class Agent:
 
     def status(self) -> HostStatus:
         """The report HAProxy and the agent's progress make now."""
+        return self._report()[0]
+
+    def _report(self) -> tuple[HostStatus, _Sections]:
+        """The report to send now, and the whole sections the API holds once it takes it.
+
+        Whole when the API does not take deltas (an older API: then ``applied_routes`` and
+        ``route_backends`` are left out when unchanged, as before) or holds no report of ours;
+        else a delta against the last report it took. A delta reads the routes table's
+        counters and the live routes map only every ``heartbeat_seconds`` (a report right
+        after an apply skips them: at 10,000 routes reading them is most of a report's cost;
+        until the next read, a new route's backend is not reported yet and a removed one's is
+        dropped)."""
         assert self.applier is not None and self.process is not None
         p = self.progress
+        sent = (p.routes_sent, p.backends_sent, p.counters_sent)
+        delta = p.deltas and bool(p.acked_report) and None not in sent
+        now = time.monotonic()
+        read_live = not delta or now >= self._next_counters
+        if read_live:
+            self._next_counters = now + self.config.heartbeat_seconds
         # its own connection: the reporter runs beside applies, which use the applier's
         with RuntimeClient(str(paths(self.hsettings)[1])) as client:
-            seen = observe(client, self.process, self.hsettings.run_dir)
-        routes = p.applied_routes if p.routes_sent != p.applied_routes else None
-        backends = self._route_backends(seen.route_backends)
-        return HostStatus(
+            seen = observe(
+                client,
+                self.process,
+                self.hsettings.run_dir,
+                live=read_live,
+                previous=p.counters_sent or {},
+            )
+        if read_live:
+            backends, counters = self._route_backends(seen.route_backends), seen.counters
+        else:
+            applied = p.applied_routes
+            backends = {k: v for k, v in (p.backends_sent or {}).items() if k in applied}
+            counters = dict(p.counters_sent or {})
+        whole = _Sections(dict(p.applied_routes), backends, counters)
+        p.reports += 1
+        report_id = f"{self._run_id}-{p.reports}"
+        if delta:
+            assert p.routes_sent is not None and p.backends_sent is not None
+            assert p.counters_sent is not None
+            gone = sorted(
+                (p.routes_sent.keys() - whole.routes.keys())
+                | (p.backends_sent.keys() - whole.backends.keys())
+            )
+            sections: dict[str, object] = {
+                "applied_routes": _changed(p.routes_sent, whole.routes, gone),
+                "route_backends": _changed(p.backends_sent, whole.backends, gone),
+                "counters": _changed(p.counters_sent, counters, ()),
+                "gone_routes": gone,
+                "gone_counters": [k for k in p.counters_sent if k not in counters],
+                "base_report": p.acked_report,
+            }
+        else:
+            routes = whole.routes if p.routes_sent != whole.routes or p.deltas else None
+            sections = {
+                "applied_routes": routes,
+                "route_backends": backends if backends != p.backends_sent or p.deltas else None,
+                "counters": counters,
+            }
+        status = HostStatus(
             desired_version=p.desired.version if p.desired else "",
             applied_version=p.applied.version if p.applied else "",
-            applied_routes=dict(routes) if routes is not None else None,
             route_errors=dict(p.route_errors),
             errors=[*p.errors, *seen.errors],
             pending=list(p.pending),
@@ -480,11 +565,12 @@ class Agent:
             reload_seconds_total=round(p.reload_seconds, 6),
             reload_seconds_last=None if p.reload_last is None else round(p.reload_last, 6),
             servers=seen.servers,
-            counters=seen.counters,
             vips=self.vips.owned() or sorted(self.announce.serving),
             announcements=self.announce.status(),
-            route_backends=backends if backends != p.backends_sent else None,
+            report_id=report_id,
+            **sections,
         )
+        return status, whole
 
     def _route_backends(self, by_key: dict[str, str]) -> dict[str, str]:
         """route_id -> HAProxy backend, for the applied routes HAProxy has in its map."""
@@ -498,7 +584,7 @@ class Agent:
 
     def _heartbeat(self) -> None:
         self._next_heartbeat = time.monotonic() + self.config.heartbeat_seconds
-        status = self.status()
+        status, whole = self._report()
         try:
             ack = self.api.post_status(status)
         except ApiUnavailable as e:
@@ -507,12 +593,19 @@ class Agent:
             return
         self._api_up()
         p = self.progress
-        if status.applied_routes is not None:
-            p.routes_sent = dict(status.applied_routes)
-        if status.route_backends is not None:
-            p.backends_sent = dict(status.route_backends)
-        if ack.resend_routes:
-            p.routes_sent = p.backends_sent = None
+        # what the API now holds (sections a whole report left out, None, it kept)
+        p.routes_sent, p.backends_sent, p.counters_sent = (
+            whole.routes,
+            whole.backends,
+            whole.counters,
+        )
+        p.acked_report = status.report_id if ack.deltas else ""
+        p.deltas = ack.deltas
+        if ack.resend_routes or ack.resend_full:
+            p.routes_sent = p.backends_sent = p.counters_sent = None
+            p.acked_report = ""
+        if ack.resend_full:  # the API kept none of this delta: a whole report at once
+            self._report_soon()
 
     # -- last good state ---------------------------------------------------------------------
 
@@ -534,6 +627,23 @@ class Agent:
         if state.host != self.config.host or state.version != state.content_digest():
             return None
         return state
+
+
+@dataclass(frozen=True)
+class _Sections:
+    """A report's route-keyed sections, whole."""
+
+    routes: dict[str, str]  # applied route_id -> digest
+    backends: dict[str, str]  # route_id -> HAProxy backend
+    counters: dict[str, RouteCounters]  # VIP:port -> counters
+
+
+def _changed(sent: dict[str, V], now: dict[str, V], gone: Sequence[str]) -> dict[str, V]:
+    """The entries of ``now`` that ``sent`` lacks or holds otherwise, and those of ``gone``
+    that ``now`` still has (a delta drops ``gone`` before it upserts)."""
+    out = {k: v for k, v in now.items() if (w := sent.get(k)) is not v and w != v}
+    out.update((k, now[k]) for k in gone if k in now)
+    return out
 
 
 def _vips_of(state: FleetState) -> set[str]:

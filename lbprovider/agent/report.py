@@ -9,6 +9,7 @@ line in the report.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from lbprovider.fleet.models import RouteCounters, ServerHealth
@@ -31,14 +32,24 @@ class Observed:
     errors: list[str] = field(default_factory=list)
 
 
-def observe(client: RuntimeClient, process: HAProxyProcess, run_dir: str) -> Observed:
+def observe(
+    client: RuntimeClient,
+    process: HAProxyProcess,
+    run_dir: str,
+    *,
+    live: bool = True,
+    previous: Mapping[str, RouteCounters] | None = None,
+) -> Observed:
     """Servers (``show stat``), per-route counters (the routes table), which backend each
-    VIP:port goes to (the live routes map) and ``show proc``."""
+    VIP:port goes to (the live routes map) and ``show proc``. ``live=False`` skips the
+    routes table and map (the two reads whose cost grows with the routes); ``previous``
+    counters are reused as objects where unchanged."""
     seen = Observed()
     try:
         seen.servers = servers(client)
-        seen.counters = counters(client)
-        seen.route_backends = route_backends(client, run_dir)
+        if live:
+            seen.counters = route_counters(client, previous or {})
+            seen.route_backends = route_backends(client, run_dir)
     except HAProxyError as e:
         seen.errors.append(f"reading haproxy stats: {e}")
     try:
@@ -73,16 +84,27 @@ def servers(client: RuntimeClient) -> list[ServerHealth]:
     return out
 
 
-def counters(client: RuntimeClient) -> dict[str, RouteCounters]:
-    """VIP:port -> connection and byte counters from the routes stick table."""
+def route_counters(
+    client: RuntimeClient, previous: Mapping[str, RouteCounters] | None = None
+) -> dict[str, RouteCounters]:
+    """VIP:port -> connection and byte counters from the routes stick table (the object of
+    ``previous`` where the values are the same: cheap to build and to compare)."""
     out = {}
+    previous = previous or {}
     for key, values in client.show_table(TABLE_BACKEND).items():
-        out[key] = RouteCounters(
-            conn_cur=values.get("conn_cur", 0),
-            conn_cnt=values.get("conn_cnt", 0),
-            bytes_in=values.get("bytes_in_cnt", 0),
-            bytes_out=values.get("bytes_out_cnt", 0),
+        now = (
+            values.get("conn_cur", 0),
+            values.get("conn_cnt", 0),
+            values.get("bytes_in_cnt", 0),
+            values.get("bytes_out_cnt", 0),
         )
+        old = previous.get(key)
+        if old is not None and (old.conn_cur, old.conn_cnt, old.bytes_in, old.bytes_out) == now:
+            out[key] = old
+        else:
+            out[key] = RouteCounters(
+                conn_cur=now[0], conn_cnt=now[1], bytes_in=now[2], bytes_out=now[3]
+            )
     return out
 
 

@@ -343,6 +343,30 @@ class StateCache:
         self._bodies: dict[tuple[str, str], bytes] = {}  # (host, version) -> JSON
         self._read_engine: tuple[Engine, Engine] | None = None
         self._readers: tuple[sessionmaker[Session], sessionmaker[Session]] | None = None
+        self._serving: ServingBasis | None = None
+        self._reports: dict[str, dict[str, Any]] = {}  # host -> its status as this API stored it
+
+    @property
+    def serving_basis(self) -> ServingBasis | None:
+        """What serving was last written from (see ``lbprovider.fleet.protocol``)."""
+        with self._lock:
+            return self._serving
+
+    def stored_report(self, host: str) -> dict[str, Any] | None:
+        """``host``'s status as this API last stored it (committed), if it did (read-only by
+        convention: callers compare its ``report_id`` with the row's before trusting it)."""
+        with self._lock:
+            return self._reports.get(host)
+
+    def note_report(self, host: str, status: dict[str, Any]) -> None:
+        """``status`` was stored (committed) as ``host``'s."""
+        with self._lock:
+            self._reports[host] = status
+
+    def note_serving(self, basis: ServingBasis) -> None:
+        """Serving was written (committed) from ``basis``."""
+        with self._lock:
+            self._serving = basis
 
     def compiled(self, session: Session) -> Compiled:
         """The compilation of the database as ``session`` sees it now, or newer.
@@ -424,6 +448,16 @@ class StateCache:
                 if state.version in self._history.get(state.host, {}):
                     self._bodies[key] = cached
         return cached
+
+
+@dataclass(frozen=True)
+class ServingBasis:
+    """What this API last wrote every Service's ``serving`` from (committed): the compilation,
+    the live hosts, and when it last recomputed them all (monotonic)."""
+
+    compiled: Compiled
+    live: frozenset[str]
+    full_at: float
 
 
 HISTORY = 16  # states kept per host for deltas: an agent lagging more gets the whole state

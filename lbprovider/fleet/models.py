@@ -277,7 +277,11 @@ class HostStatus(_Model):
          "servers": [{"backend", "server", "state", "check", "address"}],
          "counters": {"<vip>:<port>": {"conn_cur", "conn_cnt", "bytes_in", "bytes_out"}},
          "vips": [str], "route_backends": {route_id: backend} | null,
-         "announcements": [{"vip", "state", "since": ISO-8601 UTC, "detail"}]}
+         "announcements": [{"vip", "state", "since": ISO-8601 UTC, "detail"}],
+         "report_id": str}
+
+    A delta report is stored merged into the previous one (whole sections, its ``report_id``;
+    ``base_report`` and the ``gone_*`` lists are not kept).
 
     ``servers`` are HAProxy's ``show stat`` rows; a Service's servers are those of the backends
     its routes use (the stored ``route_backends``: route_id -> backend, kept like
@@ -316,6 +320,16 @@ class HostStatus(_Model):
     announcements: list[AnnouncementStatus] = Field(default_factory=list)
     # route_id -> HAProxy backend; like ``applied_routes``, None when unchanged since last sent
     route_backends: dict[str, str] | None = None
+    # Report deltas (agents that the API told ``StatusAck.deltas``). ``report_id`` names this
+    # report; with ``base_report`` set, this report is a delta against the report of that id
+    # (the last one the API acknowledged): ``applied_routes``, ``route_backends`` and
+    # ``counters`` then hold only the entries added or changed since it, ``gone_routes`` the
+    # route_ids dropped from the first two and ``gone_counters`` the keys dropped from
+    # ``counters``. Every other field is whole in every report.
+    report_id: str = ""
+    base_report: str = ""
+    gone_routes: list[str] = Field(default_factory=list)
+    gone_counters: list[str] = Field(default_factory=list)
 
     @classmethod
     def read_stored(cls, stored: object) -> HostStatus:
@@ -330,11 +344,18 @@ class HostStatus(_Model):
 
 
 class StatusAck(_Model):
-    """The API's answer to a report; ``resend_routes`` asks for ``applied_routes`` again."""
+    """The API's answer to a report; ``resend_routes`` asks for ``applied_routes`` again.
+
+    ``deltas``: this API takes delta reports (``HostStatus.base_report``); an older API leaves
+    it out (False), and the agent keeps sending whole reports. ``resend_full``: the API did not
+    hold the base of a delta report (it kept none of the report's delta sections); the next
+    report must be whole."""
 
     host: str
     desired_version: str
     resend_routes: bool = False
+    deltas: bool = False
+    resend_full: bool = False
 
 
 def _sha(text: str) -> str:

@@ -14,7 +14,7 @@ What it must not do: write anything (``lbprovider.services.fleet.set_serving`` d
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,26 +35,46 @@ class HostView:
 
 def live_hosts(hosts: Sequence[FleetHost], *, now: datetime, stale: timedelta) -> list[HostView]:
     """Enabled hosts with a recent heartbeat, as views of their last report."""
-    views = []
-    for host in hosts:
-        if not host.enabled or host.last_heartbeat is None or now - host.last_heartbeat > stale:
-            continue
-        status: Mapping[str, Any] = host.status if isinstance(host.status, dict) else {}
-        applied = status.get("applied_routes")
-        errors = status.get("route_errors")
-        views.append(
-            HostView(
-                name=host.name,
-                applied=applied if isinstance(applied, dict) else {},
-                errors=errors if isinstance(errors, dict) else {},
-            )
-        )
-    return views
+    return [
+        view_of(host.name, host.status)
+        for host in hosts
+        if is_live(host.enabled, host.last_heartbeat, now=now, stale=stale)
+    ]
 
 
-def serving_states(compiled: Compiled, hosts: Sequence[HostView]) -> dict[str, tuple[bool, str]]:
-    """``namespace/name`` -> (serving, message) for every Service the compiler saw."""
+def is_live(enabled: bool, heartbeat: datetime | None, *, now: datetime, stale: timedelta) -> bool:
+    """An enabled host that reported within ``stale``."""
+    return enabled and heartbeat is not None and now - heartbeat <= stale
+
+
+def view_of(name: str, stored: object) -> HostView:
+    """The view of a host's stored status (``FleetHost.status``)."""
+    status: Mapping[str, Any] = stored if isinstance(stored, dict) else {}
+    applied = status.get("applied_routes")
+    errors = status.get("route_errors")
+    return HostView(
+        name=name,
+        applied=applied if isinstance(applied, dict) else {},
+        errors=errors if isinstance(errors, dict) else {},
+    )
+
+
+def serving_states(
+    compiled: Compiled, hosts: Sequence[HostView], only: Collection[str] | None = None
+) -> dict[str, tuple[bool, str]]:
+    """``namespace/name`` -> (serving, message) for every Service the compiler saw (with
+    ``only``: for those of them in ``only``)."""
     out: dict[str, tuple[bool, str]] = {}
+    if only is not None:
+        by_name = {h.name: h for h in hosts}
+        for key in only:
+            if (problem := compiled.problems.get(key)) is not None:
+                out[key] = (False, f"not programmed: {problem}")
+            if (reason := compiled.no_routes.get(key)) is not None:
+                out[key] = (False, reason)
+            if routes := compiled.by_service.get(key):
+                out[key] = _service_state(routes, by_name)
+        return out
     for key, problem in compiled.problems.items():
         out[key] = (False, f"not programmed: {problem}")
     for key, reason in compiled.no_routes.items():
@@ -64,6 +84,40 @@ def serving_states(compiled: Compiled, hosts: Sequence[HostView]) -> dict[str, t
         if routes:
             out[key] = _service_state(routes, by_name)
     return out
+
+
+def touched_services(
+    before: Compiled, after: Compiled, old: HostView | None, new: HostView | None
+) -> set[str]:
+    """The Services whose serving may differ between (``before``, a host's view ``old``) and
+    (``after``, its view ``new``), every other host's view unchanged: those compiled otherwise,
+    and those with a route whose applied digest or error on that host changed."""
+    out = {
+        key
+        for part in ("by_service", "problems", "no_routes")
+        for key in _differing(getattr(before, part), getattr(after, part))
+    }
+    routes: set[str] = set()
+    for section in ("applied", "errors"):
+        was = getattr(old, section) if old is not None else {}
+        now = getattr(new, section) if new is not None else {}
+        routes |= _differing(was, now)
+    if routes:
+        out |= {r.service for r in after.routes if r.route_id in routes}
+        out |= {r.service for r in before.routes if r.route_id in routes}
+    return out
+
+
+def _differing(a: Mapping[str, Any], b: Mapping[str, Any]) -> set[str]:
+    """Keys whose values differ between ``a`` and ``b`` (the same object: equal)."""
+    if a is b:
+        return set()
+    out = {k for k, v in b.items() if (w := a.get(k, _MISSING)) is not v and w != v}
+    out |= {k for k in a if k not in b}
+    return out
+
+
+_MISSING = object()
 
 
 def _service_state(routes: Sequence[RouteSpec], hosts: Mapping[str, HostView]) -> tuple[bool, str]:

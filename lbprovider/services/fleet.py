@@ -11,13 +11,13 @@ What it must not do: compile desired state, or commit (the caller owns the trans
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select, tuple_, update
+from sqlalchemy.orm import Session, defer
 
 from lbprovider.db.models import FleetHost, ServiceRecord
 from lbprovider.db.types import utcnow
@@ -34,6 +34,15 @@ class HostReport:
     error: str
     status: dict[str, Any]  # JSON-ready; ``applied_routes`` None keeps the stored one
     serving_version: str | None = None  # the version the API serves the host now (None: unknown)
+    # set: ``status``' sections are a delta against the stored report of this id (see
+    # ``lbprovider.fleet.models.HostStatus``), with these route_ids / counter keys dropped
+    base_report: str = ""
+    gone_routes: tuple[str, ...] = ()
+    gone_counters: tuple[str, ...] = ()
+
+
+DELTA_SECTIONS = ("applied_routes", "route_backends")  # route_id keyed; None: unchanged
+REPORT_ID = "report_id"
 
 
 def get_or_register_host(*, session: Session, name: str) -> FleetHost:
@@ -46,16 +55,63 @@ def get_or_register_host(*, session: Session, name: str) -> FleetHost:
     return host
 
 
+@dataclass(frozen=True)
+class HostStamp:
+    """A host's row without its status, and the stored report's id (``""``: none, or a report
+    without one): equal ids on a host, equal stored status."""
+
+    name: str
+    enabled: bool
+    last_heartbeat: datetime | None
+    report_id: str
+
+
+def host_stamps(*, session: Session) -> list[HostStamp]:
+    """Every fleet host, by name, without parsing its stored status (one statement)."""
+    rows = session.execute(
+        select(
+            FleetHost.name,
+            FleetHost.enabled,
+            FleetHost.last_heartbeat,
+            FleetHost.status[REPORT_ID].as_string(),
+        ).order_by(FleetHost.name)
+    )
+    return [HostStamp(n, bool(e), hb, rid or "") for n, e, hb, rid in rows]
+
+
+def host_statuses(*, session: Session, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The stored status of each named host."""
+    wanted = list(names)
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(FleetHost.name, FleetHost.status).where(FleetHost.name.in_(wanted))
+    )
+    return {n: st if isinstance(st, dict) else {} for n, st in rows}
+
+
 def record_host_report(
-    *, session: Session, name: str, report: HostReport, now: datetime | None = None
-) -> FleetHost:
-    """Store a heartbeat: applied version, errors, and the status the dashboard reads."""
-    host = get_or_register_host(session=session, name=name)
-    previous = host.status if isinstance(host.status, dict) else {}
-    status = dict(report.status)
-    for kept in ("applied_routes", "route_backends"):  # None: unchanged since the last report
-        if status.get(kept) is None:
-            status[kept] = previous.get(kept)
+    *,
+    session: Session,
+    name: str,
+    report: HostReport,
+    now: datetime | None = None,
+    previous: Mapping[str, Any] | None = None,
+) -> tuple[FleetHost, bool]:
+    """Store a heartbeat: applied version, errors, and the status the dashboard reads.
+
+    Returns the host and whether the report was taken whole: False when it is a delta against
+    a report this row does not hold (its sections are then not stored, the previous ones are
+    kept, and no later delta is taken until a whole report arrives). ``previous``: the
+    stored status, when the caller knows it (then it is not read)."""
+    if previous is None:
+        host = get_or_register_host(session=session, name=name)
+        previous = host.status if isinstance(host.status, dict) else {}
+    else:
+        host = session.scalar(
+            select(FleetHost).where(FleetHost.name == name).options(defer(FleetHost.status))
+        ) or get_or_register_host(session=session, name=name)
+    status, taken = merge_report(previous, report)
     now = now or utcnow()
     if report.serving_version is not None:
         status[OUT_OF_SYNC_SINCE] = _out_of_sync_since(report, previous, now)
@@ -64,10 +120,46 @@ def record_host_report(
     host.error = report.error[:MAX_ERROR_CHARS]
     host.last_heartbeat = now
     session.flush()
-    return host
+    return host, taken
 
 
-def _out_of_sync_since(report: HostReport, previous: dict[str, Any], now: datetime) -> str | None:
+def merge_report(previous: Mapping[str, Any], report: HostReport) -> tuple[dict[str, Any], bool]:
+    """The status to store for ``report`` given the stored one: a whole report as it came
+    (sections left out, None, keep the stored ones), a delta merged into the stored sections
+    when they are its base; else (an unknown base) the stored sections, no ``report_id``, and
+    False."""
+    status = dict(report.status)
+    if report.base_report and previous.get(REPORT_ID) != report.base_report:
+        for kept in DELTA_SECTIONS:
+            status[kept] = previous.get(kept)
+        status["counters"] = previous.get("counters") or {}
+        status[REPORT_ID] = ""
+        return status, False
+    if not report.base_report:
+        for kept in DELTA_SECTIONS:  # None: unchanged since the last report
+            if status.get(kept) is None:
+                status[kept] = previous.get(kept)
+        return status, True
+    gone = set(report.gone_routes)
+    for section in DELTA_SECTIONS:
+        status[section] = _merged(previous.get(section), status.get(section), gone)
+    status["counters"] = _merged(
+        previous.get("counters"), status.get("counters"), set(report.gone_counters)
+    )
+    return status, True
+
+
+def _merged(stored: object, changed: object, gone: set[str]) -> dict[str, Any]:
+    """``stored`` (a dict, else empty) with ``changed`` upserted and ``gone`` dropped."""
+    out = {k: v for k, v in stored.items() if k not in gone} if isinstance(stored, dict) else {}
+    if isinstance(changed, dict):
+        out.update(changed)
+    return out
+
+
+def _out_of_sync_since(
+    report: HostReport, previous: Mapping[str, Any], now: datetime
+) -> str | None:
     """When the host's applied version first differed from the served one, as ISO-8601: kept
     from the previous report while they still differ, this report's time when they start to."""
     if report.applied_version == report.serving_version:
@@ -81,18 +173,25 @@ def fleet_hosts(*, session: Session) -> list[FleetHost]:
     return list(session.scalars(select(FleetHost).order_by(FleetHost.name)))
 
 
-def set_serving(*, session: Session, states: Mapping[str, tuple[bool, str]]) -> int:
-    """Write ``namespace/name -> (serving, message)`` where it differs; returns rows changed."""
+def set_serving(
+    *, session: Session, states: Mapping[str, tuple[bool, str]], only_listed: bool = False
+) -> int:
+    """Write ``namespace/name -> (serving, message)`` where it differs; returns rows changed.
+    ``only_listed``: read only the records ``states`` names (few), not every record."""
     changed = 0
-    rows = session.execute(
-        select(
-            ServiceRecord.id,
-            ServiceRecord.namespace,
-            ServiceRecord.name,
-            ServiceRecord.serving,
-            ServiceRecord.serving_message,
-        )
+    query = select(
+        ServiceRecord.id,
+        ServiceRecord.namespace,
+        ServiceRecord.name,
+        ServiceRecord.serving,
+        ServiceRecord.serving_message,
     )
+    if only_listed:
+        if not states:
+            return 0
+        keys = [tuple(k.split("/", 1)) for k in states]
+        query = query.where(tuple_(ServiceRecord.namespace, ServiceRecord.name).in_(keys))
+    rows = session.execute(query)
     updates = []
     for row_id, ns, name, serving, message in rows:
         wanted = states.get(f"{ns}/{name}")

@@ -6,16 +6,21 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import httpx
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from lbprovider.api.app import create_app
 from lbprovider.db.models import FleetHost, ServiceRecord
 from lbprovider.db.session import transaction
-from lbprovider.fleet.models import FleetDelta, FleetState, HostStatus
+from lbprovider.db.types import utcnow
+from lbprovider.fleet.compile import compile_fleet
+from lbprovider.fleet.models import FleetDelta, FleetState, HostStatus, RouteCounters, StatusAck
+from lbprovider.fleet.serving import live_hosts, serving_states
+from lbprovider.services.fleet import fleet_hosts
 from tests.api.conftest import LiveServer, api_settings, make_token
 
 from .helpers import add_service, make_pool, service_data, set_node
@@ -203,3 +208,168 @@ def test_delta_against_an_unknown_version_is_the_whole_state(proto: Proto) -> No
     assert r.status_code == 200 and "X-Fleet-Delta" not in r.headers
     state = FleetState.model_validate(r.json())
     assert state.version == state.content_digest() and len(state.routes) == 1
+
+
+def _stored(proto: Proto, host: str = "edge-1") -> dict[str, object]:
+    with transaction(proto.sessions) as s:
+        row = s.scalar(select(FleetHost).where(FleetHost.name == host))
+        assert row is not None and isinstance(row.status, dict)
+        return dict(row.status)
+
+
+def _serving_of(proto: Proto) -> dict[str, tuple[bool, str]]:
+    with transaction(proto.sessions) as s:
+        return {r.name: (r.serving, r.serving_message) for r in s.scalars(select(ServiceRecord))}
+
+
+SECTIONS = ("applied_routes", "route_backends", "counters")
+
+
+def test_a_delta_report_stores_what_the_whole_report_would(proto: Proto) -> None:
+    for name, port in (("a", 80), ("b", 81), ("c", 82)):
+        add_service(proto.sessions, service_data(name, [(port, 30080)]))
+    state = FleetState.model_validate(proto.state().json())
+    ra, rb, rc = state.routes
+    counters = {r.key: RouteCounters(conn_cnt=1) for r in (ra, rb)}
+    first = HostStatus(
+        applied_version="v1",
+        applied_routes={ra.route_id: ra.digest(), rb.route_id: "stale-digest"},
+        route_backends={ra.route_id: "be_a", rb.route_id: "be_b"},
+        counters=counters,
+        report_id="run-1",
+    )
+    ack = StatusAck.model_validate(proto.report(first).json())
+    assert ack.deltas and not ack.resend_full
+    assert _serving_of(proto)["a"][0] and not _serving_of(proto)["b"][0]
+    # b's digest fixed, a's route dropped from both sections, c added, one counter gone
+    delta = HostStatus(
+        applied_version=state.version,
+        applied_routes={rb.route_id: rb.digest(), rc.route_id: rc.digest()},
+        route_backends={rc.route_id: "be_c"},
+        counters={rc.key: RouteCounters(conn_cnt=7)},
+        gone_routes=[ra.route_id],
+        gone_counters=[ra.key],
+        report_id="run-2",
+        base_report="run-1",
+    )
+    ack = StatusAck.model_validate(proto.report(delta).json())
+    assert ack.deltas and not ack.resend_full
+    after_delta, serving_after_delta = _stored(proto), _serving_of(proto)
+    assert after_delta["applied_routes"] == {rb.route_id: rb.digest(), rc.route_id: rc.digest()}
+    assert after_delta["route_backends"] == {rb.route_id: "be_b", rc.route_id: "be_c"}
+    assert set(after_delta["counters"]) == {rb.key, rc.key}  # type: ignore[arg-type]
+    assert after_delta["report_id"] == "run-2"
+    assert not {"base_report", "gone_routes", "gone_counters"} & after_delta.keys()
+    assert serving_after_delta["a"] == (False, f"fleet host edge-1 has not applied {ra.key} yet")
+    assert serving_after_delta["b"][0] and serving_after_delta["c"][0]
+    # the same content as one whole report: the same row, the same serving
+    whole = HostStatus(
+        applied_version=state.version,
+        applied_routes={rb.route_id: rb.digest(), rc.route_id: rc.digest()},
+        route_backends={rb.route_id: "be_b", rc.route_id: "be_c"},
+        counters={rb.key: RouteCounters(conn_cnt=1), rc.key: RouteCounters(conn_cnt=7)},
+        report_id="run-3",
+    )
+    proto.report(whole)
+    after_whole = _stored(proto)
+    assert {k: after_whole[k] for k in SECTIONS} == {k: after_delta[k] for k in SECTIONS}
+    assert _serving_of(proto) == serving_after_delta
+
+
+def test_a_delta_against_an_unknown_base_is_refused_and_asks_for_a_whole_report(
+    proto: Proto,
+) -> None:
+    add_service(proto.sessions, service_data("web", [(80, 30080)]))
+    route = FleetState.model_validate(proto.state().json()).routes[0]
+    proto.report(HostStatus(applied_routes={}, report_id="run-1"))
+    claims = HostStatus(
+        applied_routes={route.route_id: route.digest()},
+        report_id="run-9",
+        base_report="run-8",  # a report the API never took (e.g. lost, or another API's DB)
+    )
+    ack = StatusAck.model_validate(proto.report(claims).json())
+    assert ack.resend_full
+    stored = _stored(proto)
+    assert stored["applied_routes"] == {} and stored["report_id"] == ""
+    assert _serving_of(proto)["web"][0] is False  # the delta's content was not believed
+    # nor is a delta against the report that was stored before the refusal
+    ack = StatusAck.model_validate(
+        proto.report(claims.model_copy(update={"base_report": "run-1"})).json()
+    )
+    assert ack.resend_full and _serving_of(proto)["web"][0] is False
+    ack = StatusAck.model_validate(
+        proto.report(claims.model_copy(update={"base_report": ""})).json()
+    )
+    assert not ack.resend_full and _serving_of(proto)["web"] == (True, "served by 1 fleet host")
+
+
+def test_a_report_recomputes_serving_of_the_services_it_touches_only(
+    proto: Proto, engine: Engine
+) -> None:
+    for i in range(6):
+        add_service(proto.sessions, service_data(f"s{i}", [(80 + i, 30080)]))
+    routes = FleetState.model_validate(proto.state().json()).routes
+    applied = {r.route_id: r.digest() for r in routes}
+    proto.report(HostStatus(applied_routes=applied, report_id="run-1"))  # the basis: all
+    assert all(ok for ok, _ in _serving_of(proto).values())
+    add_service(proto.sessions, service_data("new", [(90, 30080)]))
+    new = next(r for r in FleetState.model_validate(proto.state().json()).routes if r.port == 90)
+    broken = routes[0]
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        proto.report(
+            HostStatus(
+                applied_routes={},
+                route_errors={broken.route_id: "connection refused"},
+                report_id="run-2",
+                base_report="run-1",
+            )
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    reads = [
+        s for s in statements if "serving_message" in s and s.lstrip().upper().startswith("SELECT")
+    ]
+    assert reads and all("IN" in s.upper() for s in reads), reads  # not every record
+    serving = _serving_of(proto)
+    assert serving["new"] == (False, f"fleet host edge-1 has not applied {new.key} yet")
+    assert serving["s0"] == (
+        False,
+        f"fleet host edge-1 does not serve {broken.key}: connection refused",
+    )
+    assert all(serving[f"s{i}"][0] for i in range(1, 6))
+    # the same as recomputing every Service from the stored reports
+    with transaction(proto.sessions) as s:
+        views = live_hosts(fleet_hosts(session=s), now=utcnow(), stale=timedelta(seconds=30))
+        full = serving_states(compile_fleet(s, api_settings("sqlite://")), views)
+    assert {k.split("/")[1]: v for k, v in full.items()} == serving
+
+
+def test_a_report_stored_by_another_api_is_read_from_the_row(proto: Proto) -> None:
+    add_service(proto.sessions, service_data("web", [(80, 30080)]))
+    route = FleetState.model_validate(proto.state().json()).routes[0]
+    applied = {route.route_id: route.digest()}
+    proto.report(HostStatus(applied_routes=applied, report_id="run-1"))
+    assert _serving_of(proto)["web"][0]
+    # another API replica (same database) stores a newer report of the host: nothing applied
+    with transaction(proto.sessions) as s:
+        row = s.scalar(select(FleetHost).where(FleetHost.name == "edge-1"))
+        assert row is not None
+        row.status = {**row.status, "applied_routes": {}, "report_id": "run-2"}
+    # a delta against the report this API stored is refused: the row holds another one
+    ack = StatusAck.model_validate(
+        proto.report(HostStatus(applied_routes={}, report_id="run-3", base_report="run-1")).json()
+    )
+    assert ack.resend_full
+    assert _stored(proto)["applied_routes"] == {}
+    # and serving follows the row (heartbeat-only whole report: sections kept from the row)
+    proto.report(HostStatus(applied_routes=None, report_id="run-4"))
+    assert _serving_of(proto)["web"] == (
+        False,
+        f"fleet host edge-1 has not applied {route.key} yet",
+    )

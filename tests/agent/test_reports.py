@@ -1,0 +1,129 @@
+"""Delta reports between a real agent (real HAProxy) and the API: after one whole report the
+agent sends only what changed, the API's stored report is what a whole report would store, an
+API that lost the base gets a whole report again, and a restarted agent starts whole."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from lbprovider.agent.loop import CHECK_PENDING, Agent
+from lbprovider.db.models import FleetHost, ServiceRecord
+from lbprovider.db.session import transaction
+from tests.fleet.helpers import add_service, make_pool, remove_service, service_data, set_node
+from tests.haproxy.conftest import free_port
+
+from .conftest import HOST, Fleet, try_get, wait_until
+
+pytestmark = pytest.mark.haproxy
+
+
+def stored(fleet: Fleet) -> dict[str, Any]:
+    with transaction(fleet.sessions) as s:
+        host = s.scalar(select(FleetHost).where(FleetHost.name == HOST))
+        return dict(host.status) if host is not None and isinstance(host.status, dict) else {}
+
+
+def serving(fleet: Fleet, name: str) -> tuple[bool, str]:
+    with transaction(fleet.sessions) as s:
+        rec = s.scalar(select(ServiceRecord).where(ServiceRecord.name == name))
+        assert rec is not None
+        return rec.serving, rec.serving_message
+
+
+def caught_up(fleet: Fleet, agent: Agent) -> bool:
+    """The API holds the agent's last acknowledged report, and it is the agent's whole view."""
+    p, row = agent.progress, stored(fleet)
+    return (
+        bool(p.acked_report)
+        and row.get("report_id") == p.acked_report
+        and row.get("applied_routes") == p.applied_routes
+        and p.applied is not None
+        and row.get("applied_version") == p.applied.version
+    )
+
+
+def test_delta_reports_keep_the_stored_report_whole(
+    fleet: Fleet, fast_backend: Callable[[], int]
+) -> None:
+    make_pool(fleet.sessions, "127.41.0.0/24")
+    set_node(fleet.sessions, "node-1", "127.0.0.2")
+    np, port = fast_backend(), free_port()
+    (a,) = add_service(fleet.sessions, service_data("a", [(port, np)]))
+    agent = fleet.start_agent(fleet.config(heartbeat_seconds=2.0))
+    wait_until(lambda: try_get(a, port), what="a answers")
+    wait_until(lambda: caught_up(fleet, agent), what="first report taken")
+    assert agent.progress.deltas
+    sent: list[Any] = []
+    post = agent.api.post_status
+    agent.api.post_status = lambda status: sent.append(status) or post(status)  # type: ignore[method-assign]
+    (b,) = add_service(fleet.sessions, service_data("b", [(port, np)]))
+    remove_service(fleet.sessions, "a")
+    wait_until(lambda: try_get(b, port) and try_get(a, port) is None, what="b in, a out")
+    wait_until(
+        lambda: caught_up(fleet, agent) and len(agent.progress.applied_routes) == 1,
+        what="delta taken",
+    )
+    deltas = [s for s in sent if s.base_report]
+    assert deltas, "the agent sent no delta report"
+    assert any(s.gone_routes for s in deltas)  # a's route left as a removal, not a resend
+    # the live map is read every heartbeat_seconds (not right after an apply): b's backend
+    # follows within one, a's is dropped at once
+    assert stored(fleet)["route_backends"].keys() <= agent.progress.applied_routes.keys()
+    wait_until(
+        lambda: stored(fleet)["route_backends"].keys() == agent.progress.applied_routes.keys(),
+        what="b's backend reported",
+    )
+    row = stored(fleet)
+    assert set(row["counters"]) <= {f"{a}:{port}", f"{b}:{port}"}
+
+    # the API loses the base (here: another report id on the row): a whole report follows
+    with transaction(fleet.sessions) as s:
+        s.execute(update(FleetHost).where(FleetHost.name == HOST).values(status={}))
+    sent.clear()
+    agent._report_soon()
+    wait_until(lambda: caught_up(fleet, agent), what="resynced after a lost base")
+    assert sent[0].base_report and any(not s.base_report for s in sent[1:])
+    assert stored(fleet)["route_backends"].keys() == agent.progress.applied_routes.keys()  # whole
+
+    # a restarted agent (new run, same state dir) starts with a whole report
+    state_dir = agent.config.state_dir
+    fleet.stop_agent(agent, stop_haproxy=False)
+    second = fleet.start_agent(fleet.config(state_dir=str(state_dir), heartbeat_seconds=2.0))
+    try:
+        wait_until(lambda: caught_up(fleet, second), what="restarted agent reported")
+        assert second.progress.acked_report.split("-")[0] != row["report_id"].split("-")[0]
+        assert stored(fleet)["applied_routes"] == second.progress.applied_routes
+    finally:
+        fleet.stop_agent(second)
+
+
+def test_serving_checks_go_in_rounds_and_nothing_is_served_unchecked(
+    fleet: Fleet, fast_backend: Callable[[], int]
+) -> None:
+    make_pool(fleet.sessions, "127.42.0.0/24")
+    set_node(fleet.sessions, "node-1", "127.0.0.2")
+    np, port = fast_backend(), free_port()
+    ips = [add_service(fleet.sessions, service_data(f"s{i}", [(port, np)]))[0] for i in range(4)]
+    agent = Agent(fleet.config(heartbeat_seconds=2.0))
+    agent.check_batch = 1  # one check per round (CHECK_BATCH at scale)
+    sent: list[Any] = []
+    post = agent.api.post_status
+    agent.api.post_status = lambda status: sent.append(status) or post(status)  # type: ignore[method-assign]
+    agent.start()
+    thread = threading.Thread(target=agent.run, name="agent-rounds")
+    thread.start()
+    fleet.agents.append((agent, thread))
+    wait_until(lambda: all(try_get(ip, port) for ip in ips), what="all answer")
+    wait_until(lambda: all(serving(fleet, f"s{i}")[0] for i in range(4)), what="all served")
+    assert not agent.progress.route_errors and len(agent.progress.checked) == 4
+    pending = [s for s in sent if CHECK_PENDING in (s.route_errors or {}).values()]
+    assert pending, "no report showed a route waiting for its check"
+    # a route reported applied but pending is not Serving: its error holds it back
+    first = pending[0]
+    waiting = {k for k, v in first.route_errors.items() if v == CHECK_PENDING}
+    assert waiting and waiting <= set(agent.progress.applied_routes)
