@@ -3,7 +3,7 @@
 Prints allocations/s, duplicates (must be 0) and the ratio to a bare INSERT loop (one row and
 one COMMIT per iteration, same workers, same database) measured in the same run.
 
-    .venv/bin/python bench/ipam.py [--total 10000] [--workers 8] [--floors]
+    .venv/bin/python bench/ipam.py [--total 10000] [--workers 8] [--floors] [--db NAME]
 
 ``--floors`` also times, in the same run, what any allocation costs at least here: the bare
 INSERT inside the session transactions an allocation runs in, and an allocation's own rows
@@ -47,14 +47,14 @@ def server_url() -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def prepare(server: str) -> str:
+def prepare(server: str, db: str = DB) -> str:
     """A fresh scratch database of this bench's own, with one /16 pool; its URL."""
     admin = make_engine(server)
     with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
-        c.execute(text(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
-        c.execute(text(f"CREATE DATABASE {DB}"))
+        c.execute(text(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        c.execute(text(f"CREATE DATABASE {db}"))
     admin.dispose()
-    url = server.rsplit("/", 1)[0] + "/" + DB
+    url = server.rsplit("/", 1)[0] + "/" + db
     engine = make_engine(url)
     Base.metadata.create_all(engine)
     with engine.begin() as c:
@@ -152,8 +152,9 @@ def main() -> None:
         action="store_true",
         help="also time what any allocation costs at least: its transactions, and its writes",
     )
+    ap.add_argument("--db", default=DB, help=f"scratch database (dropped first; default {DB})")
     args = ap.parse_args()
-    url = prepare(server_url())
+    url = prepare(server_url(), args.db)
     per = args.total // args.workers
     n = per * args.workers
     bare = run(bare_worker, url, args.workers, per)

@@ -6,18 +6,31 @@ unique constraints in ``models`` as the arbiter.
 
 Reads that never write (a dashboard page, a GET) take ``read_only_factory(...)`` sessions: a
 plain deferred ``BEGIN`` on SQLite, which takes no write lock (WAL readers neither wait for
-writers nor hold them up), and ``READ ONLY`` transactions on PostgreSQL. Such a session refuses
-to flush changes, so a read path cannot write by accident.
+writers nor hold them up); on PostgreSQL, autocommit statements on a pool of connections opened
+with ``default_transaction_read_only = on``: no ``BEGIN``/``ROLLBACK`` round trips (at READ
+COMMITTED each statement had its own snapshot inside a transaction too) and the server still
+refuses any write. Such a session also refuses to flush changes, so a read path cannot write by
+accident.
+
+PostgreSQL connections are checked on checkout only when they sat idle in the pool for longer
+than ``IDLE_PING_AFTER`` seconds (one ``SELECT 1``; a dead one is replaced transparently),
+instead of ``pool_pre_ping``'s round trip on every checkout: a connection used moments ago is
+alive unless the server was cut in between, which the first statement then reports (and the
+pool is invalidated, as SQLAlchemy does on any disconnect error).
 """
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from threading import Lock
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, UOWTransaction, sessionmaker
 
 from lbprovider.config import get_settings
@@ -26,14 +39,55 @@ READ_ONLY = "lbprovider_read_only"
 """Execution option of a read-only engine view (see ``read_only_factory``)."""
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+IDLE_PING_AFTER = 5.0
+"""Seconds a pooled PostgreSQL connection may sit idle before its next checkout pings it."""
+
+_IDLE_SINCE = "lbprovider_idle_since"
+_idle_after: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
+
+
+def make_engine(
+    url: str, *, pool_size: int = 10, idle_ping_after: float = IDLE_PING_AFTER
+) -> Engine:
     """A configured engine for ``url`` (sqlite:///... or postgresql+psycopg://...)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return _pg_engine(url, pool_size, idle_ping_after)
+
+
+def _pg_engine(url: str, pool_size: int, idle_ping_after: float, **kwargs: Any) -> Engine:
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, **kwargs)
+    event.listen(engine, "checkin", _mark_idle)
+    event.listen(engine, "checkout", _ping_if_idle(idle_ping_after))
+    _idle_after[engine] = idle_ping_after
+    return engine
+
+
+def _mark_idle(_dbapi_conn: Any, record: Any) -> None:
+    if record is not None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _ping_if_idle(after: float) -> Any:
+    def checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is None or time.monotonic() - since < after:
+            return  # fresh from connect, or used moments ago
+        try:
+            cur = dbapi_conn.cursor()
+            try:
+                cur.execute("SELECT 1")
+            finally:
+                cur.close()
+            if not dbapi_conn.autocommit:
+                dbapi_conn.rollback()  # the ping began a transaction: leave none behind
+        except Exception as e:  # any failure: the pool drops it and connects anew
+            raise DisconnectionError(f"idle connection failed its ping: {e}") from e
+
+    return checkout
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -81,17 +135,41 @@ def _refuse_flush(session: Session, _flush: UOWTransaction, _instances: Any) -> 
     raise ReadOnlyViolation("this session only reads; write in transaction(...) instead")
 
 
+_read_engines: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+_read_engines_lock = Lock()
+
+
 def read_only_engine(engine: Engine) -> Engine:
-    """``engine``'s pool and settings, with transactions that only read."""
-    options: dict[str, Any] = {READ_ONLY: True}
-    if engine.dialect.name == "postgresql":
-        options["postgresql_readonly"] = True
-    return engine.execution_options(**options)
+    """An engine for reads only, like ``engine``: on SQLite ``engine``'s pool with a deferred
+    ``BEGIN``; on PostgreSQL a pool of its own (made once per engine, disposed with it) of
+    autocommit connections opened with ``default_transaction_read_only = on``."""
+    if engine.dialect.name != "postgresql":
+        return engine.execution_options(**{READ_ONLY: True})
+    with _read_engines_lock:
+        reads = _read_engines.get(engine)
+        if reads is None:
+            reads = _pg_read_engine(engine)
+            _read_engines[engine] = reads
+            event.listen(engine, "engine_disposed", lambda _e: reads.dispose())
+    return reads
+
+
+def _pg_read_engine(engine: Engine) -> Engine:
+    size = engine.pool.size()  # type: ignore[attr-defined]
+    reads = _pg_engine(
+        engine.url.render_as_string(hide_password=False),
+        size,
+        _idle_after.get(engine, IDLE_PING_AFTER),
+        isolation_level="AUTOCOMMIT",
+        connect_args={"options": "-c default_transaction_read_only=on"},
+    )
+    return reads.execution_options(**{READ_ONLY: True})
 
 
 def read_only_factory(factory: sessionmaker[Session]) -> sessionmaker[Session]:
-    """Sessions like ``factory``'s (same engine and pool) for reads only: deferred ``BEGIN`` on
-    SQLite, ``READ ONLY`` on PostgreSQL, no flush. Make it once, next to ``factory``."""
+    """Sessions like ``factory``'s for reads only: deferred ``BEGIN`` on SQLite (same pool),
+    read-only autocommit connections on PostgreSQL (see ``read_only_engine``), no flush. Make
+    it once, next to ``factory``."""
     options = {k: v for k, v in factory.kw.items() if k != "bind"}
     return sessionmaker(read_only_engine(factory.kw["bind"]), class_=ReadOnlySession, **options)
 

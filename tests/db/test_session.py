@@ -15,6 +15,7 @@ from lbprovider.db.models import Base, Pool
 from lbprovider.db.session import (
     ReadOnlyViolation,
     make_engine,
+    read_only_engine,
     read_only_factory,
     read_transaction,
     session_factory,
@@ -101,3 +102,72 @@ def test_sqlite_writers_still_queue_on_the_lock(tmp_path: Path) -> None:
         assert pool_names(engine) == ["first", "second"]
     finally:
         engine.dispose()
+
+
+def _backend_pid(engine: Engine) -> int:
+    with engine.connect() as conn:
+        pid = conn.scalar(text("SELECT pg_backend_pid()"))
+        assert isinstance(pid, int)
+        return pid
+
+
+def _terminate(admin: Engine, pid: int) -> None:
+    with admin.connect() as conn:
+        assert conn.scalar(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        deadline = time.monotonic() + 10
+        while conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": pid}):
+            assert time.monotonic() < deadline, "backend did not exit"
+            conn.rollback()
+            time.sleep(0.02)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("reads", [False, True], ids=["writes", "reads"])
+def test_an_idle_connection_killed_server_side_is_replaced_on_checkout(
+    pg_url: str, pg_engine: Engine, reads: bool
+) -> None:
+    """A pooled connection the server dropped while it sat idle is pinged on its next checkout
+    and replaced: the caller never sees the dead one (also on the read-only pool)."""
+    engine = make_engine(pg_url, pool_size=1, idle_ping_after=0.2)
+    used = read_only_engine(engine) if reads else engine
+    try:
+        first = _backend_pid(used)
+        _terminate(pg_engine, first)
+        time.sleep(0.3)
+        assert _backend_pid(used) != first
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_connection_used_moments_ago_is_not_pinged(pg_url: str, pg_engine: Engine) -> None:
+    """No ping round trip on a busy connection: a server-side kill right after use surfaces
+    once as a disconnect error on the next statement, and the pool reconnects after it."""
+    engine = make_engine(pg_url, pool_size=1, idle_ping_after=60)
+    try:
+        first = _backend_pid(engine)
+        _terminate(pg_engine, first)
+        with pytest.raises(DBAPIError) as caught:
+            _backend_pid(engine)
+        assert caught.value.connection_invalidated
+        assert _backend_pid(engine) != first
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_postgresql_read_runs_without_a_transaction_and_stays_read_only(
+    pg_engine: Engine,
+) -> None:
+    """Reads on PostgreSQL run as autocommit statements (no BEGIN/ROLLBACK round trips): each
+    statement is its own transaction, and the server still refuses writes on that pool."""
+    reads = read_only_factory(session_factory(pg_engine))
+    with read_transaction(reads) as session:
+        session.execute(text("SELECT 1"))
+        time.sleep(0.01)
+        # Inside a transaction the second statement would start after the transaction did.
+        assert session.scalar(text("SELECT transaction_timestamp() = statement_timestamp()"))
+        assert session.scalar(text("SHOW transaction_read_only")) == "on"
+        with pytest.raises(DBAPIError, match="read-only"):
+            session.execute(text("CREATE TABLE sneaky (id int)"))
+    assert read_only_engine(pg_engine) is read_only_engine(pg_engine)
