@@ -77,7 +77,7 @@ def services_page(request: Request, read: ReadPage) -> Response:
             "active": "services",
             "filters": filters,
             "page": page,
-            "rows": catalog.service_lines(session, page.rows),
+            "rows": page.rows,
             "states": STATES,
             "reasons": REASONS,
         }
