@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import anyio.to_thread
 import pytest
 from sqlalchemy import Engine, event, insert, select
 
@@ -497,3 +498,78 @@ def test_ip_search_picks_pools_by_their_ranges_without_reading_exclusions(ui: Ui
     assert len([s for s in seen if "FROM pools" in s]) == 1, seen
     html, _ = _statements_of(ui, "/search?q=127.1.0.9")
     assert re.findall(r'<a href="/pools/([^"]+)"><strong>', html) == ["b"]
+
+
+def test_lists_read_their_services_addresses_in_the_page_statement(ui: Ui) -> None:
+    """The Services page and the search's Services sections bring each Service's live
+    addresses in the statement that reads the page (a left join): a dual-stack Service shows
+    both addresses, IPv4 first; a released address is not shown; a Service without any is
+    pending; and no second statement reads the page's allocations."""
+    _seed_records(ui, [("ds", "both"), ("ds", "none"), ("ds", "one")])
+    rows = [
+        ("both", "10.9.0.2", 4, True),
+        ("both", "fd00::2", 6, True),
+        ("both", "10.9.0.1", 4, False),  # released: history only
+        ("one", "10.9.0.3", 4, True),
+    ]
+    with transaction(ui.sessions) as s:
+        s.execute(
+            insert(Allocation),
+            [
+                {
+                    "ip": ip,
+                    "ip_key": f"{family}{i:033d}",
+                    "pool_name": "p",
+                    "family": family,
+                    "service_namespace": "ds",
+                    "service_name": name,
+                    "ports": [],
+                    "active": active,
+                    "allocated_at": utcnow(),
+                }
+                for i, (name, ip, family, active) in enumerate(rows)
+            ],
+        )
+    for url in ("/services?namespace=ds", "/search?q=ds", "/search?q=10.9.0.2"):
+        html, seen = _statements_of(ui, url)
+        table = html[html.index('href="/services/ds/both"') :]
+        both = table[: table.index("</tr>")]
+        assert re.findall(r'href="/search\?q=([^"]+)"', both) == ["10.9.0.2", "fd00%3A%3A2"], url
+        if "10.9.0.2" not in url:
+            none = table[table.index('href="/services/ds/none"') :]
+            assert "&lt;pending&gt;" in none[: none.index("</tr>")], url
+            one = table[table.index('href="/services/ds/one"') :]
+            assert "10.9.0.3" in one[: one.index("</tr>")], url
+        held = [s for s in seen if "FROM allocations" in s and "LEFT OUTER JOIN" not in s]
+        joined = [s for s in seen if "LEFT OUTER JOIN allocations" in s]
+        if url.startswith("/services"):
+            assert held == [] and len(joined) == 1, seen
+        else:  # the search's own Allocations section reads allocations, nothing else does
+            assert len(joined) == 1 and all(" IN (" not in s for s in held), seen
+
+
+def test_a_read_page_takes_one_thread_pool_hop(shop: Ui, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session check, the page's reads and the session's close run in the route's own
+    hop to the thread pool (``guard.PageRead``; ``/healthz`` takes two: its route and the
+    validation of its response model); the
+    check still runs on every request (a revoked token's next page is the sign-in page:
+    ``test_auth.test_revoking_the_token_ends_its_sessions``). Counted with a pass-through
+    wrapper of anyio's hand-over (the real one runs)."""
+    hops: list[str] = []
+    real = anyio.to_thread.run_sync
+
+    async def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(func, "__name__", repr(func)))
+        return await real(func, *args, **kwargs)
+
+    b = shop.signed_in("read")
+    b.get("/services")
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    counts = {}
+    for url in ("/healthz", "/services", "/search?q=shop", "/audit", "/", "/history"):
+        hops.clear()
+        r = b.get(url)
+        assert r.status_code == (403 if url == "/audit" else 200), url
+        counts[url] = len(hops)
+    healthz = counts.pop("/healthz")
+    assert set(counts.values()) == {1} and healthz >= 1, (healthz, counts, hops)
