@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from sqlalchemy import Select, String, bindparam, cast, or_, select, union_all
+from sqlalchemy import Select, String, bindparam, cast, func, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from lbprovider.db.models import (
@@ -238,14 +238,19 @@ def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> d
             return (ns_col == namespace) & name_col.like(prefix, escape="/")
 
     def part(
-        stmt: Select[Any], *, columns: bool = False, rows: Any = None, lines: bool = False
+        stmt: Select[Any],
+        *,
+        columns: bool = False,
+        rows: Any = None,
+        lines: bool = False,
+        count: Select[Any] | None = None,
     ) -> _Part:
         """On PostgreSQL the Core-row sections (the large ones) carry their total in every row
         (``queries.total_column``): no second round trip when a section is full, and the
         count uses the same indexes. On SQLite the subquery would also count sections that
         are not full (a scan of every name for nothing); there the count runs only when
         needed."""
-        count = count_of(stmt)
+        count = count_of(stmt) if count is None else count
         shown = stmt if rows is None else rows
         if columns and postgresql:
             shown = shown.add_columns(total_column(stmt))
@@ -270,6 +275,16 @@ def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> d
         keys = (ns_col.key, name_col.key, *tail)
         return select(halves).order_by(*(halves.c[k] for k in keys))
 
+    def live_count() -> Select[Any]:
+        """SQLite: how many live allocations match, the names tested in the covering
+        (namespace, name) index and only the matches' rows read for ``active``. Spelled
+        directly ("active and a name matches"), SQLite walks the partial index of live rows
+        and reads every row for ``active`` (2.2-2.7 ms for 10,000 against 1.2-1.3 ms)."""
+        matching = select(Allocation.id).where(
+            match(Allocation.service_namespace, Allocation.service_name)
+        )
+        return select(func.count()).where(live(), Allocation.id.in_(matching))
+
     records = listed(select(ServiceRecord))
     held = select(*SHOWN_ALLOCATION).where(live())
     ingress = match(IngressRoute.namespace, IngressRoute.backend_service)
@@ -290,6 +305,7 @@ def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> d
             ),
             columns=True,
             rows=word_rows(held, Allocation.service_namespace, Allocation.service_name, "family"),
+            count=None if postgresql else live_count(),
         ),
         "reservations": part(
             select(Reservation)

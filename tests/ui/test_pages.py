@@ -624,3 +624,34 @@ def test_the_urlencode_filter_says_what_jinjas_says(text: str) -> None:
     assert url_quoted(text) == do_urlencode(text)
     env = make_environment()
     assert env.from_string("{{ x | urlencode }}").render(x=text) == str(escape(do_urlencode(text)))
+
+
+def test_word_search_counts_live_allocations_only(ui: Ui) -> None:
+    """The search's Allocations section counts the live allocations whose namespace is the
+    word or whose name contains it (SQLite tests the names in the index first, then reads only
+    the matches' rows): released ones are history and are not counted."""
+    names = [("cnt", f"svc-{i:03d}") for i in range(30)] + [("other", "cnt-x")]
+    _seed_records(ui, names)
+    with transaction(ui.sessions) as s:
+        s.execute(
+            insert(Allocation),
+            [
+                {
+                    "ip": f"10.8.{i // 200}.{i % 200}",
+                    "ip_key": f"{i:034d}",
+                    "pool_name": "p",
+                    "family": 4,
+                    "service_namespace": ns,
+                    "service_name": name,
+                    "ports": [],
+                    "active": i % 4 != 0 or ns == "other",  # 8 of the 30 released
+                    "allocated_at": utcnow(),
+                }
+                for i, (ns, name) in enumerate(names)
+            ],
+        )
+    html = ui.signed_in("read").get("/search?q=cnt").text
+    section = html[html.index('id="sr-alloc"') :]
+    assert re.search(r'Allocations <span class="pill">23</span>', section), section[:300]
+    services = html[html.index('id="sr-svc"') :]
+    assert re.search(r'Services <span class="pill">31</span>', services), services[:300]
