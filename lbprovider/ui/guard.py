@@ -145,31 +145,30 @@ def current_user(request: Request, ctx: UiDep, session: ReadDB) -> UiUser:
 
 @dataclass(frozen=True)
 class PageRead:
-    """A read-only page's whole database part in the route's own thread-pool hop:
+    """A read-only page's session check and reads in the route's own thread-pool hop:
 
         with read() as session:   # or read("admin")
             ...query and render (the renderer finds the user in request.state)...
 
-    opens the request's read-only session, runs the session check (``signed_in``, so
-    revocation, expiry and ``allowed_cidrs`` still take effect on the very next request) and
-    the scope check, and closes the session at the end of the block. With the ``UserDep`` and
-    ``ReadDB`` dependencies a page took three hops between the event loop and the thread pool
-    (the check, the page, the close), each a hand-over of the GIL-bound work to another
-    thread; this is one."""
+    runs the session check (``signed_in``, so revocation, expiry and ``allowed_cidrs`` still
+    take effect on the very next request) and the scope check in the request's read-only
+    session (``ReadDB``: opened without I/O, closed after the answer is sent, as before). With
+    the ``UserDep`` dependency the check took a hop of its own between the event loop and the
+    thread pool before the page's; now the page's hop is the only one before the answer."""
 
     request: Request
     ctx: UiContext
+    session: Session
 
     @contextmanager
     def __call__(self, scope: str = "read") -> Iterator[Session]:
-        with self.ctx.reads() as session:
-            need(signed_in(self.request, self.ctx, session), scope)
-            yield session
+        need(signed_in(self.request, self.ctx, self.session), scope)
+        yield self.session
 
 
-async def page_read(request: Request, ctx: UiDep) -> PageRead:
+async def page_read(request: Request, ctx: UiDep, session: ReadDB) -> PageRead:
     # async: nothing is read here (the route's block does it), so no thread-pool hop.
-    return PageRead(request, ctx)
+    return PageRead(request, ctx, session)
 
 
 ReadPage = Annotated[PageRead, Depends(page_read)]

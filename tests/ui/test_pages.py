@@ -556,17 +556,17 @@ def test_lists_read_their_services_addresses_in_the_page_statement(ui: Ui) -> No
 
 
 def test_a_read_page_takes_one_thread_pool_hop(shop: Ui, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The session check, the page's reads and the session's close run in the route's own
-    hop to the thread pool (``guard.PageRead``; ``/healthz`` takes two: its route and the
-    validation of its response model); the
-    check still runs on every request (a revoked token's next page is the sign-in page:
-    ``test_auth.test_revoking_the_token_ends_its_sessions``). Counted with a pass-through
-    wrapper of anyio's hand-over (the real one runs)."""
+    """The session check and the page's reads run in the route's own hop to the thread pool
+    (``guard.PageRead``); the session's close follows the answer, in a hop of its own, as
+    before. ``/healthz`` takes two before its answer: its route and the validation of its
+    response model. The check still runs on every request (a revoked token's next page is the
+    sign-in page: ``test_auth.test_revoking_the_token_ends_its_sessions``). Counted with a
+    pass-through wrapper of anyio's hand-over (the real one runs)."""
     hops: list[str] = []
     real = anyio.to_thread.run_sync
 
     async def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
-        hops.append(getattr(func, "__name__", repr(func)))
+        hops.append(repr(func))
         return await real(func, *args, **kwargs)
 
     b = shop.signed_in("read")
@@ -577,7 +577,8 @@ def test_a_read_page_takes_one_thread_pool_hop(shop: Ui, monkeypatch: pytest.Mon
         hops.clear()
         r = b.get(url)
         assert r.status_code == (403 if url == "/audit" else 200), url
-        counts[url] = len(hops)
+        # The close of the session runs after the answer: it may land in either window.
+        counts[url] = len([h for h in hops if "Session.close" not in h])
     healthz = counts.pop("/healthz")
     assert set(counts.values()) == {1} and healthz >= 1, (healthz, counts, hops)
 
