@@ -1,19 +1,20 @@
 """Read-side views of what Kubernetes asked for: LoadBalancer Services with the addresses they
 hold (or why they hold none), ExternalName mappings and Ingress routes.
 
-The dashboard lists and pages these; each list is a ``Select`` over one indexed table plus one
-batched query for the page's allocations, so a page costs the same with 10 or 10,000 rows.
+The dashboard lists and pages these; each list is a ``Select`` over one indexed table, the
+page's live allocations left-joined in the same statement, so a page costs the same with 10
+or 10,000 rows.
 Nothing here writes.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
-from sqlalchemy import ColumnElement, Row, Select, exists, or_, select
+from sqlalchemy import ColumnElement, Row, Select, Subquery, and_, exists, or_, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -27,7 +28,7 @@ from lbprovider.db.models import (
     ServiceRecord,
 )
 from lbprovider.services.errors import NotFound
-from lbprovider.services.queries import total_column
+from lbprovider.services.queries import Counted, total_column, total_in
 
 ServiceState = Literal["pending", "allocated"]
 WAITING = "waiting for the controller to decide"
@@ -172,7 +173,8 @@ class ServiceRow:
 
 
 class Held(Protocol):
-    """What the list rules read of an allocation (an ``Allocation`` or a ``LISTED_HELD`` row)."""
+    """What the list rules read of an allocation (an ``Allocation``, a ``HeldColumns``, a
+    ``search.SHOWN_ALLOCATION`` row)."""
 
     @property
     def ip(self) -> str: ...
@@ -308,16 +310,6 @@ LISTED = (
 )
 """The record columns a ``ServiceLine`` reads."""
 
-LISTED_HELD = (
-    Allocation.service_namespace,
-    Allocation.service_name,
-    Allocation.ip,
-    Allocation.pool_name,
-    Allocation.ports,
-    Allocation.sharing_key,
-)
-"""The allocation columns a ``ServiceLine`` reads."""
-
 
 def listed(stmt: Select[ServiceRecord]) -> Select[Any]:
     """``stmt`` (records, any filters and order) selecting only the ``LISTED`` columns, as
@@ -325,10 +317,68 @@ def listed(stmt: Select[ServiceRecord]) -> Select[Any]:
     return stmt.with_only_columns(*LISTED)
 
 
+HELD = (
+    Allocation.ip.label("held_ip"),
+    Allocation.pool_name.label("held_pool"),
+    Allocation.ports.label("held_ports"),
+    Allocation.sharing_key.label("held_sharing_key"),
+)
+"""The allocation columns a ``ServiceLine`` reads, as joined onto ``LISTED`` rows."""
+
+
+class HeldColumns(NamedTuple):
+    """One live allocation as ``HELD`` reads it (the ``Held`` a ``ServiceLine`` takes)."""
+
+    ip: str
+    pool_name: str
+    ports: list[Any]
+    sharing_key: str | None
+
+
+def _held_join(namespace: Any, name: Any) -> ColumnElement[bool]:
+    return and_(live(), Allocation.service_namespace == namespace, Allocation.service_name == name)
+
+
+def with_held(page: Subquery) -> Select[Any]:
+    """``page`` (a subquery of ``LISTED`` rows, in order) with each row's live allocations
+    left-joined: one statement for a list and its addresses instead of two (the second was a
+    round trip on PostgreSQL and a statement's worth of Python on both). A Service with two
+    addresses is two rows, one without any is one row with NULL ``HELD`` columns;
+    ``grouped_lines`` folds them back."""
+    return (
+        select(page, *HELD)
+        .outerjoin(Allocation, _held_join(page.c.namespace, page.c.name))
+        .order_by(page.c.namespace, page.c.name, Allocation.family, Allocation.ip_key)
+    )
+
+
+def grouped_lines(rows: Iterable[Row[Any]]) -> Counted[ServiceLine]:
+    """``ServiceLine``s of ``with_held`` rows (ordered by namespace, name), with the total
+    they carry (``queries.total_column``), if any."""
+    lines: Counted[ServiceLine] = Counted()
+    record: Row[Any] | None = None
+    held: list[HeldColumns] = []
+    for row in rows:
+        if record is None or row.name != record.name or row.namespace != record.namespace:
+            if record is not None:
+                lines.append(ServiceLine.of(record.namespace, record.name, record, held))
+            else:
+                lines.total = total_in([row])
+            record, held = row, []
+        if row.held_ip is not None:
+            held.append(
+                HeldColumns(row.held_ip, row.held_pool, row.held_ports, row.held_sharing_key)
+            )
+    if record is not None:
+        lines.append(ServiceLine.of(record.namespace, record.name, record, held))
+    return lines
+
+
 def listed_page(
     session: Session, stmt: Select[ServiceRecord], *, limit: int, offset: int
-) -> Sequence[Row[Any]]:
-    """One page of ``stmt`` (ordered by namespace, name) as ``LISTED`` rows.
+) -> Counted[ServiceLine]:
+    """One page of ``stmt`` (ordered by namespace, name) as ``ServiceLine``s, their live
+    allocations joined in the same statement (``with_held``).
 
     The page's keys come first from the (namespace, name) index alone (an index-only walk past
     ``offset`` entries), then only those rows are read: PostgreSQL otherwise either fetches
@@ -346,25 +396,15 @@ def listed_page(
     columns = [*LISTED]
     if session.get_bind().dialect.name == "postgresql":
         columns.append(total_column(stmt))
-    return session.execute(
+    page = (
         select(*columns)
         .join(
             keys,
             (ServiceRecord.namespace == keys.c.namespace) & (ServiceRecord.name == keys.c.name),
         )
-        .order_by(ServiceRecord.namespace, ServiceRecord.name)
-    ).all()
-
-
-def service_lines(session: Session, records: Sequence[Row[Any]]) -> list[ServiceLine]:
-    """``ServiceLine``s for ``LISTED`` rows, with their live allocations read in one query."""
-    keys = {(r.namespace, r.name) for r in records}
-    held: dict[tuple[str, str], list[Row[Any]]] = defaultdict(list)
-    if keys:
-        for a in session.execute(_held_query(keys, LISTED_HELD)):
-            if (a.service_namespace, a.service_name) in keys:
-                held[(a.service_namespace, a.service_name)].append(a)
-    return [ServiceLine.of(r.namespace, r.name, r, held[(r.namespace, r.name)]) for r in records]
+        .subquery()
+    )
+    return grouped_lines(session.execute(with_held(page)))
 
 
 def _held_query(keys: set[tuple[str, str]], columns: Sequence[Any]) -> Select[Any]:

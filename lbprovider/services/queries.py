@@ -106,9 +106,19 @@ def count_of(stmt: Select[Any]) -> Select[Any]:
     return select(func.count()).select_from(stmt.order_by(None).subquery())
 
 
+class Counted(list[T]):
+    """A list that may know how many rows its query matches in all (``total``; None: not
+    known, count when needed), for rows folded from a statement's result (several result rows
+    per item) that carried ``total_column``."""
+
+    total: int | None = None
+
+
 def total_in(rows: Sequence[Any]) -> int | None:
     """The ``TOTAL_COLUMN`` the rows carry (``total_column``), or None (no rows, or rows
-    without that column)."""
+    without that column). A ``Counted`` list says it itself."""
+    if isinstance(rows, Counted):
+        return rows.total
     if rows and isinstance(rows[0], Row) and TOTAL_COLUMN in rows[0]._fields:
         return int(rows[0]._mapping[TOTAL_COLUMN])
     return None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from sqlalchemy import Select, String, bindparam, cast, or_, select, union_all
+from sqlalchemy import Select, String, bindparam, cast, func, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from lbprovider.db.models import (
@@ -29,11 +29,12 @@ from lbprovider.ipam.ranges import IPRange, ip_key, parse_ranges
 from lbprovider.services.catalog import (
     ServiceLine,
     contains_pattern,
+    grouped_lines,
     like_escaped,
     listed,
     live,
     name_like,
-    service_lines,
+    with_held,
 )
 from lbprovider.services.queries import count_of, count_rows, total_column, total_in
 
@@ -180,20 +181,15 @@ def _services_holding(session: Session, allocations: Sequence[Any], limit: int) 
     keys = sorted({(a.service_namespace, a.service_name) for a in allocations if a.active})
     if not keys:
         return Section()
-    records = {
-        (r.namespace, r.name): r
-        for r in session.execute(
-            listed(select(ServiceRecord)).where(
-                or_(
-                    *(
-                        (ServiceRecord.namespace == ns) & (ServiceRecord.name == name)
-                        for ns, name in keys[:limit]
-                    )
-                )
+    shown = listed(select(ServiceRecord)).where(
+        or_(
+            *(
+                (ServiceRecord.namespace == ns) & (ServiceRecord.name == name)
+                for ns, name in keys[:limit]
             )
         )
-    }
-    rows = service_lines(session, [records[k] for k in keys[:limit] if k in records])
+    )
+    rows: list[ServiceLine] = grouped_lines(session.execute(with_held(shown.subquery())))
     known = {(r.namespace, r.name) for r in rows}
     rows += [
         ServiceLine.of(
@@ -219,6 +215,7 @@ class _Part:
     rows: Select[Any]
     count: Select[Any]
     columns: bool  # Core rows, not entities
+    lines: bool = False  # ``with_held`` rows, folded into ``ServiceLine``s
 
 
 @lru_cache(maxsize=32)
@@ -240,17 +237,27 @@ def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> d
         def match(ns_col: Any, name_col: Any) -> Any:
             return (ns_col == namespace) & name_col.like(prefix, escape="/")
 
-    def part(stmt: Select[Any], *, columns: bool = False, rows: Any = None) -> _Part:
+    def part(
+        stmt: Select[Any],
+        *,
+        columns: bool = False,
+        rows: Any = None,
+        lines: bool = False,
+        count: Select[Any] | None = None,
+    ) -> _Part:
         """On PostgreSQL the Core-row sections (the large ones) carry their total in every row
         (``queries.total_column``): no second round trip when a section is full, and the
         count uses the same indexes. On SQLite the subquery would also count sections that
         are not full (a scan of every name for nothing); there the count runs only when
         needed."""
-        count = count_of(stmt)
+        count = count_of(stmt) if count is None else count
         shown = stmt if rows is None else rows
         if columns and postgresql:
             shown = shown.add_columns(total_column(stmt))
-        return _Part(shown.limit(limit), count, columns)
+        shown = shown.limit(limit)
+        if lines:
+            shown = with_held(shown.subquery())
+        return _Part(shown, count, columns, lines)
 
     def word_rows(base: Select[Any], ns_col: Any, name_col: Any, *tail: str) -> Any:
         """PostgreSQL, a word: the rows of ``match`` as the two disjoint halves of its OR.
@@ -268,6 +275,16 @@ def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> d
         keys = (ns_col.key, name_col.key, *tail)
         return select(halves).order_by(*(halves.c[k] for k in keys))
 
+    def live_count() -> Select[Any]:
+        """SQLite: how many live allocations match, the names tested in the covering
+        (namespace, name) index and only the matches' rows read for ``active``. Spelled
+        directly ("active and a name matches"), SQLite walks the partial index of live rows
+        and reads every row for ``active`` (2.2-2.7 ms for 10,000 against 1.2-1.3 ms)."""
+        matching = select(Allocation.id).where(
+            match(Allocation.service_namespace, Allocation.service_name)
+        )
+        return select(func.count()).where(live(), Allocation.id.in_(matching))
+
     records = listed(select(ServiceRecord))
     held = select(*SHOWN_ALLOCATION).where(live())
     ingress = match(IngressRoute.namespace, IngressRoute.backend_service)
@@ -280,6 +297,7 @@ def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> d
             ),
             columns=True,
             rows=word_rows(records, ServiceRecord.namespace, ServiceRecord.name),
+            lines=True,
         ),
         "allocations": part(
             held.where(match(Allocation.service_namespace, Allocation.service_name)).order_by(
@@ -287,6 +305,7 @@ def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> d
             ),
             columns=True,
             rows=word_rows(held, Allocation.service_namespace, Allocation.service_name, "family"),
+            count=None if postgresql else live_count(),
         ),
         "reservations": part(
             select(Reservation)
@@ -344,12 +363,10 @@ def _search_names(
     sections: dict[str, Section] = {}
     for key, p in parts.items():
         found = session.execute(p.rows, params)
-        rows = list(found if p.columns else found.scalars())
+        rows = grouped_lines(found) if p.lines else list(found if p.columns else found.scalars())
         total = len(rows) if len(rows) < limit else total_in(rows)
         if total is None:
             total = session.scalar(p.count, params) or 0
         sections[key] = Section(rows, total)
-    svc = sections.pop("services")
-    result.services = Section(service_lines(session, svc.rows), svc.total)
     for key, section in sections.items():
         setattr(result, key, section)

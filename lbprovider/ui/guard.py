@@ -17,8 +17,8 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-from collections.abc import AsyncIterator
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
@@ -105,10 +105,11 @@ async def read_session(ctx: UiDep) -> AsyncIterator[Session]:
 ReadDB = Annotated[Session, Depends(read_session)]
 
 
-def current_user(request: Request, ctx: UiDep, session: ReadDB) -> UiUser:
-    """The signed-in user; ``LoginRequired`` when the cookie is missing, forged, too old, or
-    its token was revoked or expired since; ``Refused`` when the token may not be used from
-    this client's address (``allowed_cidrs``, checked on every request, not only at sign-in)."""
+def signed_in(request: Request, ctx: UiContext, session: Session) -> UiUser:
+    """The signed-in user of ``request``, read in ``session``; ``LoginRequired`` when the
+    cookie is missing, forged, too old, or its token was revoked or expired since; ``Refused``
+    when the token may not be used from this client's address (``allowed_cidrs``, checked on
+    every request, not only at sign-in). Sets ``request.state.ui_user`` for the renderer."""
     data = ctx.signer.verify(request.cookies.get(COOKIE))
     if data is None:
         raise LoginRequired()
@@ -127,12 +128,50 @@ def current_user(request: Request, ctx: UiDep, session: ReadDB) -> UiUser:
             extra={"event": "ui_cidr_refused", "client": client, "token": token.name},
         )
         raise Refused("this token may not be used from this address")
+    request.state.ui_user = user
+    return user
+
+
+def current_user(request: Request, ctx: UiDep, session: ReadDB) -> UiUser:
+    """``signed_in`` as a dependency (its own thread-pool hop), for the routes that write or
+    stream; the read-only pages use ``PageRead`` instead."""
+    user = signed_in(request, ctx, session)
     if request.method not in SAFE_METHODS:
         # A write follows in its own transaction; end this read so that whatever the route
         # reads afterwards (the page it renders) sees that write.
         session.rollback()
-    request.state.ui_user = user
     return user
+
+
+@dataclass(frozen=True)
+class PageRead:
+    """A read-only page's session check and reads in the route's own thread-pool hop:
+
+        with read() as session:   # or read("admin")
+            ...query and render (the renderer finds the user in request.state)...
+
+    runs the session check (``signed_in``, so revocation, expiry and ``allowed_cidrs`` still
+    take effect on the very next request) and the scope check in the request's read-only
+    session (``ReadDB``: opened without I/O, closed after the answer is sent, as before). With
+    the ``UserDep`` dependency the check took a hop of its own between the event loop and the
+    thread pool before the page's; now the page's hop is the only one before the answer."""
+
+    request: Request
+    ctx: UiContext
+    session: Session
+
+    @contextmanager
+    def __call__(self, scope: str = "read") -> Iterator[Session]:
+        need(signed_in(self.request, self.ctx, self.session), scope)
+        yield self.session
+
+
+async def page_read(request: Request, ctx: UiDep, session: ReadDB) -> PageRead:
+    # async: nothing is read here (the route's block does it), so no thread-pool hop.
+    return PageRead(request, ctx, session)
+
+
+ReadPage = Annotated[PageRead, Depends(page_read)]
 
 
 def address_allowed(token: ApiToken | Row[Any], client: str | None) -> bool:

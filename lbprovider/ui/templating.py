@@ -9,6 +9,7 @@ keep the two apart. This module decides *how* a page is sent, never what is in i
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +19,7 @@ from urllib.parse import urlencode
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2.filters import do_urlencode
 from jinja2_fragments import render_block
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,19 @@ def ago(value: datetime | timedelta | None, now: datetime | None = None) -> str:
     return f"{seconds} s ago"
 
 
+_LEFT_AS_IS = re.compile(r"[A-Za-z0-9_.~/-]*")
+"""What Jinja's ``urlencode`` leaves unquoted in a string (``quote(text, safe="/")``)."""
+
+
+def url_quoted(value: Any) -> str:
+    """Jinja's ``urlencode``, same output, with a shortcut for text it would leave as is (the
+    names and addresses in every row's links): its general path (type checks, encode, quote)
+    cost ~2 us a call, 150 calls per Services page."""
+    if isinstance(value, str) and _LEFT_AS_IS.fullmatch(value):
+        return value
+    return do_urlencode(value)
+
+
 def when(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "—"
 
@@ -95,6 +110,7 @@ def make_environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["urlencode"] = url_quoted
     env.filters["ago"] = ago
     env.filters["when"] = when
     env.globals.update(nav=NAV, htmx_file=HTMX_FILE)

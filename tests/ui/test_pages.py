@@ -4,14 +4,19 @@ audit, tokens, and the vendored htmx."""
 
 from __future__ import annotations
 
+import gc
 import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import anyio.to_thread
 import pytest
+from jinja2.filters import do_urlencode
+from markupsafe import escape
 from sqlalchemy import Engine, event, insert, select
+from starlette.requests import Request as StarletteRequest
 
 from lbprovider.db.models import (
     Allocation,
@@ -25,6 +30,9 @@ from lbprovider.db.models import (
 from lbprovider.db.session import transaction
 from lbprovider.db.types import utcnow
 from lbprovider.services import catalog
+from lbprovider.ui.paging import Page
+from lbprovider.ui.sessions import UiUser
+from lbprovider.ui.templating import Renderer, make_environment, url_quoted
 
 from .conftest import Ui, add_service, make_pool
 
@@ -497,3 +505,154 @@ def test_ip_search_picks_pools_by_their_ranges_without_reading_exclusions(ui: Ui
     assert len([s for s in seen if "FROM pools" in s]) == 1, seen
     html, _ = _statements_of(ui, "/search?q=127.1.0.9")
     assert re.findall(r'<a href="/pools/([^"]+)"><strong>', html) == ["b"]
+
+
+def test_lists_read_their_services_addresses_in_the_page_statement(ui: Ui) -> None:
+    """The Services page and the search's Services sections bring each Service's live
+    addresses in the statement that reads the page (a left join): a dual-stack Service shows
+    both addresses, IPv4 first; a released address is not shown; a Service without any is
+    pending; and no second statement reads the page's allocations."""
+    _seed_records(ui, [("ds", "both"), ("ds", "none"), ("ds", "one")])
+    rows = [
+        ("both", "10.9.0.2", 4, True),
+        ("both", "fd00::2", 6, True),
+        ("both", "10.9.0.1", 4, False),  # released: history only
+        ("one", "10.9.0.3", 4, True),
+    ]
+    with transaction(ui.sessions) as s:
+        s.execute(
+            insert(Allocation),
+            [
+                {
+                    "ip": ip,
+                    "ip_key": f"{family}{i:033d}",
+                    "pool_name": "p",
+                    "family": family,
+                    "service_namespace": "ds",
+                    "service_name": name,
+                    "ports": [],
+                    "active": active,
+                    "allocated_at": utcnow(),
+                }
+                for i, (name, ip, family, active) in enumerate(rows)
+            ],
+        )
+    for url in ("/services?namespace=ds", "/search?q=ds", "/search?q=10.9.0.2"):
+        html, seen = _statements_of(ui, url)
+        table = html[html.index('href="/services/ds/both"') :]
+        both = table[: table.index("</tr>")]
+        assert re.findall(r'href="/search\?q=([^"]+)"', both) == ["10.9.0.2", "fd00%3A%3A2"], url
+        if "10.9.0.2" not in url:
+            none = table[table.index('href="/services/ds/none"') :]
+            assert "&lt;pending&gt;" in none[: none.index("</tr>")], url
+            one = table[table.index('href="/services/ds/one"') :]
+            assert "10.9.0.3" in one[: one.index("</tr>")], url
+        held = [s for s in seen if "FROM allocations" in s and "LEFT OUTER JOIN" not in s]
+        joined = [s for s in seen if "LEFT OUTER JOIN allocations" in s]
+        if url.startswith("/services"):
+            assert held == [] and len(joined) == 1, seen
+        else:  # the search's own Allocations section reads allocations, nothing else does
+            assert len(joined) == 1 and all(" IN (" not in s for s in held), seen
+
+
+def test_a_read_page_takes_one_thread_pool_hop(shop: Ui, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session check and the page's reads run in the route's own hop to the thread pool
+    (``guard.PageRead``); the session's close follows the answer, in a hop of its own, as
+    before. ``/healthz`` takes two before its answer: its route and the validation of its
+    response model. The check still runs on every request (a revoked token's next page is the
+    sign-in page: ``test_auth.test_revoking_the_token_ends_its_sessions``). Counted with a
+    pass-through wrapper of anyio's hand-over (the real one runs)."""
+    hops: list[str] = []
+    real = anyio.to_thread.run_sync
+
+    async def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(repr(func))
+        return await real(func, *args, **kwargs)
+
+    b = shop.signed_in("read")
+    b.get("/services")
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    counts = {}
+    for url in ("/healthz", "/services", "/search?q=shop", "/audit", "/", "/history"):
+        hops.clear()
+        r = b.get(url)
+        assert r.status_code == (403 if url == "/audit" else 200), url
+        # The close of the session runs after the answer: it may land in either window.
+        counts[url] = len([h for h in hops if "Session.close" not in h])
+    healthz = counts.pop("/healthz")
+    assert set(counts.values()) == {1} and healthz >= 1, (healthz, counts, hops)
+
+
+def test_a_rendered_page_leaves_its_rows_to_reference_counting() -> None:
+    """The templates import their macros without the page's context (``pager`` and
+    ``live_attrs`` take ``url_with`` and ``here`` as arguments): a macro module imported
+    ``with context`` holds a copy of the page's variables in a reference cycle, so every row
+    of every page waited for the cyclic GC, which then had to walk them (~500 objects per
+    Services page; most of the dashboard's GC time)."""
+    request = StarletteRequest(
+        {"type": "http", "method": "GET", "path": "/services", "query_string": b"", "headers": []}
+    )
+    request.state.ui_user = UiUser(1, "t", ("admin",), "csrf")
+    rows = [
+        catalog.ServiceLine("ns", f"svc-{i}", ["10.0.0.1"], ["p"], [], "", "", "Satisfied", "")
+        for i in range(50)
+    ]
+    filters = dict.fromkeys(("namespace", "q", "pool", "state", "reason"))
+    page = {"rows": rows, "page": Page(rows, 500, 50, 0), "filters": filters}
+    page |= {"states": (), "reasons": ()}
+    renderer = Renderer(make_environment(), poll_seconds=10)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        html = renderer.render(request, "services.html", page).body.decode()
+        del page, rows
+        gc.collect()
+        kept = [o for o in gc.garbage if isinstance(o, (catalog.ServiceLine, Page))]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert 'rel="next"' in html and 'hx-get="/services"' in html and "ns/svc-49" in html
+    assert kept == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["svc-00001", "10.20.0.1", "fd00::2", "a b", "ns/name", "100%", "ü", "", "x&y", "~_.-"],
+)
+def test_the_urlencode_filter_says_what_jinjas_says(text: str) -> None:
+    """The dashboard's ``urlencode`` takes a shortcut for text that needs no quoting; its
+    output is Jinja's, character for character."""
+    assert url_quoted(text) == do_urlencode(text)
+    env = make_environment()
+    assert env.from_string("{{ x | urlencode }}").render(x=text) == str(escape(do_urlencode(text)))
+
+
+def test_word_search_counts_live_allocations_only(ui: Ui) -> None:
+    """The search's Allocations section counts the live allocations whose namespace is the
+    word or whose name contains it (SQLite tests the names in the index first, then reads only
+    the matches' rows): released ones are history and are not counted."""
+    names = [("cnt", f"svc-{i:03d}") for i in range(30)] + [("other", "cnt-x")]
+    _seed_records(ui, names)
+    with transaction(ui.sessions) as s:
+        s.execute(
+            insert(Allocation),
+            [
+                {
+                    "ip": f"10.8.{i // 200}.{i % 200}",
+                    "ip_key": f"{i:034d}",
+                    "pool_name": "p",
+                    "family": 4,
+                    "service_namespace": ns,
+                    "service_name": name,
+                    "ports": [],
+                    "active": i % 4 != 0 or ns == "other",  # 8 of the 30 released
+                    "allocated_at": utcnow(),
+                }
+                for i, (ns, name) in enumerate(names)
+            ],
+        )
+    html = ui.signed_in("read").get("/search?q=cnt").text
+    section = html[html.index('id="sr-alloc"') :]
+    assert re.search(r'Allocations <span class="pill">23</span>', section), section[:300]
+    services = html[html.index('id="sr-svc"') :]
+    assert re.search(r'Services <span class="pill">31</span>', services), services[:300]
