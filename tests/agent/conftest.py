@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from lbprovider.agent.loop import Agent, AgentConfig
 from lbprovider.api.app import create_app
-from lbprovider.db.models import Base
-from lbprovider.db.session import make_engine, session_factory
+from lbprovider.db.models import Base, ServiceRecord
+from lbprovider.db.session import make_engine, session_factory, transaction
 from tests.api.conftest import LiveServer, api_settings, make_token
 from tests.haproxy.conftest import NODE_ADDRESSES, Backends, free_port
 
@@ -283,3 +283,11 @@ def try_get(address: str, port: int) -> str | None:
         return get(address, port, timeout=2.0)
     except OSError:
         return None
+
+
+def serving(fleet: Fleet, name: str) -> tuple[bool, str]:
+    """The Serving verdict and message the API recorded for Service ``name``."""
+    with transaction(fleet.sessions) as s:
+        rec = s.scalar(select(ServiceRecord).where(ServiceRecord.name == name))
+        assert rec is not None
+        return rec.serving, rec.serving_message

@@ -8,14 +8,11 @@ from collections import Counter
 
 import pytest
 from pyroute2 import IPRoute
-from sqlalchemy import select
 
-from lbprovider.db.models import ServiceRecord
-from lbprovider.db.session import transaction
 from tests.fleet.helpers import add_service, make_pool, remove_service, service_data, set_node
 from tests.haproxy.conftest import Backends, free_port
 
-from .conftest import Fleet, get, try_get, wait_until
+from .conftest import Fleet, get, serving, try_get, wait_until
 
 pytestmark = pytest.mark.haproxy
 
@@ -24,13 +21,6 @@ def lo_addresses() -> set[str]:
     with IPRoute() as ipr:
         index = ipr.link_lookup(ifname="lo")[0]
         return {str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(index=index)}
-
-
-def serving(fleet: Fleet, name: str) -> tuple[bool, str]:
-    with transaction(fleet.sessions) as s:
-        rec = s.scalar(select(ServiceRecord).where(ServiceRecord.name == name))
-        assert rec is not None
-        return rec.serving, rec.serving_message
 
 
 def test_service_behaviours_and_local_vips(fleet: Fleet, backends: Backends) -> None:

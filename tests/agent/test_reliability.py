@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from lbprovider.db.models import FleetHost, ServiceRecord
+from lbprovider.db.models import FleetHost
 from lbprovider.db.session import transaction
 from lbprovider.haproxy.layout import ROUTES_MAP
 from lbprovider.haproxy.runtime import HAProxyError, RuntimeClient, del_map, set_server_state
@@ -26,7 +26,7 @@ from tests.fleet.helpers import (
 )
 from tests.haproxy.conftest import free_port
 
-from .conftest import HOST, Fleet, WrkResult, get, run_wrk, serve_on, try_get, wait_until
+from .conftest import HOST, Fleet, WrkResult, get, run_wrk, serve_on, serving, try_get, wait_until
 
 pytestmark = pytest.mark.haproxy
 
@@ -45,13 +45,6 @@ def host_row(fleet: Fleet) -> FleetHost:
     with transaction(fleet.sessions) as s:
         host = s.scalar(select(FleetHost).where(FleetHost.name == HOST))
         return host if host is not None else FleetHost(name=HOST, error="", status={})
-
-
-def serving(fleet: Fleet, name: str) -> tuple[bool, str]:
-    with transaction(fleet.sessions) as s:
-        rec = s.scalar(select(ServiceRecord).where(ServiceRecord.name == name))
-        assert rec is not None
-        return rec.serving, rec.serving_message
 
 
 def worker(fleet: Fleet) -> int:

@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import select, update
 
 from lbprovider.agent.loop import CHECK_PENDING, Agent
-from lbprovider.db.models import FleetHost, ServiceRecord
+from lbprovider.db.models import FleetHost
 from lbprovider.db.session import transaction
 from tests.fleet.helpers import add_service, make_pool, remove_service, service_data, set_node
 from tests.haproxy.conftest import free_port
 
-from .conftest import HOST, Fleet, try_get, wait_until
+from .conftest import HOST, Fleet, serving, try_get, wait_until
 
 pytestmark = pytest.mark.haproxy
 
@@ -26,13 +26,6 @@ def stored(fleet: Fleet) -> dict[str, Any]:
     with transaction(fleet.sessions) as s:
         host = s.scalar(select(FleetHost).where(FleetHost.name == HOST))
         return dict(host.status) if host is not None and isinstance(host.status, dict) else {}
-
-
-def serving(fleet: Fleet, name: str) -> tuple[bool, str]:
-    with transaction(fleet.sessions) as s:
-        rec = s.scalar(select(ServiceRecord).where(ServiceRecord.name == name))
-        assert rec is not None
-        return rec.serving, rec.serving_message
 
 
 def caught_up(fleet: Fleet, agent: Agent) -> bool:

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from lbprovider.db.models import FleetHost, ServiceRecord
+from lbprovider.db.models import FleetHost
 from lbprovider.db.session import transaction
 from tests.fleet.helpers import add_service, make_pool, service_data, set_node
 from tests.haproxy.conftest import Backends, free_port
 from tests.metrics.conftest import scrape, value
 
-from .conftest import HOST, Fleet, get, try_get, wait_until
+from .conftest import HOST, Fleet, get, serving, try_get, wait_until
 
 pytestmark = pytest.mark.haproxy
 
@@ -24,13 +24,6 @@ pytestmark = pytest.mark.haproxy
 def nodes_up(fleet: Fleet) -> None:
     set_node(fleet.sessions, "node-1", "127.0.0.2")
     set_node(fleet.sessions, "node-2", "127.0.0.3")
-
-
-def serving(fleet: Fleet, name: str) -> tuple[bool, str]:
-    with transaction(fleet.sessions) as s:
-        rec = s.scalar(select(ServiceRecord).where(ServiceRecord.name == name))
-        assert rec is not None
-        return rec.serving, rec.serving_message
 
 
 def spread(ip: str, port: int, n: int = 30) -> Counter[str]:
