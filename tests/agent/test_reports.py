@@ -84,15 +84,19 @@ def test_delta_reports_keep_the_stored_report_whole(
     assert stored(fleet)["route_backends"].keys() == agent.progress.applied_routes.keys()  # whole
 
     # a restarted agent (new run, same state dir) starts with a whole report
-    state_dir = agent.config.state_dir
+    state_dir, process = agent.config.state_dir, agent.process
+    assert process is not None
     fleet.stop_agent(agent, stop_haproxy=False)
-    second = fleet.start_agent(fleet.config(state_dir=str(state_dir), heartbeat_seconds=2.0))
     try:
+        second = fleet.start_agent(fleet.config(state_dir=str(state_dir), heartbeat_seconds=2.0))
         wait_until(lambda: caught_up(fleet, second), what="restarted agent reported")
         assert second.progress.acked_report.split("-")[0] != row["report_id"].split("-")[0]
         assert stored(fleet)["applied_routes"] == second.progress.applied_routes
+        fleet.stop_agent(second, stop_haproxy=False)
     finally:
-        fleet.stop_agent(second)
+        # The second agent attached to the first one's HAProxy (it does not own it): the
+        # process the first agent started is the one to stop.
+        process.stop(timeout=5)
 
 
 def test_serving_checks_go_in_rounds_and_nothing_is_served_unchecked(
