@@ -339,6 +339,32 @@ def _seed_records(ui: Ui, names: list[tuple[str, str]]) -> None:
         )
 
 
+def _seed_allocations(
+    ui: Ui, names: list[tuple[str, str]], net: str, per: int, released: frozenset[int] = frozenset()
+) -> None:
+    """One allocation per (namespace, name) from ``net`` (``"10.9"``: 10.9.i//per.i%per),
+    live unless its index is in ``released``."""
+    now = utcnow()
+    with transaction(ui.sessions) as s:
+        s.execute(
+            insert(Allocation),
+            [
+                {
+                    "ip": f"{net}.{i // per}.{i % per}",
+                    "ip_key": f"{i:034d}",
+                    "pool_name": "p",
+                    "family": 4,
+                    "service_namespace": ns,
+                    "service_name": name,
+                    "ports": [],
+                    "active": i not in released,
+                    "allocated_at": now,
+                }
+                for i, (ns, name) in enumerate(names)
+            ],
+        )
+
+
 def _listed(html: str) -> list[str]:
     return re.findall(r'<a href="/services/([^"/]+/[^"]+)">', html)
 
@@ -382,23 +408,7 @@ def test_postgres_serves_name_contains_from_the_trigram_indexes(ui: Ui) -> None:
     every name (which is what made the namespace search 18x /healthz at 10,000 Services)."""
     names = [(f"ns-{i % 50:02d}", f"svc-{i:05d}") for i in range(3000)]
     _seed_records(ui, names)
-    with transaction(ui.sessions) as s:
-        s.execute(
-            insert(Allocation),
-            [
-                {
-                    "ip": f"10.9.{i // 256}.{i % 256}",
-                    "ip_key": f"{i:034d}",
-                    "pool_name": "p",
-                    "family": 4,
-                    "service_namespace": ns,
-                    "service_name": name,
-                    "ports": [],
-                    "allocated_at": utcnow(),
-                }
-                for i, (ns, name) in enumerate(names)
-            ],
-        )
+    _seed_allocations(ui, names, "10.9", 256)
     with ui.engine.connect() as conn:
         # What is asserted is that the index *can* serve the predicate as spelled (operator
         # class, ILIKE, partial-index WHERE). Which plan wins for 3,000 fresh rows depends on
@@ -633,24 +643,7 @@ def test_word_search_counts_live_allocations_only(ui: Ui) -> None:
     the matches' rows): released ones are history and are not counted."""
     names = [("cnt", f"svc-{i:03d}") for i in range(30)] + [("other", "cnt-x")]
     _seed_records(ui, names)
-    with transaction(ui.sessions) as s:
-        s.execute(
-            insert(Allocation),
-            [
-                {
-                    "ip": f"10.8.{i // 200}.{i % 200}",
-                    "ip_key": f"{i:034d}",
-                    "pool_name": "p",
-                    "family": 4,
-                    "service_namespace": ns,
-                    "service_name": name,
-                    "ports": [],
-                    "active": i % 4 != 0 or ns == "other",  # 8 of the 30 released
-                    "allocated_at": utcnow(),
-                }
-                for i, (ns, name) in enumerate(names)
-            ],
-        )
+    _seed_allocations(ui, names, "10.8", 200, released=frozenset(range(0, 30, 4)))  # 8 of the 30
     html = ui.signed_in("read").get("/search?q=cnt").text
     section = html[html.index('id="sr-alloc"') :]
     assert re.search(r'Allocations <span class="pill">23</span>', section), section[:300]
