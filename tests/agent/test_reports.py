@@ -40,6 +40,14 @@ def caught_up(fleet: Fleet, agent: Agent) -> bool:
     )
 
 
+def record_reports(agent: Agent) -> list[Any]:
+    """Every report ``agent`` sends from now on, in order (each still goes to the real API)."""
+    sent: list[Any] = []
+    post = agent.api.post_status
+    agent.api.post_status = lambda status: sent.append(status) or post(status)  # type: ignore[method-assign]
+    return sent
+
+
 def test_delta_reports_keep_the_stored_report_whole(
     fleet: Fleet, fast_backend: Callable[[], int]
 ) -> None:
@@ -51,9 +59,7 @@ def test_delta_reports_keep_the_stored_report_whole(
     wait_until(lambda: try_get(a, port), what="a answers")
     wait_until(lambda: caught_up(fleet, agent), what="first report taken")
     assert agent.progress.deltas
-    sent: list[Any] = []
-    post = agent.api.post_status
-    agent.api.post_status = lambda status: sent.append(status) or post(status)  # type: ignore[method-assign]
+    sent = record_reports(agent)
     (b,) = add_service(fleet.sessions, service_data("b", [(port, np)]))
     remove_service(fleet.sessions, "a")
     wait_until(lambda: try_get(b, port) and try_get(a, port) is None, what="b in, a out")
@@ -108,9 +114,7 @@ def test_serving_checks_go_in_rounds_and_nothing_is_served_unchecked(
     ips = [add_service(fleet.sessions, service_data(f"s{i}", [(port, np)]))[0] for i in range(4)]
     agent = Agent(fleet.config(heartbeat_seconds=2.0))
     agent.check_batch = 1  # one check per round (CHECK_BATCH at scale)
-    sent: list[Any] = []
-    post = agent.api.post_status
-    agent.api.post_status = lambda status: sent.append(status) or post(status)  # type: ignore[method-assign]
+    sent = record_reports(agent)
     agent.start()
     thread = threading.Thread(target=agent.run, name="agent-rounds")
     thread.start()
