@@ -336,6 +336,23 @@ def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> d
     return parts
 
 
+LARGE = ("services", "allocations")
+"""The name search's sections that may hold thousands of rows: their rows are read first."""
+
+
+@lru_cache(maxsize=64)
+def _counts(
+    kind: QueryKind, limit: int, short: bool, postgresql: bool, keys: tuple[str, ...]
+) -> Select[Any]:
+    """One statement counting the name search's sections ``keys`` (a scalar subquery each,
+    labelled by its key): the small sections' counts are their totals, and the common answer,
+    0 everywhere, then costs one statement instead of one per section; their rows are read
+    only where there are some. SQLite also counts its full large sections here (PostgreSQL's
+    rows carry their totals)."""
+    parts = _name_parts(kind, limit, short, postgresql)
+    return select(*(parts[k].count.scalar_subquery().label(k) for k in keys))
+
+
 def _search_names(
     session: Session,
     result: SearchResult,
@@ -359,14 +376,31 @@ def _search_names(
             "owner": f"{namespace}/{name}",
         }
     postgresql = session.get_bind().dialect.name == "postgresql"
-    parts = _name_parts(kind, limit, word is not None and len(word) < 3, postgresql)
+    short = word is not None and len(word) < 3
+    parts = _name_parts(kind, limit, short, postgresql)
     sections: dict[str, Section] = {}
-    for key, p in parts.items():
-        found = session.execute(p.rows, params)
-        rows = grouped_lines(found) if p.lines else list(found if p.columns else found.scalars())
-        total = len(rows) if len(rows) < limit else total_in(rows)
-        if total is None:
-            total = session.scalar(p.count, params) or 0
-        sections[key] = Section(rows, total)
-    for key, section in sections.items():
-        setattr(result, key, section)
+    uncounted: list[str] = []
+    for key in LARGE:
+        rows = _rows(session, parts[key], params)
+        known = len(rows) if len(rows) < limit else total_in(rows)
+        sections[key] = Section(rows, known or 0)
+        if known is None:
+            uncounted.append(key)
+    keys = (*uncounted, *(k for k in parts if k not in LARGE))
+    counts = session.execute(_counts(kind, limit, short, postgresql, keys), params).one()
+    for key in keys:
+        total = counts._mapping[key] or 0
+        if key in LARGE:
+            sections[key].total = total
+        elif total:
+            rows = _rows(session, parts[key], params)
+            sections[key] = Section(rows, len(rows) if len(rows) < limit else total)
+        else:
+            sections[key] = Section()
+    for key in parts:
+        setattr(result, key, sections[key])
+
+
+def _rows(session: Session, part: _Part, params: dict[str, str]) -> list[Any]:
+    found = session.execute(part.rows, params)
+    return grouped_lines(found) if part.lines else list(found if part.columns else found.scalars())
