@@ -219,7 +219,9 @@ class _Part:
 
 
 @lru_cache(maxsize=32)
-def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> dict[str, _Part]:
+def _name_parts(
+    kind: QueryKind, limit: int, short: bool, postgresql: bool, plain: bool = False
+) -> dict[str, _Part]:
     """The name search's statements for one shape of query, built once per process with
     bound parameters (``word``, ``pattern``; ``namespace``, ``prefix``, ``owner``). Building
     them per request (operators, coercions) and computing their cache keys cost about a third
@@ -227,10 +229,20 @@ def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> d
     word, pattern = bindparam("word", type_=String), bindparam("pattern", type_=String)
     namespace, prefix = bindparam("namespace", type_=String), bindparam("prefix", type_=String)
     owner = bindparam("owner", type_=String)
+
+    def contains(column: Any) -> Any:
+        """``column`` contains the word, ignoring case. ``plain`` (SQLite, a word without
+        ``/``, ``%`` or ``_``): the pattern has nothing to escape, so this is the bare
+        ``LIKE`` that ``name_like`` spells there, without its ``ESCAPE '/'``, which costs
+        SQLite 10-15 % of a scan of every name (counting 10,000: 0.67 against 0.77 ms)."""
+        if plain:
+            return column.like(pattern)
+        return name_like(column, pattern, short=short)
+
     if kind == "word":
 
         def match(ns_col: Any, name_col: Any) -> Any:
-            return or_(ns_col == word, name_like(name_col, pattern, short=short))
+            return or_(ns_col == word, contains(name_col))
 
     else:
 
@@ -270,7 +282,7 @@ def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> d
             return None
         halves = union_all(
             base.where(ns_col == word),
-            base.where(ns_col != word, name_like(name_col, pattern, short=short)),
+            base.where(ns_col != word, contains(name_col)),
         ).subquery()
         keys = (ns_col.key, name_col.key, *tail)
         return select(halves).order_by(*(halves.c[k] for k in keys))
@@ -289,7 +301,7 @@ def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> d
     held = select(*SHOWN_ALLOCATION).where(live())
     ingress = match(IngressRoute.namespace, IngressRoute.backend_service)
     if kind == "word":
-        ingress = or_(ingress, name_like(IngressRoute.host, pattern, short=short))
+        ingress = or_(ingress, contains(IngressRoute.host))
     parts = {
         "services": part(
             records.where(match(ServiceRecord.namespace, ServiceRecord.name)).order_by(
@@ -329,9 +341,7 @@ def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> d
         ),
     }
     if kind == "word":
-        pools = select(Pool).where(
-            or_(Pool.name == word, name_like(Pool.name, pattern, short=short))
-        )
+        pools = select(Pool).where(or_(Pool.name == word, contains(Pool.name)))
         parts["pools"] = part(pools.order_by(Pool.name))
     return parts
 
@@ -342,14 +352,14 @@ LARGE = ("services", "allocations")
 
 @lru_cache(maxsize=64)
 def _counts(
-    kind: QueryKind, limit: int, short: bool, postgresql: bool, keys: tuple[str, ...]
+    kind: QueryKind, limit: int, short: bool, postgresql: bool, plain: bool, keys: tuple[str, ...]
 ) -> Select[Any]:
     """One statement counting the name search's sections ``keys`` (a scalar subquery each,
     labelled by its key): the small sections' counts are their totals, and the common answer,
     0 everywhere, then costs one statement instead of one per section; their rows are read
     only where there are some. SQLite also counts its full large sections here (PostgreSQL's
     rows carry their totals)."""
-    parts = _name_parts(kind, limit, short, postgresql)
+    parts = _name_parts(kind, limit, short, postgresql, plain)
     return select(*(parts[k].count.scalar_subquery().label(k) for k in keys))
 
 
@@ -377,7 +387,8 @@ def _search_names(
         }
     postgresql = session.get_bind().dialect.name == "postgresql"
     short = word is not None and len(word) < 3
-    parts = _name_parts(kind, limit, short, postgresql)
+    plain = not postgresql and word is not None and not any(c in word for c in "/%_")
+    parts = _name_parts(kind, limit, short, postgresql, plain)
     sections: dict[str, Section] = {}
     uncounted: list[str] = []
     for key in LARGE:
@@ -387,7 +398,7 @@ def _search_names(
         if known is None:
             uncounted.append(key)
     keys = (*uncounted, *(k for k in parts if k not in LARGE))
-    counts = session.execute(_counts(kind, limit, short, postgresql, keys), params).one()
+    counts = session.execute(_counts(kind, limit, short, postgresql, plain, keys), params).one()
     for key in keys:
         total = counts._mapping[key] or 0
         if key in LARGE:
