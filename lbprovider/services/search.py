@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -216,10 +216,13 @@ class _Part:
     count: Select[Any]
     columns: bool  # Core rows, not entities
     lines: bool = False  # ``with_held`` rows, folded into ``ServiceLine``s
+    carries: tuple[str, ...] = ()  # the sections whose counts its rows carry (``_counted``)
 
 
 @lru_cache(maxsize=32)
-def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> dict[str, _Part]:
+def _name_parts(
+    kind: QueryKind, limit: int, short: bool, postgresql: bool, plain: bool = False
+) -> dict[str, _Part]:
     """The name search's statements for one shape of query, built once per process with
     bound parameters (``word``, ``pattern``; ``namespace``, ``prefix``, ``owner``). Building
     them per request (operators, coercions) and computing their cache keys cost about a third
@@ -227,10 +230,20 @@ def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> d
     word, pattern = bindparam("word", type_=String), bindparam("pattern", type_=String)
     namespace, prefix = bindparam("namespace", type_=String), bindparam("prefix", type_=String)
     owner = bindparam("owner", type_=String)
+
+    def contains(column: Any) -> Any:
+        """``column`` contains the word, ignoring case. ``plain`` (SQLite, a word without
+        ``/``, ``%`` or ``_``): the pattern has nothing to escape, so this is the bare
+        ``LIKE`` that ``name_like`` spells there, without its ``ESCAPE '/'``, which costs
+        SQLite 10-15 % of a scan of every name (counting 10,000: 0.67 against 0.77 ms)."""
+        if plain:
+            return column.like(pattern)
+        return name_like(column, pattern, short=short)
+
     if kind == "word":
 
         def match(ns_col: Any, name_col: Any) -> Any:
-            return or_(ns_col == word, name_like(name_col, pattern, short=short))
+            return or_(ns_col == word, contains(name_col))
 
     else:
 
@@ -270,7 +283,7 @@ def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> d
             return None
         halves = union_all(
             base.where(ns_col == word),
-            base.where(ns_col != word, name_like(name_col, pattern, short=short)),
+            base.where(ns_col != word, contains(name_col)),
         ).subquery()
         keys = (ns_col.key, name_col.key, *tail)
         return select(halves).order_by(*(halves.c[k] for k in keys))
@@ -289,7 +302,7 @@ def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> d
     held = select(*SHOWN_ALLOCATION).where(live())
     ingress = match(IngressRoute.namespace, IngressRoute.backend_service)
     if kind == "word":
-        ingress = or_(ingress, name_like(IngressRoute.host, pattern, short=short))
+        ingress = or_(ingress, contains(IngressRoute.host))
     parts = {
         "services": part(
             records.where(match(ServiceRecord.namespace, ServiceRecord.name)).order_by(
@@ -329,11 +342,41 @@ def _name_parts(kind: QueryKind, limit: int, short: bool, postgresql: bool) -> d
         ),
     }
     if kind == "word":
-        pools = select(Pool).where(
-            or_(Pool.name == word, name_like(Pool.name, pattern, short=short))
-        )
+        pools = select(Pool).where(or_(Pool.name == word, contains(Pool.name)))
         parts["pools"] = part(pools.order_by(Pool.name))
+    if postgresql:
+        # The Allocations rows carry the small sections' counts as well as their own total
+        # (uncorrelated scalar subqueries, evaluated once): when there are allocations, the
+        # search needs no statement of its own for the counts, one round trip less.
+        small = tuple(k for k in parts if k not in LARGE)
+        held_part = parts["allocations"]
+        rows = held_part.rows.add_columns(*_counted(parts, small))
+        parts["allocations"] = replace(held_part, rows=rows, carries=small)
     return parts
+
+
+def _counted(parts: dict[str, _Part], keys: tuple[str, ...]) -> list[Any]:
+    """The counts of the sections ``keys`` as columns (a scalar subquery each, labelled by its
+    key)."""
+    return [parts[k].count.scalar_subquery().label(k) for k in keys]
+
+
+LARGE = ("services", "allocations")
+"""The name search's sections that may hold thousands of rows: their rows are read first."""
+
+
+@lru_cache(maxsize=64)
+def _counts(
+    kind: QueryKind, limit: int, short: bool, postgresql: bool, plain: bool, keys: tuple[str, ...]
+) -> Select[Any]:
+    """One statement counting the name search's sections ``keys`` (a scalar subquery each,
+    labelled by its key): the small sections' counts are their totals, and the common answer,
+    0 everywhere, then costs one statement instead of one per section; their rows are read
+    only where there are some. SQLite also counts its full large sections here (PostgreSQL's
+    rows carry their totals, and its Allocations rows the small sections' counts: this
+    statement runs there only when there are no allocations)."""
+    parts = _name_parts(kind, limit, short, postgresql, plain)
+    return select(*_counted(parts, keys))
 
 
 def _search_names(
@@ -359,14 +402,37 @@ def _search_names(
             "owner": f"{namespace}/{name}",
         }
     postgresql = session.get_bind().dialect.name == "postgresql"
-    parts = _name_parts(kind, limit, word is not None and len(word) < 3, postgresql)
+    short = word is not None and len(word) < 3
+    plain = not postgresql and word is not None and not any(c in word for c in "/%_")
+    parts = _name_parts(kind, limit, short, postgresql, plain)
     sections: dict[str, Section] = {}
-    for key, p in parts.items():
-        found = session.execute(p.rows, params)
-        rows = grouped_lines(found) if p.lines else list(found if p.columns else found.scalars())
-        total = len(rows) if len(rows) < limit else total_in(rows)
-        if total is None:
-            total = session.scalar(p.count, params) or 0
-        sections[key] = Section(rows, total)
-    for key, section in sections.items():
-        setattr(result, key, section)
+    uncounted: list[str] = []
+    counts: dict[str, int] = {}
+    for key in LARGE:
+        rows = _rows(session, parts[key], params)
+        known = len(rows) if len(rows) < limit else total_in(rows)
+        sections[key] = Section(rows, known or 0)
+        if known is None:
+            uncounted.append(key)
+        if rows and parts[key].carries:
+            counts.update((k, rows[0]._mapping[k]) for k in parts[key].carries)
+    keys = (*uncounted, *(k for k in parts if k not in LARGE and k not in counts))
+    if keys:
+        counted = _counts(kind, limit, short, postgresql, plain, keys)
+        counts.update(session.execute(counted, params).one()._mapping)
+    for key in (*uncounted, *(k for k in parts if k not in LARGE)):
+        total = counts[key] or 0
+        if key in LARGE:
+            sections[key].total = total
+        elif total:
+            rows = _rows(session, parts[key], params)
+            sections[key] = Section(rows, len(rows) if len(rows) < limit else total)
+        else:
+            sections[key] = Section()
+    for key in parts:
+        setattr(result, key, sections[key])
+
+
+def _rows(session: Session, part: _Part, params: dict[str, str]) -> list[Any]:
+    found = session.execute(part.rows, params)
+    return grouped_lines(found) if part.lines else list(found if part.columns else found.scalars())
