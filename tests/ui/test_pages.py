@@ -15,7 +15,7 @@ import anyio.to_thread
 import pytest
 from jinja2.filters import do_urlencode
 from markupsafe import escape
-from sqlalchemy import Engine, event, insert, select
+from sqlalchemy import Engine, Select, event, insert, select
 from starlette.requests import Request as StarletteRequest
 
 from lbprovider.db.models import (
@@ -399,6 +399,99 @@ def test_deep_offset_shows_the_rows_at_that_position(ui: Ui) -> None:
     narrowed = b.get("/services?namespace=ns-3&q=svc-04&offset=3").text
     wanted = [(ns, n) for ns, n in everything if ns == "ns-3" and "svc-04" in n]
     assert _listed(narrowed) == [f"{ns}/{name}" for ns, name in wanted[3:]]
+
+
+def _page_statements(ui: Ui, urls: list[str]) -> list[tuple[list[str], list[Any]]]:
+    """For each URL: the Services listed and the statement objects the server executed."""
+    b = ui.signed_in("read")
+    out: list[tuple[list[str], list[Any]]] = []
+    for url in urls:
+        seen: list[Any] = []
+        record = seen.append
+
+        def listener(conn: Any, clause: Any, *args: Any, record: Any = record) -> None:
+            record(clause)
+
+        event.listen(Engine, "before_execute", listener)
+        try:
+            html = b.get(url).text
+        finally:
+            event.remove(Engine, "before_execute", listener)
+        out.append((_listed(html), seen))
+    return out
+
+
+def test_services_page_reuses_its_statements_for_one_shape_of_filters(ui: Ui) -> None:
+    """The Services page's statements are built once per shape of filters (which filters are
+    set), with the values, offset and limit as parameters: two requests with other values run
+    the very same statement objects (no rebuild, no new cache key); another shape, another."""
+    names = [(f"ns-{i % 3}", f"svc-{i:03d}") for i in range(90)]
+    _seed_records(ui, names)
+    everything = sorted(names)
+    urls = [
+        "/services?namespace=ns-1&offset=3",
+        "/services?namespace=ns-2&limit=25&offset=1",
+        "/services?namespace=ns-2&q=svc-0",
+        "/services?q=svc-0",
+    ]
+    (one, first), (two, second), (three, third), (_, fourth) = _page_statements(ui, urls)
+    assert one == [f"{ns}/{n}" for ns, n in everything if ns == "ns-1"][3:]
+    assert two == [f"{ns}/{n}" for ns, n in everything if ns == "ns-2"][1:26]
+    assert three == [f"{ns}/{n}" for ns, n in everything if ns == "ns-2" and "svc-0" in n]
+    pages = [
+        [c for c in seen if isinstance(c, Select) and "held_ip" in c.selected_columns]
+        for seen in (first, second, third, fourth)
+    ]
+    assert all(len(p) == 1 for p in pages), pages
+    assert pages[0][0] is pages[1][0]
+    assert pages[2][0] is not pages[1][0] and pages[3][0] is not pages[2][0]
+    if ui.engine.dialect.name == "sqlite":  # the count runs separately, here for offset=…
+        first_count, second_count = (
+            [c for c in seen if isinstance(c, Select) and str(c).startswith("SELECT count(*)")]
+            for seen in (first, second)
+        )
+        assert len(first_count) == 1 and first_count[0] is second_count[0]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+def test_postgres_plans_the_services_page_as_index_lookups_even_when_prepared(ui: Ui) -> None:
+    """psycopg prepares a statement after five runs on a connection, and PostgreSQL may then
+    run its generic plan (parameters unknown). With ``LIMIT $1`` that plan assumed 1,000 keys
+    and hash-joined them to a sequential scan of every record; a lateral lookup per key keeps
+    the page's index lookups in every plan."""
+    names = [(f"ns-{i % 50:02d}", f"svc-{i:05d}") for i in range(3000)]
+    _seed_records(ui, names)
+    _seed_allocations(ui, names, "10.9", 256)
+    lists = catalog.service_list(
+        namespace=False, q="", pool=False, state=None, reason=False, postgresql=True
+    )
+    with ui.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE service_records, allocations")
+        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        threshold = raw.prepare_threshold  # type: ignore[attr-defined]
+        raw.prepare_threshold = 0  # type: ignore[attr-defined]
+        try:
+            rows = conn.execute(lists.page, {"limit": 50, "offset": 2950}).all()
+            assert [r.name for r in rows] == [n for _, n in sorted(names)][2950:]
+            name, params = conn.exec_driver_sql(
+                "SELECT name, cardinality(parameter_types) FROM pg_prepared_statements"
+                " WHERE strpos(statement, 'held' || '_ip') > 0"
+            ).one()
+            args = "2950" if params == 1 else "50, 2950"  # (LIMIT $1 OFFSET $2)
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN EXECUTE {name}({args})"))
+        finally:
+            raw.prepare_threshold = threshold  # type: ignore[attr-defined]
+            conn.exec_driver_sql("DEALLOCATE ALL")
+            conn.exec_driver_sql("RESET plan_cache_mode")
+    # The keys walk the unique index, each key's record and addresses are index lookups (the
+    # count, an InitPlan, may scan the fresh table: its visibility map is not set yet).
+    assert "Hash" not in plan, plan
+    assert "Index Only Scan using uq_service_records_namespace_name" in plan, plan
+    assert "Index Scan using uq_service_records_namespace_name" in plan, plan
+    assert re.search(r"Index Scan using \w+ on allocations", plan), plan
 
 
 @pytest.mark.postgres
