@@ -27,7 +27,7 @@ from lbprovider.db.models import (
     IngressRoute,
     ServiceRecord,
 )
-from lbprovider.db.session import transaction
+from lbprovider.db.session import read_only_factory, transaction
 from lbprovider.db.types import utcnow
 from lbprovider.services import catalog
 from lbprovider.ui.paging import Page
@@ -492,6 +492,34 @@ def test_postgres_plans_the_services_page_as_index_lookups_even_when_prepared(ui
     assert "Index Only Scan using uq_service_records_namespace_name" in plan, plan
     assert "Index Scan using uq_service_records_namespace_name" in plan, plan
     assert re.search(r"Index Scan using \w+ on allocations", plan), plan
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+def test_postgres_runs_the_services_page_on_its_prepared_plan(ui: Ui) -> None:
+    """The page statement's LIMIT is in its SQL text (one of a few values), so once psycopg
+    has prepared it PostgreSQL runs the generic plan instead of planning every request anew
+    (with ``LIMIT $1`` the generic plan assumed 1,000 rows and never looked cheaper than a
+    custom plan, so every execution was planned again)."""
+    names = [(f"ns-{i % 50:02d}", f"svc-{i:05d}") for i in range(3000)]
+    _seed_records(ui, names)
+    _seed_allocations(ui, names, "10.9", 256)
+    with ui.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE service_records, allocations")
+        conn.commit()
+    with read_only_factory(ui.sessions)() as session:
+        for i in range(12):
+            lines, total = catalog.service_lines(session, limit=50, offset=(0, 2950)[i % 2])
+            assert total == 3000 and len(lines) == 50
+        generic, custom = (
+            session.connection()
+            .exec_driver_sql(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE strpos(statement, 'held' || '_ip') > 0"
+            )
+            .one()
+        )
+    assert generic > 0, (generic, custom)
 
 
 @pytest.mark.postgres
