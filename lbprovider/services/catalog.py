@@ -25,10 +25,12 @@ from sqlalchemy import (
     and_,
     bindparam,
     exists,
+    func,
     literal_column,
     or_,
     select,
     true,
+    union_all,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
@@ -43,7 +45,7 @@ from lbprovider.db.models import (
     ServiceRecord,
 )
 from lbprovider.services.errors import NotFound
-from lbprovider.services.queries import Counted, count_of, total_column, total_in
+from lbprovider.services.queries import TOTAL_COLUMN, Counted, count_of, total_in
 
 ServiceState = Literal["pending", "allocated"]
 WAITING = "waiting for the controller to decide"
@@ -461,26 +463,58 @@ def service_list(
         state=state,
         reason=bindparam("reason", type_=String) if reason else None,
     )
-    keys = (
-        stmt.with_only_columns(ServiceRecord.namespace, ServiceRecord.name)
-        .limit(bindparam("limit", type_=Integer, literal_execute=True))
-        .offset(bindparam("offset", type_=Integer))
-        .subquery()
-    )
+    limit = bindparam("limit", type_=Integer, literal_execute=True)
+    offset = bindparam("offset", type_=Integer)
+    walk = stmt.with_only_columns(ServiceRecord.namespace, ServiceRecord.name)
+    page: Select[Any]
     if postgresql:
+        keys = _page_keys(stmt, walk, limit, offset)
         record = (
             select(*LISTED)
             .where(ServiceRecord.namespace == keys.c.namespace, ServiceRecord.name == keys.c.name)
             .limit(literal_column("1"))  # a subquery with a LIMIT is not pulled up
             .lateral()
         )
-        page = select(*record.c, total_column(stmt)).select_from(keys.join(record, true()))
+        page = select(*record.c, keys.c[TOTAL_COLUMN]).select_from(keys.join(record, true()))
     else:
+        keys = walk.limit(limit).offset(offset).subquery()
         page = select(*LISTED).join(
             keys,
             (ServiceRecord.namespace == keys.c.namespace) & (ServiceRecord.name == keys.c.name),
         )
     return ServiceList(with_held(page.subquery()), count_of(stmt))
+
+
+def _page_keys(
+    stmt: Select[ServiceRecord], walk: Select[str, str], limit: Any, offset: Any
+) -> Subquery:
+    """PostgreSQL: the (namespace, name) keys of the page at ``offset``, each with the list's
+    total (``TOTAL_COLUMN``), walking the index from whichever end is nearer.
+
+    The total is counted once (a CTE) and decides, inside the statement, which of two walks
+    runs (the other is a one-time filter that is never executed): a page in the first half is
+    ``OFFSET offset`` in index order; a page in the second half walks the index backwards past
+    ``total - offset - limit`` entries and takes ``least(limit, total - offset)``, the same
+    rows (``with_held`` orders them). The last page of 10,000 is then a walk of 50 entries
+    instead of 10,000; a page past the end is empty either way."""
+    total = select(func.count().label("n")).select_from(stmt.order_by(None).subquery()).cte("total")
+    n = select(total.c.n).scalar_subquery()
+    zero, two = literal_column("0", Integer), literal_column("2", Integer)
+    forward = walk.limit(limit).offset(offset).subquery("forward")
+    backward = (
+        walk.order_by(None)
+        .order_by(ServiceRecord.namespace.desc(), ServiceRecord.name.desc())
+        .limit(func.greatest(func.least(limit, n - offset), zero))
+        .offset(func.greatest(n - offset - limit, zero))
+        .subquery("backward")
+    )
+    return select(
+        union_all(
+            select(forward.c.namespace, forward.c.name).where(offset * two < n),
+            select(backward.c.namespace, backward.c.name).where(offset * two >= n),
+        ).subquery("keys"),
+        n.label(TOTAL_COLUMN),
+    ).subquery("counted")
 
 
 def service_lines(

@@ -522,6 +522,56 @@ def test_postgres_runs_the_services_page_on_its_prepared_plan(ui: Ui) -> None:
     assert generic > 0, (generic, custom)
 
 
+@pytest.mark.parametrize("offset", [0, 24, 50, 51, 76, 90, 100, 101, 150])
+def test_every_offset_shows_the_rows_at_that_position(ui: Ui, offset: int) -> None:
+    """Around the middle of the list (where PostgreSQL's page switches to walking the index
+    from the end), at the last partial page and past the end: the rows at that position, in
+    order, and the same total; also with a filter."""
+    names = [(f"ns-{i % 3}", f"svc-{i:03d}") for i in range(101)]
+    _seed_records(ui, names)
+    everything = [f"{ns}/{n}" for ns, n in sorted(names)]
+    b = ui.signed_in("read")
+    html = b.get(f"/services?offset={offset}&limit=25").text
+    assert _listed(html) == everything[offset : offset + 25]
+    if offset < 101:
+        assert "of 101 Services" in html
+    ns1 = [k for k in everything if k.startswith("ns-1/")]  # 34
+    html = b.get(f"/services?namespace=ns-1&offset={offset // 3}&limit=10").text
+    assert _listed(html) == ns1[offset // 3 : offset // 3 + 10]
+    if offset // 3 < 34:
+        assert "of 34 Services" in html
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+def test_postgres_walks_to_a_late_page_from_the_end_of_the_index(ui: Ui) -> None:
+    """A page in the second half of the list walks the (namespace, name) index backwards from
+    the end (50 entries for the last page of 3,000) instead of past every earlier entry; the
+    forward walk is not executed."""
+    names = [(f"ns-{i % 50:02d}", f"svc-{i:05d}") for i in range(3000)]
+    _seed_records(ui, names)
+    lists = catalog.service_list(
+        namespace=False, q="", pool=False, state=None, reason=False, postgresql=True
+    )
+    with ui.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE service_records, allocations")
+        for offset, walked in ((2950, "Backward"), (100, "forward")):
+            sql = str(
+                lists.page.params(limit=50, offset=offset).compile(
+                    conn, compile_kwargs={"literal_binds": True}
+                )
+            )
+            plan = [r[0] for r in conn.exec_driver_sql(f"EXPLAIN (ANALYZE, TIMING OFF) {sql}")]
+            scans = [
+                line
+                for line in plan
+                if "Index Only Scan" in line and "uq_service_records_namespace_name" in line
+            ]
+            ran = [s for s in scans if "never executed" not in s]  # the other walk: not run
+            assert len(ran) == 1 and ("Backward" in ran[0]) == (walked == "Backward"), plan
+            assert f"actual rows={50 if walked == 'Backward' else 150} " in ran[0], plan
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("engine", ["postgres"], indirect=True)
 def test_postgres_serves_name_contains_from_the_trigram_indexes(ui: Ui) -> None:
