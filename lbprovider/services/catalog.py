@@ -451,10 +451,10 @@ def service_list(
     1.9 ms at 10,000). A lateral lookup is a nested loop of index scans in every plan, and
     with the limit known the generic plan is as cheap as a custom one, so PostgreSQL keeps it
     instead of planning every request anew. On PostgreSQL every row also carries the list's
-    total (``queries.total_column``): one round trip instead of two, and the count is an
-    index-only scan. SQLite has no round trip to save, and the subquery would count even a
-    page that is the whole list (a partial page needs no count), so there ``matches`` runs
-    only when needed."""
+    total (counted once, ``_page_keys``, which also walks a late page from the index's end):
+    one round trip instead of two, and the count is an index-only scan. SQLite has no round
+    trip to save, and the subquery would count even a page that is the whole list (a partial
+    page needs no count), so there ``matches`` runs only when needed."""
     stmt = _filtered(
         namespace=bindparam("namespace", type_=String) if namespace else None,
         pattern=bindparam("pattern", type_=String) if q else None,
