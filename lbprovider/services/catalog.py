@@ -12,9 +12,26 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal, NamedTuple, Protocol
 
-from sqlalchemy import ColumnElement, Row, Select, Subquery, and_, exists, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Row,
+    Select,
+    String,
+    Subquery,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal_column,
+    or_,
+    select,
+    true,
+    union_all,
+)
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -28,7 +45,7 @@ from lbprovider.db.models import (
     ServiceRecord,
 )
 from lbprovider.services.errors import NotFound
-from lbprovider.services.queries import Counted, total_column, total_in
+from lbprovider.services.queries import TOTAL_COLUMN, Counted, count_of, total_in
 
 ServiceState = Literal["pending", "allocated"]
 WAITING = "waiting for the controller to decide"
@@ -276,14 +293,35 @@ def service_query(
     reason: str | None = None,
 ) -> Select[ServiceRecord]:
     """Service records matching every filter, by namespace then name (the unique index)."""
+    return _filtered(
+        namespace=namespace or None,
+        pattern=contains_pattern(q) if q else None,
+        short=bool(q) and len(q or "") < 3,
+        pool=pool or None,
+        state=state,
+        reason=reason or None,
+    )
+
+
+def _filtered(
+    *,
+    namespace: Any,
+    pattern: Any,
+    short: bool,
+    pool: Any,
+    state: ServiceState | None,
+    reason: Any,
+) -> Select[ServiceRecord]:
+    """``service_query`` with each filter a value or a bind parameter (None: no filter);
+    ``pattern`` a ``contains_pattern``."""
     stmt = select(ServiceRecord)
-    if namespace:
+    if namespace is not None:
         stmt = stmt.where(ServiceRecord.namespace == namespace)
-    if q:
-        stmt = stmt.where(name_contains(ServiceRecord.name, q))
-    if reason:
+    if pattern is not None:
+        stmt = stmt.where(name_like(ServiceRecord.name, pattern, short=short))
+    if reason is not None:
         stmt = stmt.where(ServiceRecord.condition_reason == reason)
-    if pool:
+    if pool is not None:
         stmt = stmt.where(
             exists().where(
                 live(),
@@ -374,37 +412,152 @@ def grouped_lines(rows: Iterable[Row[Any]]) -> Counted[ServiceLine]:
     return lines
 
 
-def listed_page(
-    session: Session, stmt: Select[ServiceRecord], *, limit: int, offset: int
-) -> Counted[ServiceLine]:
-    """One page of ``stmt`` (ordered by namespace, name) as ``ServiceLine``s, their live
-    allocations joined in the same statement (``with_held``).
+QueryLength = Literal["", "short", "long"]
+"""A name filter's shape: none, under three characters (no trigram), or longer."""
+
+
+class ServiceList(NamedTuple):
+    """The Services page's statements for one shape of filters (``service_list``)."""
+
+    page: Select[Any]
+    """The page's ``ServiceLine`` rows (``with_held``), on PostgreSQL with the total."""
+    matches: Select[Any]
+    """How many Services match (SQLite, or a PostgreSQL page past the end)."""
+
+
+@lru_cache(maxsize=64)
+def service_list(
+    *,
+    namespace: bool,
+    q: QueryLength,
+    pool: bool,
+    state: ServiceState | None,
+    reason: bool,
+    postgresql: bool,
+) -> ServiceList:
+    """The Services page's statements for one shape of filters, built once per process with
+    bound parameters (``namespace``, ``pattern``, ``pool``, ``reason``; ``offset``, ``limit``),
+    so a request neither rebuilds them (operators, coercions, subqueries: most of the objects a
+    page left to the cyclic GC) nor recomputes their cache key (see ``service_lines``).
 
     The page's keys come first from the (namespace, name) index alone (an index-only walk past
     ``offset`` entries), then only those rows are read: PostgreSQL otherwise either fetches
     every skipped row from the heap (wide rows, 6 ms at offset 9,950) or sorts the whole table
-    (narrow rows, 35 ms). On PostgreSQL every row also carries the list's total
-    (``queries.total_column``): one round trip instead of two, and the count is an index
-    scan. SQLite has no round trip to save, and the subquery would count even a page that is
-    the whole list (a partial page needs no count), so there the caller counts when needed."""
-    keys = (
-        stmt.with_only_columns(ServiceRecord.namespace, ServiceRecord.name)
-        .limit(limit)
-        .offset(offset)
-        .subquery()
+    (narrow rows, 35 ms). On PostgreSQL each key's record is a ``LATERAL`` lookup (kept
+    apart by its ``LIMIT 1``; the key is unique), and ``limit`` is rendered into the SQL text
+    (one of a few values) rather than sent: psycopg prepares a statement after five runs on a
+    connection, PostgreSQL may then run its generic plan, and for ``LIMIT $1`` that plan
+    assumed 1,000 keys and hash-joined them to a sequential scan of every record (5.5 against
+    1.9 ms at 10,000). A lateral lookup is a nested loop of index scans in every plan, and
+    with the limit known the generic plan is as cheap as a custom one, so PostgreSQL keeps it
+    instead of planning every request anew. On PostgreSQL every row also carries the list's
+    total (counted once, ``_page_keys``, which also walks a late page from the index's end):
+    one round trip instead of two, and the count is an index-only scan. SQLite has no round
+    trip to save, and the subquery would count even a page that is the whole list (a partial
+    page needs no count), so there ``matches`` runs only when needed."""
+    stmt = _filtered(
+        namespace=bindparam("namespace", type_=String) if namespace else None,
+        pattern=bindparam("pattern", type_=String) if q else None,
+        short=q == "short",
+        pool=bindparam("pool", type_=String) if pool else None,
+        state=state,
+        reason=bindparam("reason", type_=String) if reason else None,
     )
-    columns = [*LISTED]
-    if session.get_bind().dialect.name == "postgresql":
-        columns.append(total_column(stmt))
-    page = (
-        select(*columns)
-        .join(
+    limit = bindparam("limit", type_=Integer, literal_execute=True)
+    offset = bindparam("offset", type_=Integer)
+    walk = stmt.with_only_columns(ServiceRecord.namespace, ServiceRecord.name)
+    page: Select[Any]
+    if postgresql:
+        keys = _page_keys(stmt, walk, limit, offset)
+        record = (
+            select(*LISTED)
+            .where(ServiceRecord.namespace == keys.c.namespace, ServiceRecord.name == keys.c.name)
+            .limit(literal_column("1"))  # a subquery with a LIMIT is not pulled up
+            .lateral()
+        )
+        page = select(*record.c, keys.c[TOTAL_COLUMN]).select_from(keys.join(record, true()))
+    else:
+        keys = walk.limit(limit).offset(offset).subquery()
+        page = select(*LISTED).join(
             keys,
             (ServiceRecord.namespace == keys.c.namespace) & (ServiceRecord.name == keys.c.name),
         )
-        .subquery()
+    return ServiceList(with_held(page.subquery()), count_of(stmt))
+
+
+def _page_keys(
+    stmt: Select[ServiceRecord], walk: Select[str, str], limit: Any, offset: Any
+) -> Subquery:
+    """PostgreSQL: the (namespace, name) keys of the page at ``offset``, each with the list's
+    total (``TOTAL_COLUMN``), walking the index from whichever end is nearer.
+
+    The total is counted once (a CTE) and decides, inside the statement, which of two walks
+    runs (the other is a one-time filter that is never executed): a page in the first half is
+    ``OFFSET offset`` in index order; a page in the second half walks the index backwards past
+    ``total - offset - limit`` entries and takes ``least(limit, total - offset)``, the same
+    rows (``with_held`` orders them). The last page of 10,000 is then a walk of 50 entries
+    instead of 10,000; a page past the end is empty either way."""
+    total = select(func.count().label("n")).select_from(stmt.order_by(None).subquery()).cte("total")
+    n = select(total.c.n).scalar_subquery()
+    zero, two = literal_column("0", Integer), literal_column("2", Integer)
+    forward = walk.limit(limit).offset(offset).subquery("forward")
+    backward = (
+        walk.order_by(None)
+        .order_by(ServiceRecord.namespace.desc(), ServiceRecord.name.desc())
+        .limit(func.greatest(func.least(limit, n - offset), zero))
+        .offset(func.greatest(n - offset - limit, zero))
+        .subquery("backward")
     )
-    return grouped_lines(session.execute(with_held(page)))
+    return select(
+        union_all(
+            select(forward.c.namespace, forward.c.name).where(offset * two < n),
+            select(backward.c.namespace, backward.c.name).where(offset * two >= n),
+        ).subquery("keys"),
+        n.label(TOTAL_COLUMN),
+    ).subquery("counted")
+
+
+def service_lines(
+    session: Session,
+    *,
+    limit: int,
+    offset: int,
+    namespace: str | None = None,
+    q: str | None = None,
+    pool: str | None = None,
+    state: ServiceState | None = None,
+    reason: str | None = None,
+) -> tuple[list[ServiceLine], int]:
+    """One page of ``service_query(...)`` (by namespace, name) as ``ServiceLine``s, their live
+    allocations joined in the same statement (``with_held``), and how many Services match in
+    all (exact). The statements are ``service_list``'s for these filters' shape, run as Core
+    statements on the session's connection (no ORM result layer for plain columns)."""
+    lists = service_list(
+        namespace=bool(namespace),
+        q=("short" if len(q) < 3 else "long") if q else "",
+        pool=bool(pool),
+        state=state,
+        reason=bool(reason),
+        postgresql=session.get_bind().dialect.name == "postgresql",
+    )
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
+    if namespace:
+        params["namespace"] = namespace
+    if q:
+        params["pattern"] = contains_pattern(q)
+    if pool:
+        params["pool"] = pool
+    if reason:
+        params["reason"] = reason
+    connection = session.connection()
+    lines = grouped_lines(connection.execute(lists.page, params))
+    total = lines.total
+    if total is None:
+        if offset or len(lines) >= limit:
+            total = connection.execute(lists.matches, params).scalar() or 0
+        else:
+            total = len(lines)
+    return lines, total
 
 
 def _held_query(keys: set[tuple[str, str]], columns: Sequence[Any]) -> Select[Any]:

@@ -59,6 +59,13 @@ def int_param(request: Request, name: str, default: int, *, low: int, high: int)
     return min(max(int(raw), low), high)
 
 
+def window(request: Request, prefix: str = "") -> tuple[int, int]:
+    """The ``limit`` and ``offset`` the URL asks for (defaults, clamped)."""
+    limit = int_param(request, f"{prefix}limit", DEFAULT_LIMIT, low=1, high=LIMITS[-1])
+    offset = int_param(request, f"{prefix}offset", 0, low=0, high=MAX_OFFSET)
+    return limit, offset
+
+
 def page_of(
     session: Session,
     stmt: Select[Any],
@@ -70,8 +77,7 @@ def page_of(
     """The page the URL asks for. ``fetch(session, stmt, limit=, offset=)`` reads the rows
     (default: ``stmt``'s entities); the total is counted over ``stmt`` only when the page is
     not the whole list, and not at all when the rows carry it (``queries.window_total``)."""
-    limit = int_param(request, f"{prefix}limit", DEFAULT_LIMIT, low=1, high=LIMITS[-1])
-    offset = int_param(request, f"{prefix}offset", 0, low=0, high=MAX_OFFSET)
+    limit, offset = window(request, prefix)
     rows = (fetch or page_rows)(session, stmt, limit=limit, offset=offset)
     total = total_in(rows)
     if total is None:

@@ -15,7 +15,7 @@ import anyio.to_thread
 import pytest
 from jinja2.filters import do_urlencode
 from markupsafe import escape
-from sqlalchemy import Engine, event, insert, select
+from sqlalchemy import Engine, Select, event, insert, select
 from starlette.requests import Request as StarletteRequest
 
 from lbprovider.db.models import (
@@ -27,7 +27,7 @@ from lbprovider.db.models import (
     IngressRoute,
     ServiceRecord,
 )
-from lbprovider.db.session import transaction
+from lbprovider.db.session import read_only_factory, transaction
 from lbprovider.db.types import utcnow
 from lbprovider.services import catalog
 from lbprovider.services.context import Actor, IPPolicy
@@ -401,6 +401,177 @@ def test_deep_offset_shows_the_rows_at_that_position(ui: Ui) -> None:
     narrowed = b.get("/services?namespace=ns-3&q=svc-04&offset=3").text
     wanted = [(ns, n) for ns, n in everything if ns == "ns-3" and "svc-04" in n]
     assert _listed(narrowed) == [f"{ns}/{name}" for ns, name in wanted[3:]]
+
+
+def _page_statements(ui: Ui, urls: list[str]) -> list[tuple[list[str], list[Any]]]:
+    """For each URL: the Services listed and the statement objects the server executed."""
+    b = ui.signed_in("read")
+    out: list[tuple[list[str], list[Any]]] = []
+    for url in urls:
+        seen: list[Any] = []
+        record = seen.append
+
+        def listener(conn: Any, clause: Any, *args: Any, record: Any = record) -> None:
+            record(clause)
+
+        event.listen(Engine, "before_execute", listener)
+        try:
+            html = b.get(url).text
+        finally:
+            event.remove(Engine, "before_execute", listener)
+        out.append((_listed(html), seen))
+    return out
+
+
+def test_services_page_reuses_its_statements_for_one_shape_of_filters(ui: Ui) -> None:
+    """The Services page's statements are built once per shape of filters (which filters are
+    set), with the values, offset and limit as parameters: two requests with other values run
+    the very same statement objects (no rebuild, no new cache key); another shape, another."""
+    names = [(f"ns-{i % 3}", f"svc-{i:03d}") for i in range(90)]
+    _seed_records(ui, names)
+    everything = sorted(names)
+    urls = [
+        "/services?namespace=ns-1&offset=3",
+        "/services?namespace=ns-2&limit=25&offset=1",
+        "/services?namespace=ns-2&q=svc-0",
+        "/services?q=svc-0",
+    ]
+    (one, first), (two, second), (three, third), (_, fourth) = _page_statements(ui, urls)
+    assert one == [f"{ns}/{n}" for ns, n in everything if ns == "ns-1"][3:]
+    assert two == [f"{ns}/{n}" for ns, n in everything if ns == "ns-2"][1:26]
+    assert three == [f"{ns}/{n}" for ns, n in everything if ns == "ns-2" and "svc-0" in n]
+    pages = [
+        [c for c in seen if isinstance(c, Select) and "held_ip" in c.selected_columns]
+        for seen in (first, second, third, fourth)
+    ]
+    assert all(len(p) == 1 for p in pages), pages
+    assert pages[0][0] is pages[1][0]
+    assert pages[2][0] is not pages[1][0] and pages[3][0] is not pages[2][0]
+    if ui.engine.dialect.name == "sqlite":  # the count runs separately, here for offset=…
+        first_count, second_count = (
+            [c for c in seen if isinstance(c, Select) and str(c).startswith("SELECT count(*)")]
+            for seen in (first, second)
+        )
+        assert len(first_count) == 1 and first_count[0] is second_count[0]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+def test_postgres_plans_the_services_page_as_index_lookups_even_when_prepared(ui: Ui) -> None:
+    """psycopg prepares a statement after five runs on a connection, and PostgreSQL may then
+    run its generic plan (parameters unknown). With ``LIMIT $1`` that plan assumed 1,000 keys
+    and hash-joined them to a sequential scan of every record; a lateral lookup per key keeps
+    the page's index lookups in every plan."""
+    names = [(f"ns-{i % 50:02d}", f"svc-{i:05d}") for i in range(3000)]
+    _seed_records(ui, names)
+    _seed_allocations(ui, names, "10.9", 256)
+    lists = catalog.service_list(
+        namespace=False, q="", pool=False, state=None, reason=False, postgresql=True
+    )
+    with ui.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE service_records, allocations")
+        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        threshold = raw.prepare_threshold  # type: ignore[attr-defined]
+        raw.prepare_threshold = 0  # type: ignore[attr-defined]
+        try:
+            rows = conn.execute(lists.page, {"limit": 50, "offset": 2950}).all()
+            assert [r.name for r in rows] == [n for _, n in sorted(names)][2950:]
+            name, params = conn.exec_driver_sql(
+                "SELECT name, cardinality(parameter_types) FROM pg_prepared_statements"
+                " WHERE strpos(statement, 'held' || '_ip') > 0"
+            ).one()
+            args = "2950" if params == 1 else "50, 2950"  # (LIMIT $1 OFFSET $2)
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN EXECUTE {name}({args})"))
+        finally:
+            raw.prepare_threshold = threshold  # type: ignore[attr-defined]
+            conn.exec_driver_sql("DEALLOCATE ALL")
+            conn.exec_driver_sql("RESET plan_cache_mode")
+    # The keys walk the unique index, each key's record and addresses are index lookups (the
+    # count, an InitPlan, may scan the fresh table: its visibility map is not set yet).
+    assert "Hash" not in plan, plan
+    assert "Index Only Scan using uq_service_records_namespace_name" in plan, plan
+    assert "Index Scan using uq_service_records_namespace_name" in plan, plan
+    assert re.search(r"Index Scan using \w+ on allocations", plan), plan
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+def test_postgres_runs_the_services_page_on_its_prepared_plan(ui: Ui) -> None:
+    """The page statement's LIMIT is in its SQL text (one of a few values), so once psycopg
+    has prepared it PostgreSQL runs the generic plan instead of planning every request anew
+    (with ``LIMIT $1`` the generic plan assumed 1,000 rows and never looked cheaper than a
+    custom plan, so every execution was planned again)."""
+    names = [(f"ns-{i % 50:02d}", f"svc-{i:05d}") for i in range(3000)]
+    _seed_records(ui, names)
+    _seed_allocations(ui, names, "10.9", 256)
+    with ui.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE service_records, allocations")
+        conn.commit()
+    with read_only_factory(ui.sessions)() as session:
+        for i in range(12):
+            lines, total = catalog.service_lines(session, limit=50, offset=(0, 2950)[i % 2])
+            assert total == 3000 and len(lines) == 50
+        generic, custom = (
+            session.connection()
+            .exec_driver_sql(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE strpos(statement, 'held' || '_ip') > 0"
+            )
+            .one()
+        )
+    assert generic > 0, (generic, custom)
+
+
+@pytest.mark.parametrize("offset", [0, 24, 50, 51, 76, 90, 100, 101, 150])
+def test_every_offset_shows_the_rows_at_that_position(ui: Ui, offset: int) -> None:
+    """Around the middle of the list (where PostgreSQL's page switches to walking the index
+    from the end), at the last partial page and past the end: the rows at that position, in
+    order, and the same total; also with a filter."""
+    names = [(f"ns-{i % 3}", f"svc-{i:03d}") for i in range(101)]
+    _seed_records(ui, names)
+    everything = [f"{ns}/{n}" for ns, n in sorted(names)]
+    b = ui.signed_in("read")
+    html = b.get(f"/services?offset={offset}&limit=25").text
+    assert _listed(html) == everything[offset : offset + 25]
+    if offset < 101:
+        assert "of 101 Services" in html
+    ns1 = [k for k in everything if k.startswith("ns-1/")]  # 34
+    html = b.get(f"/services?namespace=ns-1&offset={offset // 3}&limit=10").text
+    assert _listed(html) == ns1[offset // 3 : offset // 3 + 10]
+    if offset // 3 < 34:
+        assert "of 34 Services" in html
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+def test_postgres_walks_to_a_late_page_from_the_end_of_the_index(ui: Ui) -> None:
+    """A page in the second half of the list walks the (namespace, name) index backwards from
+    the end (50 entries for the last page of 3,000) instead of past every earlier entry; the
+    forward walk is not executed."""
+    names = [(f"ns-{i % 50:02d}", f"svc-{i:05d}") for i in range(3000)]
+    _seed_records(ui, names)
+    lists = catalog.service_list(
+        namespace=False, q="", pool=False, state=None, reason=False, postgresql=True
+    )
+    with ui.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE service_records, allocations")
+        for offset, walked in ((2950, "Backward"), (100, "forward")):
+            sql = str(
+                lists.page.params(limit=50, offset=offset).compile(
+                    conn, compile_kwargs={"literal_binds": True}
+                )
+            )
+            plan = [r[0] for r in conn.exec_driver_sql(f"EXPLAIN (ANALYZE, TIMING OFF) {sql}")]
+            scans = [
+                line
+                for line in plan
+                if "Index Only Scan" in line and "uq_service_records_namespace_name" in line
+            ]
+            ran = [s for s in scans if "never executed" not in s]  # the other walk: not run
+            assert len(ran) == 1 and ("Backward" in ran[0]) == (walked == "Backward"), plan
+            assert f"actual rows={50 if walked == 'Backward' else 150} " in ran[0], plan
 
 
 @pytest.mark.postgres

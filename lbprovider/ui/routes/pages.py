@@ -15,7 +15,7 @@ from lbprovider.services.errors import NotFound
 from lbprovider.services.queries import fleet_host_query
 from lbprovider.ui import fleetview
 from lbprovider.ui.guard import ReadPage, UiContext
-from lbprovider.ui.paging import page_of
+from lbprovider.ui.paging import Page, page_of, window
 
 router = APIRouter()
 
@@ -70,8 +70,9 @@ def services_page(request: Request, read: ReadPage) -> Response:
             "state": choice(request, "state", STATES),
             "reason": choice(request, "reason", REASONS),
         }
-        stmt = catalog.service_query(**filters)
-        page = page_of(session, stmt, request, fetch=catalog.listed_page)
+        limit, offset = window(request)
+        lines, total = catalog.service_lines(session, limit=limit, offset=offset, **filters)
+        page = Page(lines, total, limit, offset)
         context = {
             "title": "Services",
             "active": "services",
