@@ -101,6 +101,7 @@ POOL_NAME = "lab"
 NODES = {"node-1": NODE_ADDRESSES[0], "node-2": NODE_ADDRESSES[1]}
 DEADLINE = float("inf")  # monotonic time after which every wait gives up (set by --budget)
 STEP = 0.005  # seconds between two tries of a new VIP (set by --step)
+COMMITS: dict[str, list[float]] = {}  # seconds of each timed creation's transaction, by prefix
 
 
 class OutOfTime(TimeoutError):
@@ -525,11 +526,15 @@ def create_latency(
     timeout: float = 30.0,
 ) -> tuple[list[float], int]:
     """Create one Service at a time through the normal path; seconds until its VIP answers.
-    A Service that does not answer within ``timeout`` counts as a failure (and is reported)."""
+    A Service that does not answer within ``timeout`` counts as a failure (and is reported).
+    The creations' own transactions (the wait for SQLite's write lock included) are kept in
+    :data:`COMMITS` under ``prefix``."""
     out, failed = [], 0
+    commits = COMMITS.setdefault(prefix, [])
     for i in range(n):
         start = time.monotonic()
         (ip,) = add_service(sessions, service_data(f"{prefix}{i}", [(port, np)]))
+        commits.append(time.monotonic() - start)
         try:
             wait(partial(try_get, ip, port), timeout=timeout)
         except OutOfTime:
@@ -545,13 +550,15 @@ def create_latency(
     return out, failed
 
 
-def p3_line(label: str, samples: list[float]) -> str:
+def p3_line(label: str, samples: list[float], commits: list[float]) -> str:
     if not samples:
         return f"P3@{label}: no Service answered"
     ms = {q: pct(samples, q) * 1000 for q in (0.9, 0.99)} | {0.5: statistics.median(samples) * 1000}
     return (
         f"P3@{label} create->answers over {len(samples)}: p50 {ms[0.5]:.0f} ms, "
-        f"p90 {ms[0.9]:.0f} ms, p99 {ms[0.99]:.0f} ms, max {max(samples) * 1000:.0f} ms"
+        f"p90 {ms[0.9]:.0f} ms, p99 {ms[0.99]:.0f} ms, max {max(samples) * 1000:.0f} ms "
+        f"(the creation's commit: p50 {statistics.median(commits) * 1000:.0f} ms, "
+        f"max {max(commits) * 1000:.0f} ms)"
     )
 
 
@@ -602,6 +609,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--step", type=float, default=STEP, help="seconds between two tries of a new VIP"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="directory: py-spy (raw, folded stacks) of the API and agent processes during the "
+        "P3 creations at the large fleet (layout processes; py-spy in the venv or on PATH)",
     )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -665,7 +678,8 @@ def main() -> None:
         if "p3" in parts:
             small, failed = create_latency(sessions, side, "a", port, np, args.samples)
             print(
-                p3_line(f"{10}->{10 + args.samples}", small) + f", {failed} failed; load {load()}",
+                p3_line(f"{10}->{10 + args.samples}", small, COMMITS["a"])
+                + f", {failed} failed; load {load()}",
                 flush=True,
             )
 
@@ -698,10 +712,16 @@ def main() -> None:
             print(f"not answering: {still[:5]}; {side.diagnose(still[0])}", flush=True)
         rss["large"] = p7(side, f"{total} Services")
         if "p3" in parts:
-            large, failed = create_latency(sessions, side, "b", port, np, args.samples)
+            spies = profile(side, args.profile) if args.profile else []
+            try:
+                large, failed = create_latency(sessions, side, "b", port, np, args.samples)
+            finally:
+                for spy in spies:
+                    spy.send_signal(signal.SIGINT)  # py-spy writes its file and exits
+                    spy.wait(timeout=30)
             ratio = f"{p99(large) / p99(small):.2f}" if large and small else "n/a"
             print(
-                p3_line(f"{total}->{total + args.samples}", large)
+                p3_line(f"{total}->{total + args.samples}", large, COMMITS["b"])
                 + f", {failed} failed; p99 ratio to @10 {ratio} (goal <= 1 s and <= 2x); "
                 f"load {load()}",
                 flush=True,
@@ -721,6 +741,18 @@ def main() -> None:
         engine.dispose()
         shutil.rmtree(tmp, ignore_errors=True)
         print(f"done in {time.monotonic() - started:.0f} s, everything stopped", flush=True)
+
+
+def profile(side: Layout, out: Path) -> list[subprocess.Popen[bytes]]:
+    """py-spy on each process of the layout (raw folded stacks in ``out``/<role>.txt)."""
+    out.mkdir(parents=True, exist_ok=True)
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    spies = []
+    for role, pid in side.python_pids().items():
+        argv = [spy, "record", "-r", "200", "-f", "raw", "-o", str(out / f"{role}.txt")]
+        spies.append(subprocess.Popen([*argv, "--pid", str(pid)], stdout=subprocess.DEVNULL))
+    time.sleep(1.0)  # attached before the first creation
+    return spies
 
 
 def cpu_seconds(pid: int) -> float:
