@@ -789,7 +789,8 @@ def p2(side: Layout, fast: FastBackend, direct_url: str, via_url: str) -> None:
         self1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu = {k: cpu_seconds(v) - before[k] for k, v in pids.items()}
         cpu["wrk"] = wrk1.ru_utime + wrk1.ru_stime - wrk0.ru_utime - wrk0.ru_stime
-        cpu["python"] = self1.ru_utime + self1.ru_stime - self0.ru_utime - self0.ru_stime
+        own = "bench" if side.python_pids() else "python"  # the API and agent too, in-process
+        cpu[own] = self1.ru_utime + self1.ru_stime - self0.ru_utime - self0.ru_stime
         rows[label] = res
         per = ", ".join(f"{k} {v / res.requests * 1e6:.1f}" for k, v in cpu.items())
         print(
