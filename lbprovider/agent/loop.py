@@ -11,7 +11,8 @@ socket is undone; in between, a change is fetched as a delta and applied as one 
 changed map lines). Heartbeats go from a reporter thread, so a report never delays a change;
 once the API has taken a whole report (and says it takes deltas) they are deltas against the
 last one it took (``HostStatus.base_report``), whole again when the API asks (``resend_full``).
-Serving checks run in rounds of ``CHECK_BATCH`` between fetches.
+Serving checks run in rounds of ``CHECK_BATCH`` from the reporter thread, beside fetches and
+applies (a check waiting on its connections never holds up the next change).
 
 With an announcer (``LBP_ANNOUNCE_MODE`` bgp or vrrp, see ``agent.announcing``) the VIPs are held
 on the host before HAProxy binds them, withdrawn before an apply removes them, announced after
@@ -195,6 +196,13 @@ class Agent:
         self.check_batch = CHECK_BATCH
         self._checks_left = False  # applied routes still waiting for their serving check
         self._refused: dict[str, str] = {}  # the applied state's refused routes
+        self._checking: FleetState | None = None  # the applied state the checks are for
+        self._digests: dict[str, str] = {}  # route_id -> digest of its routes
+        # guards checked/route_errors/_digests: the main loop marks what an apply brought in,
+        # the reporter thread runs the checks and takes their verdicts
+        self._checks_lock = threading.Lock()
+        self._unsaved: FleetState | None = None  # applied, not yet kept on disk (reporter's)
+        self._save_lock = threading.Lock()
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -239,20 +247,33 @@ class Agent:
             self._stop.set()
             self._report_now.set()
             self._reporter.join(timeout=30)
+            self._save_applied()  # the last one applied is on disk when the agent ends
 
     def _report_loop(self) -> None:
-        """Heartbeat every ``heartbeat_seconds``, and at once after an apply or an outage."""
+        """Heartbeat every ``heartbeat_seconds``, and at once after an apply or an outage.
+        Serving checks run here, a round before each report while routes wait for theirs
+        (reports in between only when one is due or asked for, and once all are checked), so
+        the main loop fetches and applies the next change while a check waits on its
+        connections. The last applied state is kept on disk from here too, after the report
+        (``_save_applied``)."""
         while not self._stop.is_set():
-            wait = max(0.0, self._next_heartbeat - time.monotonic())
-            self._report_now.wait(wait)
+            wait = 0.0 if self._checks_left else max(0.0, self._next_heartbeat - time.monotonic())
+            asked = self._report_now.wait(wait)
             if self._stop.is_set():
                 return
             self._report_now.clear()
             try:
+                if self._checks_left:  # an apply's report comes after its first round
+                    self._check_round()
+                    due = asked or time.monotonic() >= self._next_heartbeat
+                    if self._checks_left and not due:
+                        continue  # the next round before reporting
                 self._heartbeat()
             except Exception:  # a report must never end the reporter
                 logger.exception("heartbeat failed", extra={"event": "heartbeat_failed"})
                 self._stop.wait(self.config.retry_seconds)
+            finally:
+                self._save_applied()
 
     # -- one iteration -----------------------------------------------------------------------
 
@@ -260,17 +281,11 @@ class Agent:
         """Fetch (long-poll up to the next due task), then apply, or re-check HAProxy's live
         state when that is due."""
         wait = max(0.0, min(self._next_resync, self._next_apply_due()) - time.monotonic())
-        if self._checks_left:
-            wait = 0.0  # only look for news between two rounds of checks
         if not self._fetch(min(wait, self.config.long_poll_seconds)):
             self._stop.wait(min(self.config.retry_seconds, max(wait, 0.05)))
         now = time.monotonic()
         if self._needs_apply() and now >= self._next_apply:
             self._maybe_apply(now)
-        elif self._checks_left and self.progress.applied is not None:
-            self._check_routes(self.progress.applied, self._refused)
-            if not self._checks_left:
-                self._report_soon()
         if time.monotonic() >= self._next_resync:
             self._resync()
 
@@ -392,24 +407,28 @@ class Agent:
         p.pending = list(result.pending)
         if result.applied:
             self._failures = 0
+            # marked before the reporter can see them applied: never reported served unchecked
+            self._mark_unchecked(state, translated.refused)
             p.applied = state
             p.applied_routes = {
                 r.route_id: r.digest() for r in state.routes if r.route_id not in translated.refused
             }
-            self._save(state)
+            with self._save_lock:
+                self._unsaved = state  # kept on disk by the reporter, after its report
             self._next_apply = time.monotonic() + (self.config.retry_seconds if p.pending else 0)
-            self._check_routes(state, translated.refused)
             self._announce_served(state, translated.refused)
         else:
             self._failures += 1
             backoff = self.config.retry_seconds * 2 ** min(self._failures - 1, 5)
             self._next_apply = time.monotonic() + min(backoff, MAX_BACKOFF)
             why = "; ".join(result.errors) or "not applied"
-            p.route_errors = {
+            errors = {
                 r.route_id: f"not applied: {why}"[:500]
                 for r in state.routes
                 if p.applied_routes.get(r.route_id) != r.digest()
             } | dict(translated.refused)
+            with self._checks_lock:
+                p.route_errors = errors
         p.errors += self.announce.errors
         self._report_soon()
         level = logging.WARNING if p.errors else logging.INFO
@@ -439,33 +458,52 @@ class Agent:
         except HAProxyError:
             return False
 
-    def _check_routes(self, state: FleetState, refused: dict[str, str]) -> None:
-        """Connect to every new, changed or failing VIP:port, up to ``check_batch`` of them
-        per call; keep the verdicts. Routes left for a later round (``step`` goes on between
-        rounds, so a bulk change does not hold up the next change) report
-        :data:`CHECK_PENDING` as their error until checked: never served unchecked."""
+    def _mark_unchecked(self, state: FleetState, refused: dict[str, str]) -> None:
+        """After an apply: every new, changed or failing route of ``state`` waits for its
+        serving check (the reporter runs them, see :meth:`_check_round`): until checked it
+        reports :data:`CHECK_PENDING` (or its last failure) as its error, never served
+        unchecked."""
         p = self.progress
-        self._refused = refused
         digests = {r.route_id: r.digest() for r in state.routes}
-        p.checked = {k: d for k, d in p.checked.items() if digests.get(k) == d}
-        todo = [
-            (r.route_id, r.address, r.port)
-            for r in state.routes
-            if r.route_id not in refused and p.checked.get(r.route_id) != digests[r.route_id]
-        ]
-        todo, later = todo[: self.check_batch], todo[self.check_batch :]
-        self._checks_left = bool(later)
-        verdicts = check_targets(todo, self.config.check_timeout_seconds)
-        errors = {k: v for k, v in p.route_errors.items() if k in digests and k not in verdicts}
-        for route_id, _, _ in later:
-            errors.setdefault(route_id, CHECK_PENDING)
-        for route_id, error in verdicts.items():
-            if error:
-                errors[route_id] = error
-            else:
-                p.checked[route_id] = digests[route_id]
-                errors.pop(route_id, None)
-        p.route_errors = {k: v for k, v in errors.items() if k not in p.checked} | refused
+        with self._checks_lock:
+            self._checking, self._digests, self._refused = state, digests, refused
+            p.checked = {k: d for k, d in p.checked.items() if digests.get(k) == d}
+            errors = {k: v for k, v in p.route_errors.items() if k in digests}
+            for route_id, digest in digests.items():
+                if route_id not in refused and p.checked.get(route_id) != digest:
+                    errors.setdefault(route_id, CHECK_PENDING)
+            p.route_errors = {k: v for k, v in errors.items() if k not in p.checked} | refused
+            self._checks_left = True
+
+    def _check_round(self) -> None:
+        """One round of serving checks (reporter thread): connect to up to ``check_batch``
+        applied routes not checked at their digest (new, changed or failing), then keep the
+        verdicts of those the applied state still holds at that digest (an apply meanwhile may
+        have changed or dropped them; those wait for the next round)."""
+        p = self.progress
+        with self._checks_lock:
+            state, refused, digests = self._checking, self._refused, self._digests
+            if state is None:
+                self._checks_left = False
+                return
+            todo = [
+                (r.route_id, r.address, r.port, digests[r.route_id])
+                for r in state.routes
+                if r.route_id not in refused and p.checked.get(r.route_id) != digests[r.route_id]
+            ]
+            todo, later = todo[: self.check_batch], todo[self.check_batch :]
+            self._checks_left = bool(later)
+        verdicts = check_targets([t[:3] for t in todo], self.config.check_timeout_seconds)
+        with self._checks_lock:
+            for route_id, _, _, digest in todo:
+                error = verdicts.get(route_id, "not checked")
+                if self._digests.get(route_id) != digest:
+                    self._checks_left = True  # changed meanwhile: checked again
+                elif error:
+                    p.route_errors[route_id] = error
+                else:
+                    p.checked[route_id] = digest
+                    p.route_errors.pop(route_id, None)
 
     def _resync(self) -> None:
         """Every ``heartbeat_seconds`` since the last full diff, re-apply the applied state
@@ -482,8 +520,10 @@ class Agent:
                 vip_errors = self.vips.sync(set(p.applied.vips))
                 self._record(p.applied, translated, result, vip_errors)
                 return
-        if p.route_errors:
-            self._check_routes(p.applied, translated.refused)
+        if p.route_errors:  # the failing ones are checked again (by the reporter)
+            with self._checks_lock:
+                self._checks_left = True
+            self._report_now.set()
 
     # -- reporting ---------------------------------------------------------------------------
 
@@ -552,7 +592,7 @@ class Agent:
         status = HostStatus(
             desired_version=p.desired.version if p.desired else "",
             applied_version=p.applied.version if p.applied else "",
-            route_errors=dict(p.route_errors),
+            route_errors=self._route_errors(),
             errors=[*p.errors, *seen.errors],
             pending=list(p.pending),
             reloads=seen.reloads,
@@ -571,6 +611,10 @@ class Agent:
             **sections,
         )
         return status, whole
+
+    def _route_errors(self) -> dict[str, str]:
+        with self._checks_lock:
+            return dict(self.progress.route_errors)
 
     def _route_backends(self, by_key: dict[str, str]) -> dict[str, str]:
         """route_id -> HAProxy backend, for the applied routes HAProxy has in its map."""
@@ -608,6 +652,15 @@ class Agent:
             self._report_soon()
 
     # -- last good state ---------------------------------------------------------------------
+
+    def _save_applied(self) -> None:
+        """Keep the last applied state on disk, if not yet (off the change path: the file
+        serves a restart while the API is away; of applies in a row only the last is
+        written)."""
+        with self._save_lock:
+            state, self._unsaved = self._unsaved, None
+        if state is not None:
+            self._save(state)
 
     def _save(self, state: FleetState) -> None:
         path = self.config.state_dir / STATE_FILE

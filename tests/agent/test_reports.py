@@ -5,15 +5,17 @@ API that lost the base gets a whole report again, and a restarted agent starts w
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
-from lbprovider.agent.loop import CHECK_PENDING, Agent
+from lbprovider.agent.loop import CHECK_PENDING, STATE_FILE, Agent
 from lbprovider.db.models import FleetHost
 from lbprovider.db.session import transaction
+from lbprovider.fleet.models import FleetState
 from tests.fleet.helpers import add_service, make_pool, remove_service, service_data, set_node
 from tests.haproxy.conftest import free_port
 
@@ -63,8 +65,13 @@ def test_delta_reports_keep_the_stored_report_whole(
     (b,) = add_service(fleet.sessions, service_data("b", [(port, np)]))
     remove_service(fleet.sessions, "a")
     wait_until(lambda: try_get(b, port) and try_get(a, port) is None, what="b in, a out")
+    # b's route alone applied: HAProxy serves a state a moment before the agent records it as
+    # applied, so "one route" alone could still be a's (the report not sent yet)
     wait_until(
-        lambda: caught_up(fleet, agent) and len(agent.progress.applied_routes) == 1,
+        lambda: (
+            caught_up(fleet, agent)
+            and [r.split("/")[1] for r in agent.progress.applied_routes] == ["b"]
+        ),
         what="delta taken",
     )
     deltas = [s for s in sent if s.base_report]
@@ -128,3 +135,59 @@ def test_serving_checks_go_in_rounds_and_nothing_is_served_unchecked(
     first = pending[0]
     waiting = {k for k, v in first.route_errors.items() if v == CHECK_PENDING}
     assert waiting and waiting <= set(agent.progress.applied_routes)
+
+
+def test_a_serving_check_does_not_hold_up_the_next_change(
+    fleet: Fleet, fast_backend: Callable[[], int]
+) -> None:
+    """The checks run beside the fetch/apply loop: a served route's check waits its whole
+    timeout on an open connection, and the next change is applied meanwhile, not after it."""
+    make_pool(fleet.sessions, "127.42.0.0/24")
+    set_node(fleet.sessions, "node-1", "127.0.0.2")
+    np, port = fast_backend(), free_port()
+    timeout = 3.0
+    agent = fleet.start_agent(fleet.config(heartbeat_seconds=2.0, check_timeout_seconds=timeout))
+    (first,) = add_service(fleet.sessions, service_data("first", [(port, np)]))
+    wait_until(lambda: try_get(first, port), what="first answers")
+    started = time.monotonic()  # the first one's check is waiting on its connection now
+    (second,) = add_service(fleet.sessions, service_data("second", [(port, np)]))
+    wait_until(lambda: try_get(second, port), what="second answers")
+    took = time.monotonic() - started
+    assert took < timeout / 2, f"the second change waited {took:.1f} s for the first's check"
+    # the checks themselves still happen, and Serving waits for them
+    assert not serving(fleet, "second")[0]
+    wait_until(lambda: serving(fleet, "first")[0] and serving(fleet, "second")[0], timeout=20)
+    assert set(agent.progress.checked) >= {
+        r for r in agent.progress.applied_routes if first in r or second in r
+    }
+
+
+def test_the_state_file_is_kept_off_the_change_path_and_current_at_stop(
+    fleet: Fleet, fast_backend: Callable[[], int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last good state is written by the reporter after its report, not by the apply: a
+    slow disk does not hold up the next change; the last applied state is on disk at stop."""
+    make_pool(fleet.sessions, "127.43.0.0/24")
+    set_node(fleet.sessions, "node-1", "127.0.0.2")
+    np, port = fast_backend(), free_port()
+    slow = 2.0
+    save = Agent._save
+
+    def slow_save(self: Agent, state: FleetState) -> None:
+        time.sleep(slow)
+        save(self, state)
+
+    monkeypatch.setattr(Agent, "_save", slow_save)
+    agent = fleet.start_agent(fleet.config(heartbeat_seconds=2.0))
+    (first,) = add_service(fleet.sessions, service_data("first", [(port, np)]))
+    wait_until(lambda: try_get(first, port), what="first answers")
+    started = time.monotonic()
+    (second,) = add_service(fleet.sessions, service_data("second", [(port, np)]))
+    wait_until(lambda: try_get(second, port), what="second answers")
+    took = time.monotonic() - started
+    assert took < slow / 2, f"the second change waited {took:.1f} s for the first's save"
+    fleet.stop_agent(agent)
+    applied = agent.progress.applied  # the last one the agent applied before it stopped
+    assert applied is not None
+    kept = FleetState.model_validate_json((agent.config.state_dir / STATE_FILE).read_text())
+    assert kept.version == applied.version
