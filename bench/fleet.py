@@ -58,15 +58,18 @@ from pathlib import Path
 from typing import Any, Protocol
 from unittest import mock
 
-import httpx
-from sqlalchemy import Engine, func, insert, select
-from sqlalchemy.orm import Session, sessionmaker
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the tests' helpers (tests.*), with no PYTHONPATH needed
 
-from lbprovider.agent.loop import Agent, AgentConfig
-from lbprovider.api.app import create_app
-from lbprovider.config import Settings
-from lbprovider.db.migrate import upgrade
-from lbprovider.db.models import (
+import httpx  # noqa: E402
+from sqlalchemy import Engine, func, insert, select  # noqa: E402
+from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
+
+from lbprovider.agent.loop import Agent, AgentConfig  # noqa: E402
+from lbprovider.api.app import create_app  # noqa: E402
+from lbprovider.config import Settings  # noqa: E402
+from lbprovider.db.migrate import upgrade  # noqa: E402
+from lbprovider.db.models import (  # noqa: E402
     Allocation,
     AllocationPort,
     Base,
@@ -78,15 +81,15 @@ from lbprovider.db.models import (
     Reservation,
     ServiceRecord,
 )
-from lbprovider.db.session import make_engine, session_factory, transaction
-from lbprovider.db.types import utcnow
-from lbprovider.haproxy.process import HAProxyProcess
-from lbprovider.haproxy.render import MASTER_SOCKET
-from lbprovider.haproxy.runtime import HAProxyError, ProcInfo
-from lbprovider.ipam.ranges import ip_key
-from tests.agent.conftest import FastBackend, Fleet, WrkResult, run_wrk, serve_on, try_get
-from tests.api.conftest import api_settings
-from tests.fleet.helpers import (
+from lbprovider.db.session import make_engine, session_factory, transaction  # noqa: E402
+from lbprovider.db.types import utcnow  # noqa: E402
+from lbprovider.haproxy.process import HAProxyProcess  # noqa: E402
+from lbprovider.haproxy.render import MASTER_SOCKET  # noqa: E402
+from lbprovider.haproxy.runtime import HAProxyError, ProcInfo  # noqa: E402
+from lbprovider.ipam.ranges import ip_key  # noqa: E402
+from tests.agent.conftest import FastBackend, Fleet, WrkResult, run_wrk, serve_on, try_get  # noqa: E402
+from tests.api.conftest import api_settings  # noqa: E402
+from tests.fleet.helpers import (  # noqa: E402
     NAMESPACE,
     add_service,
     make_pool,
@@ -94,7 +97,7 @@ from tests.fleet.helpers import (
     service_data,
     set_node,
 )
-from tests.haproxy.conftest import NODE_ADDRESSES, Backends, free_port
+from tests.haproxy.conftest import NODE_ADDRESSES, Backends, free_port  # noqa: E402
 
 POOL = "127.60.0.0/18"  # 16,382 addresses: room for 10,000 seeded + the timed ones
 POOL_NAME = "lab"
