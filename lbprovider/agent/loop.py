@@ -408,11 +408,9 @@ class Agent:
         if result.applied:
             self._failures = 0
             # marked before the reporter can see them applied: never reported served unchecked
-            self._mark_unchecked(state, translated.refused)
+            digests = self._mark_unchecked(state, translated.refused)
             p.applied = state
-            p.applied_routes = {
-                r.route_id: r.digest() for r in state.routes if r.route_id not in translated.refused
-            }
+            p.applied_routes = {k: d for k, d in digests.items() if k not in translated.refused}
             with self._save_lock:
                 self._unsaved = state  # kept on disk by the reporter, after its report
             self._next_apply = time.monotonic() + (self.config.retry_seconds if p.pending else 0)
@@ -458,11 +456,11 @@ class Agent:
         except HAProxyError:
             return False
 
-    def _mark_unchecked(self, state: FleetState, refused: dict[str, str]) -> None:
+    def _mark_unchecked(self, state: FleetState, refused: dict[str, str]) -> dict[str, str]:
         """After an apply: every new, changed or failing route of ``state`` waits for its
         serving check (the reporter runs them, see :meth:`_check_round`): until checked it
         reports :data:`CHECK_PENDING` (or its last failure) as its error, never served
-        unchecked."""
+        unchecked. Returns the digest of every route of ``state`` (route_id -> digest)."""
         p = self.progress
         digests = {r.route_id: r.digest() for r in state.routes}
         with self._checks_lock:
@@ -474,6 +472,7 @@ class Agent:
                     errors.setdefault(route_id, CHECK_PENDING)
             p.route_errors = {k: v for k, v in errors.items() if k not in p.checked} | refused
             self._checks_left = True
+        return digests
 
     def _check_round(self) -> None:
         """One round of serving checks (reporter thread): connect to up to ``check_batch``
