@@ -36,7 +36,6 @@ or SIGTERM.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import ipaddress
 import json
@@ -87,6 +86,7 @@ from lbprovider.haproxy.process import HAProxyProcess  # noqa: E402
 from lbprovider.haproxy.render import MASTER_SOCKET  # noqa: E402
 from lbprovider.haproxy.runtime import HAProxyError, ProcInfo  # noqa: E402
 from lbprovider.ipam.ranges import ip_key  # noqa: E402
+from lbprovider.labstack import stop_agent_haproxy  # noqa: E402
 from tests.agent.conftest import FastBackend, Fleet, WrkResult, run_wrk, serve_on, try_get  # noqa: E402
 from tests.api.conftest import api_settings  # noqa: E402
 from tests.fleet.helpers import (  # noqa: E402
@@ -477,22 +477,7 @@ class Processes:
         agent = self.procs.pop("agent", None)
         if agent is not None:
             stop_pid(agent)
-        sock = self.state_dir / "run" / MASTER_SOCKET
-        if sock.exists():
-            try:
-                pid = self.master().pid
-            except HAProxyError:
-                pid = None  # no master behind the socket: nothing to stop
-            if pid is not None:
-                for sig, seconds in (
-                    (signal.SIGUSR1, 10.0),
-                    (signal.SIGTERM, 5.0),
-                    (signal.SIGKILL, 5.0),
-                ):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, sig)
-                    if wait_gone(pid, seconds):
-                        break
+        stop_agent_haproxy(self.state_dir)
         api = self.procs.pop("api", None)
         if api is not None:
             stop_pid(api)
@@ -505,15 +490,6 @@ def stop_pid(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def wait_gone(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while Path(f"/proc/{pid}").exists():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 # -- measurements ----------------------------------------------------------------------------

@@ -118,7 +118,7 @@ class LabStack:
             _agent_env(env, api_url, agent_token, state / "agent", opts),
             state / "agent.log",
         )
-        self._stops.append(lambda: _stop_haproxy(state / "agent"))
+        self._stops.append(lambda: stop_agent_haproxy(state / "agent"))
         node_port = _create_demo_service(kube, opts.service_port)
         self._start_demo_nodes(node_port)
         ip = _wait_for_ip(kube, timeout)
@@ -270,7 +270,7 @@ def _until(probe: Callable[[], Any], timeout: float, what: str) -> Any:
     raise TimeoutError(f"lab: timed out waiting for {what} (logs in the lab state directory)")
 
 
-def _stop_haproxy(agent_state: Path) -> None:
+def stop_agent_haproxy(agent_state: Path) -> None:
     """The agent leaves HAProxy running on purpose (the next agent attaches); the lab does not.
     The master's PID comes from its own master socket."""
     from lbprovider.haproxy.process import HAProxyProcess
