@@ -645,23 +645,7 @@ def test_full_pages_carry_their_totals_in_the_rows_on_postgres(ui: Ui) -> None:
     token's columns, not its secret hash."""
     names = [(f"ns-{i % 3}", f"svc-{i:04d}") for i in range(130)]
     _seed_records(ui, names)
-    with transaction(ui.sessions) as s:
-        s.execute(
-            insert(Allocation),
-            [
-                {
-                    "ip": f"10.9.0.{i}",
-                    "ip_key": f"{i:034d}",
-                    "pool_name": "p",
-                    "family": 4,
-                    "service_namespace": ns,
-                    "service_name": name,
-                    "ports": [],
-                    "allocated_at": utcnow(),
-                }
-                for i, (ns, name) in enumerate(names)
-            ],
-        )
+    _seed_allocations(ui, names, "10.9", 256)  # 10.9.0.0 to 10.9.0.129
     postgresql = ui.engine.dialect.name == "postgresql"
     standalone = re.compile(r"^SELECT count\(\*\)", re.IGNORECASE)
     for url, shown in (
