@@ -288,28 +288,19 @@ class Store:
     def _prepare_status(self, kind: Kind, strategy: Strategy, new: JSON, old: JSON) -> JSON:
         merged = copy.deepcopy(old)
         merged["status"] = new.get("status") or {}
+        causes: list[errors.FieldError] = []
+        if strategy.status_keeps_metadata:
+            meta = merged["metadata"] = new["metadata"]
+            _keep_system_metadata(meta, old["metadata"])
+            causes += metadata_errors(meta, kind.name_rule)
+            causes += self._finalizer_errors(meta, old["metadata"])
         strategy.prepare_status(merged, old)
-        self._raise_invalid(kind, merged, strategy.validate_status(merged, old))
+        self._raise_invalid(kind, merged, causes + strategy.validate_status(merged, old))
         return merged
 
     def _prepare_main(self, kind: Kind, strategy: Strategy, new: JSON, old: JSON) -> JSON:
         meta, old_meta = new["metadata"], old["metadata"]
-        for system in (
-            "uid",
-            "creationTimestamp",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-            "generation",
-            "namespace",
-        ):
-            if system in old_meta:
-                meta[system] = old_meta[system]
-            else:
-                meta.pop(system, None)
-        meta["name"] = old_meta["name"]
-        meta.pop("managedFields", None)
-        meta.pop("selfLink", None)
-        meta["resourceVersion"] = old_meta["resourceVersion"]
+        _keep_system_metadata(meta, old_meta)
         new["kind"], new["apiVersion"] = kind.kind, kind.api_version
         if kind.has_status:
             new.pop("status", None)
@@ -426,3 +417,23 @@ class Store:
                 self._commit("MODIFIED", NAMESPACES.storage_key, emptied, ns)
             return
         self._remove(NAMESPACES.storage_key, copy.deepcopy(ns), ns)
+
+
+def _keep_system_metadata(meta: JSON, old_meta: JSON) -> None:
+    """Reset the fields of `meta` that no write may set (the generic registry's BeforeUpdate)."""
+    for system in (
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "namespace",
+    ):
+        if system in old_meta:
+            meta[system] = old_meta[system]
+        else:
+            meta.pop(system, None)
+    meta["name"] = old_meta["name"]
+    meta.pop("managedFields", None)
+    meta.pop("selfLink", None)
+    meta["resourceVersion"] = old_meta["resourceVersion"]
