@@ -107,17 +107,16 @@ def _write_record(
     session: Session, record: Any, data: ServiceData, reason: str, message: str
 ) -> None:
     """Insert the record (``record`` is None) with its condition, or update only the columns
-    that differ from ``record`` (a ``RECORD_STATE`` row)."""
+    that differ from ``record`` (a ``RECORD_STATE`` row). Prebuilt statements with parameters:
+    building an INSERT per call cost more than running it."""
     wanted = {**vars(data), "condition_reason": reason, "condition_message": message}
     if record is None:
-        session.execute(insert(ServiceRecord).values(**wanted))
+        session.execute(INSERT_RECORD, wanted)
         return
     changed = {k: v for k, v in wanted.items() if getattr(record, k) != v}
     if changed:
-        session.execute(
-            update(ServiceRecord)
-            .where(ServiceRecord.namespace == data.namespace, ServiceRecord.name == data.name)
-            .values(**changed)
+        session.connection().execute(
+            UPDATE_RECORD, {**changed, "_ns": data.namespace, "_name": data.name}
         )
 
 
@@ -214,6 +213,11 @@ RECORD_STATE = select(
 )
 RECORD_STATE_BY_KEY = RECORD_STATE.where(
     ServiceRecord.namespace == bindparam("ns"), ServiceRecord.name == bindparam("name")
+)
+INSERT_RECORD = insert(ServiceRecord)
+# The SET clause is the parameters given (plus ``updated_at``'s onupdate).
+UPDATE_RECORD = update(ServiceRecord).where(
+    ServiceRecord.namespace == bindparam("_ns"), ServiceRecord.name == bindparam("_name")
 )
 
 
