@@ -3,8 +3,9 @@
 Level-triggered and idempotent: each call reads the cached Service, asks the services layer
 what it holds (one transaction), and writes to Kubernetes only what differs from the cache.
 A crash between any two steps is repaired by the next call. Order matters and is fixed: the
-finalizer and the database before status (the first two may run side by side: a Service
-deleted before its finalizer landed is released by key); status before finalizer removal.
+the database before status; a new Service's finalizer goes on in the same status PATCH as its
+first status (a Service deleted before that PATCH is released by key); status before finalizer
+removal.
 
 This module must not write to a Service that is not ours and that we never touched, must not
 import ``kubernetes`` (writes go through ``StatusWriter`` / ``EventRecorder``) and must not run
@@ -16,7 +17,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -107,10 +107,6 @@ class ServiceReconciler:
         self._record_allocation = record_allocation
         self._known_lock = threading.Lock()
         self._known: set[str] = set()  # keys the database holds state for
-        # Runs a new Service's database step while its worker adds the finalizer.
-        self._helpers = ThreadPoolExecutor(
-            max_workers=settings.controller_workers, thread_name_prefix="service-db"
-        )
         self.writes = 0  # Kubernetes writes (status, finalizers); Events are counted apart
 
     # -- which keys matter -----------------------------------------------------------------
@@ -192,29 +188,14 @@ class ServiceReconciler:
         # Bad annotations: say so on the Service, keep what it holds, allocate nothing.
         if opts.problems:
             return self._invalid(svc, opts)
-        # The finalizer goes on before the status shows anything; the database step does not
-        # need it (a Service deleted meanwhile is released through ``is_known``), so a new
-        # Service's finalizer PATCH and its transaction run side by side.
-        if has_finalizer(svc):
-            converged = self._converge(svc, opts)
-        else:
-            svc, converged = self._finalize_and_converge(svc, opts)
+        # The database step does not need the finalizer (a Service deleted before it lands is
+        # released through ``is_known``); the finalizer goes on in the status PATCH that first
+        # shows the result, so no version shows an IP without it.
+        converged = self._converge(svc, opts)
         return self._publish(svc, converged)
 
-    def _finalize_and_converge(self, svc: Obj, opts: Options) -> tuple[Obj, Converged]:
-        """Add the finalizer while the database step runs on a helper thread; both must have
-        succeeded before the caller writes the status (either failure raises)."""
-        pending = self._helpers.submit(self._converge, svc, opts)
-        try:
-            finalized = self._writer.add_finalizer(svc, FINALIZER)
-            self.writes += 1
-        finally:
-            converged = pending.result()  # wait for the transaction also when the PATCH failed
-        return finalized, converged
-
     def close(self) -> None:
-        """Stop the helper threads (after the workers stopped)."""
-        self._helpers.shutdown(wait=True)
+        """Nothing to stop: the reconciler runs on its callers' threads."""
 
     def _converge(self, svc: Obj, opts: Options) -> Converged:
         labels = self.namespace_labels(str(meta(svc).get("namespace")))
@@ -236,15 +217,16 @@ class ServiceReconciler:
 
     def _publish(self, svc: Obj, converged: Converged) -> Result:
         plan = _StatusPlan.of(svc, converged)
+        finalize = not has_finalizer(svc)
         # Steady state: the server already says all of it; write nothing.
-        if plan.unchanged:
+        if plan.unchanged and not finalize:
             return DONE
         decision = converged.outcome.decision
         conditions = with_condition(
             conditions_of(svc), COND_ALLOCATED, *plan.allocated, decision.message
         )
         conditions = with_condition(conditions, COND_SERVING, *plan.serving)
-        self._write_status(svc, plan.ingress, conditions)
+        self._write_status(svc, plan.ingress, conditions, finalize=finalize)
         self._announce(svc, converged, plan.same_ingress, plan.same_alloc)
         freed = set(status_ips(svc)) - set(converged.outcome.ips)
         return REPROCESS_PENDING if freed else DONE
@@ -283,8 +265,17 @@ class ServiceReconciler:
         return settled
 
     def _write_status(
-        self, svc: Obj, ingress: Sequence[Mapping[str, Any]], conditions: list[Obj]
+        self,
+        svc: Obj,
+        ingress: Sequence[Mapping[str, Any]],
+        conditions: list[Obj],
+        *,
+        finalize: bool,
     ) -> None:
+        """One PATCH to ``services/status``; with ``finalize`` it also adds our finalizer
+        (the Service status strategy keeps metadata, so the IP and the finalizer land in one
+        version). The cached resourceVersion makes a stale cache a 409, never a lost
+        finalizer."""
         m = meta(svc)
         self.writes += 1
         self._writer.patch_service_status(
@@ -292,6 +283,7 @@ class ServiceReconciler:
             str(m.get("name")),
             {"loadBalancer": {"ingress": list(ingress) or None}, "conditions": conditions or None},
             resource_version=str(m.get("resourceVersion") or "") or None,
+            finalizers=[*(m.get("finalizers") or []), FINALIZER] if finalize else None,
         )
 
     def _announce(

@@ -47,6 +47,7 @@ class StatusWriter(Protocol):
         status: Mapping[str, Any],
         *,
         resource_version: str | None = None,
+        finalizers: Sequence[str] | None = None,
     ) -> Obj: ...
 
     def set_load_balancer_ingress(
@@ -147,13 +148,22 @@ class KubeStatusWriter:
         status: Mapping[str, Any],
         *,
         resource_version: str | None = None,
+        finalizers: Sequence[str] | None = None,
     ) -> Obj:
-        """Merge-patch ``status`` of a Service through its status subresource."""
+        """Merge-patch ``status`` of a Service through its status subresource.
+
+        ``finalizers`` (the whole list) is written in the same PATCH: the Service status
+        strategy resets only spec, so one version gets both (e.g. an IP and our finalizer)."""
         action = f"patch status of service {namespace}/{name}"
         _require_leader(self._is_leader, action)
         body: Obj = {"status": dict(status)}
+        metadata: Obj = {}
         if resource_version:
-            body["metadata"] = {"resourceVersion": resource_version}
+            metadata["resourceVersion"] = resource_version
+        if finalizers is not None:
+            metadata["finalizers"] = list(finalizers) or None
+        if metadata:
+            body["metadata"] = metadata
         return self._patch(
             self._core.patch_namespaced_service_status, namespace, name, body, action
         )

@@ -200,7 +200,10 @@ class _WatchStream:
                 next_bookmark = now + self.server.bookmark_interval
             wait = min(self.deadline, next_bookmark if self.spec.bookmarks else self.deadline)
             self.server.store.wait_beyond(
-                self.position, max(0.0, wait - now), self.server.stopping.is_set
+                self.position,
+                max(0.0, wait - now),
+                self.server.stopping.is_set,
+                self.spec.kind.storage_key,
             )
 
     def _line(self, kind: str, obj: JSON) -> bytes:

@@ -271,6 +271,10 @@ def drop_type_dependent_fields(new: JSON, old: JSON) -> None:
 class ServiceStrategy(Strategy):
     """Services: defaulting, validation and the ClusterIP/NodePort tables of one cluster."""
 
+    # serviceStatusStrategy resets only spec (PrepareForUpdate, GetResetFields): a status write
+    # may also change labels, annotations and finalizers.
+    status_keeps_metadata = True
+
     def __init__(self, minor_version: int) -> None:
         self._minor = minor_version
         self._ips: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str] = {}

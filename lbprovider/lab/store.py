@@ -61,7 +61,13 @@ class Store:
     """All objects of the lab cluster; every method is thread-safe."""
 
     def __init__(self, strategies: dict[str, Strategy], window: int) -> None:
-        self.changed = threading.Condition()
+        lock = threading.RLock()
+        self.changed = threading.Condition(lock)
+        # One condition per storage key on the same lock: a commit wakes only the watches of
+        # its kind (kube-apiserver's watch cache is per resource too), not every watch open.
+        self._lock = lock
+        self._kind_changed: dict[str, threading.Condition] = {}
+        self._kind_rv: dict[str, int] = {}
         self._strategies = strategies
         self._window = window
         self._objects: dict[str, dict[Key, JSON]] = {}
@@ -112,14 +118,33 @@ class Store:
         with self.changed:
             return self._compacted
 
-    def wait_beyond(self, rv: int, timeout: float, stop: Callable[[], bool]) -> None:
-        """Block until an event newer than `rv` exists, `stop()` is true, or `timeout` passes."""
+    def wait_beyond(
+        self, rv: int, timeout: float, stop: Callable[[], bool], storage: str | None = None
+    ) -> None:
+        """Block until an event newer than `rv` exists (of `storage` only, when given),
+        `stop()` is true, or `timeout` passes. A waiter of one storage key is also woken every
+        half window of events of any kind, so it moves past them before they are compacted."""
         with self.changed:
-            self.changed.wait_for(lambda: self._rv > rv or stop(), timeout=timeout)
+            if storage is None:
+                self.changed.wait_for(lambda: self._rv > rv or stop(), timeout=timeout)
+                return
+            condition = self._kind_changed.get(storage)
+            if condition is None:
+                condition = self._kind_changed[storage] = threading.Condition(self._lock)
+            catch_up = rv + max(1, self._window // 2)
+            condition.wait_for(
+                lambda: self._kind_rv.get(storage, 0) > rv or self._rv >= catch_up or stop(),
+                timeout=timeout,
+            )
 
     def wake_all(self) -> None:
         with self.changed:
-            self.changed.notify_all()
+            self._notify_all_kinds()
+
+    def _notify_all_kinds(self) -> None:
+        self.changed.notify_all()
+        for condition in self._kind_changed.values():
+            condition.notify_all()
 
     def seed(self, kind: Kind, obj: JSON) -> JSON:
         """Create a built-in object (the default namespaces, the `kubernetes` Service)."""
@@ -150,7 +175,14 @@ class Store:
             dropped = len(self._log) - self._window
             self._log = self._log[dropped:]
             self._compacted += dropped
+        self._kind_rv[storage] = self._rv
         self.changed.notify_all()
+        if self._rv % max(1, self._window // 2) == 0:
+            self._notify_all_kinds()  # the catch-up wake of wait_beyond
+        else:
+            condition = self._kind_changed.get(storage)
+            if condition is not None:
+                condition.notify_all()
         return obj
 
     # --- create -------------------------------------------------------------------------------
@@ -288,28 +320,19 @@ class Store:
     def _prepare_status(self, kind: Kind, strategy: Strategy, new: JSON, old: JSON) -> JSON:
         merged = copy.deepcopy(old)
         merged["status"] = new.get("status") or {}
+        causes: list[errors.FieldError] = []
+        if strategy.status_keeps_metadata:
+            meta = merged["metadata"] = new["metadata"]
+            _keep_system_metadata(meta, old["metadata"])
+            causes += metadata_errors(meta, kind.name_rule)
+            causes += self._finalizer_errors(meta, old["metadata"])
         strategy.prepare_status(merged, old)
-        self._raise_invalid(kind, merged, strategy.validate_status(merged, old))
+        self._raise_invalid(kind, merged, causes + strategy.validate_status(merged, old))
         return merged
 
     def _prepare_main(self, kind: Kind, strategy: Strategy, new: JSON, old: JSON) -> JSON:
         meta, old_meta = new["metadata"], old["metadata"]
-        for system in (
-            "uid",
-            "creationTimestamp",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-            "generation",
-            "namespace",
-        ):
-            if system in old_meta:
-                meta[system] = old_meta[system]
-            else:
-                meta.pop(system, None)
-        meta["name"] = old_meta["name"]
-        meta.pop("managedFields", None)
-        meta.pop("selfLink", None)
-        meta["resourceVersion"] = old_meta["resourceVersion"]
+        _keep_system_metadata(meta, old_meta)
         new["kind"], new["apiVersion"] = kind.kind, kind.api_version
         if kind.has_status:
             new.pop("status", None)
@@ -426,3 +449,23 @@ class Store:
                 self._commit("MODIFIED", NAMESPACES.storage_key, emptied, ns)
             return
         self._remove(NAMESPACES.storage_key, copy.deepcopy(ns), ns)
+
+
+def _keep_system_metadata(meta: JSON, old_meta: JSON) -> None:
+    """Reset the fields of `meta` that no write may set (the generic registry's BeforeUpdate)."""
+    for system in (
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "namespace",
+    ):
+        if system in old_meta:
+            meta[system] = old_meta[system]
+        else:
+            meta.pop(system, None)
+    meta["name"] = old_meta["name"]
+    meta.pop("managedFields", None)
+    meta.pop("selfLink", None)
+    meta["resourceVersion"] = old_meta["resourceVersion"]

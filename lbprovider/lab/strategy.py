@@ -24,6 +24,11 @@ class Strategy:
     #: Whether `.status` sent on create is kept (Nodes) or reset (everything else).
     status_on_create = False
 
+    #: Whether a `/status` write keeps the metadata it sends (labels, annotations,
+    #: finalizers; system fields are reset as on any write) or resets all of it. Services
+    #: keep it: kube-apiserver's Service status strategy resets only `spec`.
+    status_keeps_metadata = False
+
     def prepare_create(self, obj: JSON) -> None:
         """Default fields of a new object (after metadata is filled in)."""
 
@@ -31,7 +36,8 @@ class Strategy:
         """Default and carry over fields on a write to the main resource."""
 
     def prepare_status(self, new: JSON, old: JSON) -> None:
-        """Adjust a `/status` write (spec and metadata are already reset by the store)."""
+        """Adjust a `/status` write (spec, and metadata unless `status_keeps_metadata`, are
+        already reset by the store)."""
 
     def validate(self, obj: JSON, old: JSON | None) -> list[FieldError]:
         """Field errors of the whole object; `old` is None on create."""

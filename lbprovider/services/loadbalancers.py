@@ -16,8 +16,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from lbprovider.db.models import Allocation, ReleasedIP, Reservation, ServiceRecord
@@ -38,7 +39,6 @@ from lbprovider.services.records import (
     get_record,
     record_matches,
     set_condition,
-    upsert_service_record,
 )
 from lbprovider.services.state import (
     HeldRow,
@@ -75,8 +75,10 @@ def converge_service(
 
     At steady state (the record and the request unchanged, the addresses held) this is three
     reads and no write: the record, the Service's allocations with their occupancy, and the
-    pools' change stamp."""
-    record = upsert_service_record(session=session, data=data, flush=False)
+    pools' change stamp. The record is read and written as a plain row (Core, no ORM unit of
+    work), once, after the decision: a new Service's record costs one INSERT carrying its
+    condition, a changed one at most one UPDATE (nothing in the allocation reads the record)."""
+    record = session.execute(RECORD_STATE_BY_KEY, {"ns": data.namespace, "name": data.name}).first()
     holdings: Holdings | None = load_holdings(session, data.namespace, data.name, utcnow())
     adopted = None
     if _should_adopt(holdings, request, status_ips):
@@ -95,15 +97,27 @@ def converge_service(
         outcome = allocate_service(
             session=session, request=request, actor=actor, policy=policy, holdings=holdings
         )
-    set_condition(
-        session=session,
-        namespace=data.namespace,
-        name=data.name,
-        reason=outcome.reason.value,
-        message=outcome.decision.message,
-        record=record,
-    )
+    _write_record(session, record, data, outcome.reason.value, outcome.decision.message)
+    if record is None:
+        return Converged(outcome, adopted, False, "")
     return Converged(outcome, adopted, record.serving, record.serving_message)
+
+
+def _write_record(
+    session: Session, record: Any, data: ServiceData, reason: str, message: str
+) -> None:
+    """Insert the record (``record`` is None) with its condition, or update only the columns
+    that differ from ``record`` (a ``RECORD_STATE`` row). Prebuilt statements with parameters:
+    building an INSERT per call cost more than running it."""
+    wanted = {**vars(data), "condition_reason": reason, "condition_message": message}
+    if record is None:
+        session.execute(INSERT_RECORD, wanted)
+        return
+    changed = {k: v for k, v in wanted.items() if getattr(record, k) != v}
+    if changed:
+        session.connection().execute(
+            UPDATE_RECORD, {**changed, "_ns": data.namespace, "_name": data.name}
+        )
 
 
 def _should_adopt(holdings: Holdings | None, request: Request, status_ips: Sequence[str]) -> bool:
@@ -196,6 +210,14 @@ RECORD_STATE = select(
     ServiceRecord.condition_message,
     ServiceRecord.serving,
     ServiceRecord.serving_message,
+)
+RECORD_STATE_BY_KEY = RECORD_STATE.where(
+    ServiceRecord.namespace == bindparam("ns"), ServiceRecord.name == bindparam("name")
+)
+INSERT_RECORD = insert(ServiceRecord)
+# The SET clause is the parameters given (plus ``updated_at``'s onupdate).
+UPDATE_RECORD = update(ServiceRecord).where(
+    ServiceRecord.namespace == bindparam("_ns"), ServiceRecord.name == bindparam("_name")
 )
 
 

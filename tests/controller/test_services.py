@@ -61,9 +61,9 @@ def test_create_gets_ip_in_status_and_db(
 def test_no_version_of_a_new_service_shows_an_ip_without_the_finalizer(
     core: Any, db: sessionmaker[Session], pool: str, start_controller: StartController
 ) -> None:
-    """The finalizer PATCH runs alongside the allocating transaction, but the status is only
-    written once both are done: every stored version with an IP carries the finalizer, and
-    the IP it shows is already in the database."""
+    """The finalizer goes on in the status PATCH that shows the IP, after the allocating
+    transaction committed: every stored version with an IP carries the finalizer, and the IP
+    it shows is already in the database."""
     start_controller(db)
     rv = core.list_namespaced_service(NAMESPACE).metadata.resource_version
     names = [f"order-{i}" for i in range(5)]
@@ -83,6 +83,35 @@ def test_no_version_of_a_new_service_shows_an_ip_without_the_finalizer(
     assert all(FINALIZER in (v["metadata"].get("finalizers") or []) for v in shown)
     for name in names:
         assert db_ips(db, name) == [ip_of(core, name)]
+
+
+def test_a_new_service_gets_its_finalizer_and_ip_in_one_write(
+    core: Any, db: sessionmaker[Session], pool: str, start_controller: StartController
+) -> None:
+    """One PATCH to services/status carries the finalizer and the first status (the Service
+    status strategy keeps metadata): no version has the finalizer without the IP, and the
+    controller's writes are one per Service."""
+    ctl = start_controller(db)
+    rv = core.list_namespaced_service(NAMESPACE).metadata.resource_version
+    names = [f"one-{i}" for i in range(3)]
+    for name in names:
+        create_service(core, name)
+    assert wait_until(lambda: all(ip_of(core, n) for n in names))
+    assert wait_until(lambda: ctl.idle())
+    stream = watch.Watch().stream(
+        core.list_namespaced_service,
+        NAMESPACE,
+        resource_version=rv,
+        timeout_seconds=2,
+        _preload_content=False,
+    )
+    versions = [event["raw_object"] for event in stream if event["type"] == "MODIFIED"]
+    for name in names:
+        mine = [v for v in versions if v["metadata"]["name"] == name]
+        assert len(mine) == 1
+        assert FINALIZER in mine[0]["metadata"]["finalizers"]
+        assert mine[0]["status"]["loadBalancer"]["ingress"]
+    assert ctl.services.writes == len(names)
 
 
 @pytest.mark.parametrize("lab_version", ["1.28", "1.30"])

@@ -180,3 +180,22 @@ def test_status_patch_with_a_stale_resource_version_is_refused(core: Any, api: A
             resource_version=svc["metadata"]["resourceVersion"],
         )
     assert get_service(core, "web")["status"]["loadBalancer"]["ingress"] == INGRESS
+
+
+def test_status_patch_can_add_a_finalizer_in_the_same_version(core: Any, api: Any) -> None:
+    svc = make_service(core, "web")
+    writer = KubeStatusWriter(api, is_leader=leader)
+
+    returned = writer.patch_service_status(
+        NAMESPACE,
+        "web",
+        {"loadBalancer": {"ingress": INGRESS}},
+        resource_version=svc["metadata"]["resourceVersion"],
+        finalizers=[FINALIZER],
+    )
+
+    stored = get_service(core, "web")
+    assert stored["metadata"]["finalizers"] == [FINALIZER]
+    assert stored["status"]["loadBalancer"]["ingress"] == INGRESS
+    assert returned["metadata"]["resourceVersion"] == stored["metadata"]["resourceVersion"]
+    assert int(stored["metadata"]["resourceVersion"]) == int(svc["metadata"]["resourceVersion"]) + 1

@@ -96,20 +96,47 @@ def test_main_resource_write_never_changes_status(core: client.CoreV1Api) -> Non
     assert core.read_namespaced_service("web", "default").status.load_balancer.ingress is None
 
 
-def test_status_write_changes_only_status(core: client.CoreV1Api) -> None:
-    core.create_namespaced_service("default", lb_service("web"))
+def test_service_status_write_changes_status_and_metadata_but_never_spec(
+    core: client.CoreV1Api,
+) -> None:
+    """kube-apiserver's Service status strategy resets only spec (PrepareForUpdate,
+    GetResetFields): labels and finalizers sent to services/status are kept, in the same
+    version as the status; system fields are not."""
+    created = core.create_namespaced_service("default", lb_service("web"))
     written = core.patch_namespaced_service_status(
         "web",
         "default",
         {
-            "metadata": {"labels": {"sneaky": "yes"}},
+            "metadata": {
+                "labels": {"sneaky": "yes"},
+                "finalizers": ["example.com/f"],
+                "generation": 7,
+            },
             "spec": {"type": "ClusterIP"},
             "status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.9", "ipMode": "Proxy"}]}},
         },
     )
     assert written.status.load_balancer.ingress[0].ip == "127.0.0.9"
     assert written.spec.type == "LoadBalancer"
-    assert written.metadata.labels is None
+    assert written.metadata.labels == {"sneaky": "yes"}
+    assert written.metadata.finalizers == ["example.com/f"]
+    assert written.metadata.uid == created.metadata.uid
+    assert written.metadata.generation == created.metadata.generation
+
+
+def test_status_write_of_a_deleting_service_cannot_add_finalizers(
+    core: client.CoreV1Api,
+) -> None:
+    core.create_namespaced_service(
+        "default",
+        {**lb_service("web"), "metadata": {"name": "web", "finalizers": ["example.com/a"]}},
+    )
+    core.delete_namespaced_service("web", "default")
+    with pytest.raises(client.ApiException) as excinfo:
+        core.patch_namespaced_service_status(
+            "web", "default", {"metadata": {"finalizers": ["example.com/a", "example.com/b"]}}
+        )
+    assert excinfo.value.status == 422
 
 
 def test_created_objects_do_not_keep_status(core: client.CoreV1Api) -> None:

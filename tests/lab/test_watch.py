@@ -10,6 +10,7 @@ import pytest
 from kubernetes import client, watch
 
 from lbprovider.lab.apiserver import LabAPIServer
+from lbprovider.lab.kinds import find_kind
 from tests.lab.conftest import lb_service
 
 
@@ -237,3 +238,52 @@ def test_a_watch_whose_client_hung_up_ends_at_the_next_change(lab: LabAPIServer)
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert threading.active_count() <= before
+
+
+def test_a_commit_wakes_only_the_watches_of_its_kind(
+    core: client.CoreV1Api, lab: LabAPIServer
+) -> None:
+    """Each commit wakes the watches of its own kind only (kube-apiserver's watch cache is per
+    resource): a Secret written does not wake a thread waiting for Services."""
+    services = find_kind("", "v1", "services")
+    assert services is not None
+    rv = lab.store.resource_version
+    woke = threading.Event()
+
+    def wait() -> None:
+        lab.store.wait_beyond(rv, 10, lambda: False, services.storage_key)
+        woke.set()
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    core.create_namespaced_secret("default", {"metadata": {"name": "s"}})
+    assert not woke.wait(0.3)
+    core.create_namespaced_service("default", _svc("wake"))
+    assert woke.wait(2)
+    waiter.join(2)
+
+
+def test_a_watch_of_a_quiet_kind_outlives_the_window_of_other_kinds_changes() -> None:
+    """A Services watch that sleeps while other kinds churn through more than the retained
+    window is still woken to move past their events, so it is not expired when it wakes."""
+    with LabAPIServer(watch_window=5) as lab:
+        api = client.CoreV1Api(_client(lab))
+        rv = api.list_namespaced_service("default").metadata.resource_version
+        seen: list[tuple[str, str]] = []
+
+        def watch_services() -> None:
+            for event in watch.Watch().stream(
+                api.list_namespaced_service, "default", resource_version=rv, timeout_seconds=3
+            ):
+                seen.append((event["type"], event["object"].metadata.name))
+                return
+
+        watcher = threading.Thread(target=watch_services, daemon=True)
+        watcher.start()
+        time.sleep(0.2)
+        for i in range(30):
+            api.create_namespaced_secret("default", {"metadata": {"name": f"s{i}"}})
+        api.create_namespaced_service("default", _svc("late"))
+        watcher.join(5)
+        api.api_client.close()
+    assert seen == [("ADDED", "late")]

@@ -177,3 +177,36 @@ def test_converged_service_costs_three_reads_and_no_write(
         rec = get_record(s, "default", "shop")
         assert rec is not None and rec.condition_reason == "Satisfied"
     assert count(sessions, Allocation) == 1
+
+
+def test_a_new_services_record_is_one_insert_with_its_condition(
+    sessions: sessionmaker[Session],
+) -> None:
+    """converge_service writes the record once, after the decision (Core, no ORM flush):
+    no UPDATE for the condition, and a later change of the condition is one UPDATE."""
+    make_pool(sessions, "web", "127.20.0.0/24")
+    engine = sessions.kw["bind"]
+    touched: list[str] = []
+
+    def record(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
+        if "service_records" in statement:
+            touched.append(statement.lstrip().split(None, 1)[0].upper())
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        first = converge(sessions, "shop")
+        assert first.outcome.reason is Reason.SATISFIED
+        assert [s for s in touched if s in WRITES] == ["INSERT"], touched
+        with sessions() as s:
+            rec = get_record(s, "default", "shop")
+            assert rec is not None
+            assert (rec.condition_reason, rec.condition_message) == (
+                "Satisfied",
+                first.outcome.decision.message,
+            )
+            assert rec.uid == service_data("shop").uid
+        touched.clear()
+        converge(sessions, "shop", status=first.outcome.ips)
+        assert [s for s in touched if s in WRITES] == [], touched
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
