@@ -22,6 +22,11 @@ DO \$\$BEGIN
     CREATE ROLE $ROLE LOGIN PASSWORD '$PASS' CREATEDB;
   END IF;
 END\$\$;
+-- DROP DATABASE ... WITH (FORCE) terminates every other session on that database, including an
+-- autovacuum worker, which belongs to no role: without pg_signal_backend the drop then fails with
+-- "must be a member of the role whose process is being terminated" (seen in CI after a migration
+-- test). Granted on every run so a role made by an older script gets it too.
+GRANT pg_signal_backend TO $ROLE;
 SQL
 if ! su postgres -c "psql -qAtc \"select 1 from pg_database where datname='$DB'\"" | grep -q 1; then
   su postgres -c "createdb -O $ROLE $DB"
