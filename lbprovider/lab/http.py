@@ -174,7 +174,7 @@ class _WatchStream:
             self.write(self._bookmark({"k8s.io/initial-events-end": "true"}))
         next_bookmark = time.monotonic() + self.server.bookmark_interval
         while not self.server.stopping.is_set():
-            events = self.server.store.events_after(self.position)
+            events = self.server.store.events_after(self.position, self.spec.kind.storage_key)
             if events is None:
                 message = (
                     f"too old resource version: {self.position} ({self.server.store.compacted + 1})"

@@ -3,10 +3,13 @@
 This plays etcd plus the generic registry store: every successful write bumps one cluster-wide
 resourceVersion and appends exactly one watch event, so a watch from RV n replays the events
 after n in order, and an RV that has fallen out of the retained window is reported as expired
-(the client must relist). Writes run the kind's `Strategy`, enforce optimistic concurrency,
-keep `.status` and the rest of the object apart, handle finalizers and `deletionTimestamp`,
-bump `generation` on spec changes, and terminate namespaces. Stored objects are never mutated
-in place, so readers may serialize them without copying. It must not know about HTTP.
+(the client must relist). Expiry is judged per kind, as kube-apiserver's watch cache is per
+resource: a watch of one kind expires only when an event of that kind it has not seen was
+compacted, never because other kinds churned through the window. Writes run the kind's
+`Strategy`, enforce optimistic concurrency, keep `.status` and the rest of the object apart,
+handle finalizers and `deletionTimestamp`, bump `generation` on spec changes, and terminate
+namespaces. Stored objects are never mutated in place, so readers may serialize them without
+copying. It must not know about HTTP.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ class Store:
         self._rv = 0
         self._log: list[WatchEvent] = []
         self._compacted = 0  # events with rv <= this are gone from the log
+        # storage key -> rv of the newest event of that kind compacted away
+        self._compacted_kind: dict[str, int] = {}
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -105,12 +110,18 @@ class Store:
         items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
         return items, rv
 
-    def events_after(self, rv: int) -> list[WatchEvent] | None:
-        """Events newer than `rv`, or None when some of them were already compacted away."""
+    def events_after(self, rv: int, storage: str | None = None) -> list[WatchEvent] | None:
+        """Events newer than `rv`, or None when some of them were already compacted away.
+        With `storage`, only that kind's events count: `rv` stays valid as long as no event of
+        that kind newer than it was compacted, and the result may still hold other kinds'
+        events (from the oldest one retained), which the caller skips."""
         with self.changed:
-            if rv < self._compacted:
+            if storage is None:
+                if rv < self._compacted:
+                    return None
+            elif self._compacted_kind.get(storage, 0) > rv:
                 return None
-            start = rv - self._compacted
+            start = max(rv, self._compacted) - self._compacted
             return self._log[start:] if start < len(self._log) else []
 
     @property
@@ -122,8 +133,7 @@ class Store:
         self, rv: int, timeout: float, stop: Callable[[], bool], storage: str | None = None
     ) -> None:
         """Block until an event newer than `rv` exists (of `storage` only, when given),
-        `stop()` is true, or `timeout` passes. A waiter of one storage key is also woken every
-        half window of events of any kind, so it moves past them before they are compacted."""
+        `stop()` is true, or `timeout` passes."""
         with self.changed:
             if storage is None:
                 self.changed.wait_for(lambda: self._rv > rv or stop(), timeout=timeout)
@@ -131,10 +141,8 @@ class Store:
             condition = self._kind_changed.get(storage)
             if condition is None:
                 condition = self._kind_changed[storage] = threading.Condition(self._lock)
-            catch_up = rv + max(1, self._window // 2)
             condition.wait_for(
-                lambda: self._kind_rv.get(storage, 0) > rv or self._rv >= catch_up or stop(),
-                timeout=timeout,
+                lambda: self._kind_rv.get(storage, 0) > rv or stop(), timeout=timeout
             )
 
     def wake_all(self) -> None:
@@ -173,16 +181,15 @@ class Store:
         self._log.append(WatchEvent(self._rv, kind_type, storage, obj, old))
         if len(self._log) > 2 * self._window:
             dropped = len(self._log) - self._window
+            for event in self._log[:dropped]:
+                self._compacted_kind[event.storage] = event.rv
             self._log = self._log[dropped:]
             self._compacted += dropped
         self._kind_rv[storage] = self._rv
         self.changed.notify_all()
-        if self._rv % max(1, self._window // 2) == 0:
-            self._notify_all_kinds()  # the catch-up wake of wait_beyond
-        else:
-            condition = self._kind_changed.get(storage)
-            if condition is not None:
-                condition.notify_all()
+        condition = self._kind_changed.get(storage)
+        if condition is not None:
+            condition.notify_all()
         return obj
 
     # --- create -------------------------------------------------------------------------------

@@ -58,6 +58,18 @@ def test_create_gets_ip_in_status_and_db(
     assert wait_until(lambda: "IPAllocated" in event_reasons(core, "web"))
 
 
+def stored_versions(core: Any, rv: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every (event type, raw Service) the namespace stored since resourceVersion ``rv``."""
+    stream = watch.Watch().stream(
+        core.list_namespaced_service,
+        NAMESPACE,
+        resource_version=rv,
+        timeout_seconds=2,
+        _preload_content=False,
+    )
+    return [(event["type"], event["raw_object"]) for event in stream]
+
+
 def test_no_version_of_a_new_service_shows_an_ip_without_the_finalizer(
     core: Any, db: sessionmaker[Session], pool: str, start_controller: StartController
 ) -> None:
@@ -70,14 +82,7 @@ def test_no_version_of_a_new_service_shows_an_ip_without_the_finalizer(
     for name in names:
         create_service(core, name)
     assert wait_until(lambda: all(ip_of(core, n) for n in names))
-    stream = watch.Watch().stream(
-        core.list_namespaced_service,
-        NAMESPACE,
-        resource_version=rv,
-        timeout_seconds=2,
-        _preload_content=False,
-    )
-    versions = [event["raw_object"] for event in stream]
+    versions = [raw for _, raw in stored_versions(core, rv)]
     shown = [v for v in versions if (v.get("status") or {}).get("loadBalancer", {}).get("ingress")]
     assert {v["metadata"]["name"] for v in shown} == set(names)
     assert all(FINALIZER in (v["metadata"].get("finalizers") or []) for v in shown)
@@ -98,14 +103,7 @@ def test_a_new_service_gets_its_finalizer_and_ip_in_one_write(
         create_service(core, name)
     assert wait_until(lambda: all(ip_of(core, n) for n in names))
     assert wait_until(lambda: ctl.idle())
-    stream = watch.Watch().stream(
-        core.list_namespaced_service,
-        NAMESPACE,
-        resource_version=rv,
-        timeout_seconds=2,
-        _preload_content=False,
-    )
-    versions = [event["raw_object"] for event in stream if event["type"] == "MODIFIED"]
+    versions = [raw for kind, raw in stored_versions(core, rv) if kind == "MODIFIED"]
     for name in names:
         mine = [v for v in versions if v["metadata"]["name"] == name]
         assert len(mine) == 1

@@ -264,8 +264,10 @@ def test_a_commit_wakes_only_the_watches_of_its_kind(
 
 
 def test_a_watch_of_a_quiet_kind_outlives_the_window_of_other_kinds_changes() -> None:
-    """A Services watch that sleeps while other kinds churn through more than the retained
-    window is still woken to move past their events, so it is not expired when it wakes."""
+    """Expiry is per kind (kube-apiserver's watch cache is per resource): a Services position
+    stays valid while other kinds churn through more than the retained window, whether the
+    watch was open meanwhile or is opened only afterwards; an unseen Service event compacted
+    away still expires it."""
     with LabAPIServer(watch_window=5) as lab:
         api = client.CoreV1Api(_client(lab))
         rv = api.list_namespaced_service("default").metadata.resource_version
@@ -285,5 +287,25 @@ def test_a_watch_of_a_quiet_kind_outlives_the_window_of_other_kinds_changes() ->
             api.create_namespaced_secret("default", {"metadata": {"name": f"s{i}"}})
         api.create_namespaced_service("default", _svc("late"))
         watcher.join(5)
+        assert seen == [("ADDED", "late")]
+        assert lab.store.compacted > int(rv)
+
+        # Opened only now, from the same old position: the one Service event is still retained.
+        events = list(
+            watch.Watch().stream(
+                api.list_namespaced_service, "default", resource_version=rv, timeout_seconds=1
+            )
+        )
+        assert [(e["type"], e["object"].metadata.name) for e in events] == [("ADDED", "late")]
+
+        # Services churn the window themselves: the old position is gone.
+        for i in range(12):
+            api.create_namespaced_service("default", _svc(f"more-{i}"))
+        with pytest.raises(client.ApiException) as expired:
+            list(
+                watch.Watch().stream(
+                    api.list_namespaced_service, "default", resource_version=rv, timeout_seconds=1
+                )
+            )
+        assert expired.value.status == 410
         api.api_client.close()
-    assert seen == [("ADDED", "late")]
