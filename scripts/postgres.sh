@@ -17,6 +17,7 @@ for _ in $(seq 1 50); do
   sleep 0.2
 done
 su postgres -c "psql -qAt" >/dev/null <<SQL
+SET client_min_messages = warning;
 DO \$\$BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$ROLE') THEN
     CREATE ROLE $ROLE LOGIN PASSWORD '$PASS' CREATEDB;
