@@ -52,6 +52,8 @@ def test_serve_runs_the_controller_when_a_cluster_is_configured(
         "LBP_KUBECONFIG": str(kubeconfig),
         "LBP_DATABASE_URL": f"sqlite:///{db_file}",
         "LBP_LEASE_NAMESPACE": "lbp-system",
+        # Any free port: the default 127.0.0.1:9101 may be taken by another process here.
+        "LBP_CONTROLLER_METRICS_LISTEN": "127.0.0.1:0",
     }
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(

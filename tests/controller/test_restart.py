@@ -204,6 +204,8 @@ def run_controller_process(kubeconfig: Path, db_url: str, log: Path) -> subproce
         "LBP_RETRY_PERIOD_SECONDS": "0.3",
         "LBP_RECONCILE_BACKOFF_MAX_SECONDS": "1",
         "LBP_LOG_LEVEL": "INFO",
+        # Any free port: the default 127.0.0.1:9101 may be taken by another process here.
+        "LBP_CONTROLLER_METRICS_LISTEN": "127.0.0.1:0",
     }
     with log.open("ab") as out:
         return subprocess.Popen(
