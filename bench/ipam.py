@@ -24,6 +24,7 @@ from sqlalchemy import func, select, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lbprovider.db.driver import fetch_all  # noqa: E402
 from lbprovider.db.models import Allocation, Base  # noqa: E402
 from lbprovider.db.session import make_engine, session_factory, transaction  # noqa: E402
 from lbprovider.db.types import utcnow  # noqa: E402
@@ -125,7 +126,7 @@ def writes_worker(url: str, worker: int, n: int, start: mp.Barrier) -> None:  # 
         a = Assignment(ip, "floor", 4)
         params = _claim_params(req, a, pool_id, utcnow(), _Entry(actor, "allocated", "floor"))
         with transaction(factory) as s:
-            assert s.connection().execute(CLAIM_CLEAN_PG, params).scalar() is not None
+            assert fetch_all(s, CLAIM_CLEAN_PG, params)
     engine.dispose()
 
 

@@ -31,6 +31,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from lbprovider.db.driver import DriverStatement, fetch_all
 from lbprovider.db.models import Allocation, AllocationPort, IPLease, LedgerEntry, ReleasedIP
 from lbprovider.db.types import utcnow
 from lbprovider.ipam.allocator import (
@@ -378,8 +379,9 @@ def _single_clean_claim(session: Session, plan: _Plan, adopt: bool) -> Assignmen
 # NOTHING: every other row hangs off the allocation's id. So a lost race writes nothing and
 # returns no id, and the claim needs no savepoint. Only a writer that skips the address lock
 # could still violate a constraint; that fails the statement (and the transaction), loudly.
-CLAIM_CLEAN_PG = text(
-    """
+CLAIM_CLEAN_PG = DriverStatement(
+    text(
+        """
 WITH pool AS (
     SELECT id FROM pools WHERE id = :pool_id FOR KEY SHARE
 ), free AS (
@@ -413,6 +415,7 @@ WITH pool AS (
 )
 SELECT id FROM a
 """
+    )
 )
 
 
@@ -424,8 +427,8 @@ def _claim_clean(
     params = _claim_params(
         plan.request, a, plan.pool_ids[a.pool], now, _Entry(actor, "allocated", why)
     )
-    written = session.connection().execute(CLAIM_CLEAN_PG, params).scalar()
-    if written is None:
+    written = fetch_all(session, CLAIM_CLEAN_PG, params)
+    if not written:
         raise _LostRace(a.ip)
     return Outcome(plan.decision, (a.ip,), changed=True)
 

@@ -20,7 +20,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -47,6 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from lbprovider.db.driver import DriverStatement, fetch_all
 from lbprovider.db.models import Allocation, Exclusion, IPLease, Pool, ReleasedIP, Reservation
 from lbprovider.db.types import UTCDateTime
 from lbprovider.ipam.allocator import Holder, Occupancy, ServiceRef
@@ -206,6 +207,11 @@ OCCUPANCY = _build_occupancy_query()
 HIGH_WATER = _build_high_water_query()
 
 
+def _utc(at: datetime) -> datetime:
+    """A ``timestamptz`` in UTC (the driver path loads it in the connection's time zone)."""
+    return at if at.tzinfo is UTC else at.astimezone(UTC)
+
+
 def occupancy_from_rows(rows: Iterable[Any]) -> dict[str, Occupancy]:
     """Occupancy per address from rows shaped like ``OCCUPANCY``'s (kind a, r or x; others are
     ignored)."""
@@ -229,7 +235,7 @@ def occupancy_from_rows(rows: Iterable[Any]) -> dict[str, Occupancy]:
             reserved=res is not None,
             reserved_for=f"{res.ns}/{res.name}" if res is not None and res.name else None,
             reservation_owner=res.key if res is not None else "",
-            released_at=rel.at if rel is not None else None,
+            released_at=_utc(rel.at) if rel is not None else None,
             released_by=f"{rel.ns}/{rel.name}" if rel is not None else None,
         )
     return out
@@ -354,11 +360,19 @@ WHERE NOT EXISTS (SELECT 1 FROM mine)
 )
 
 
+# The same on PostgreSQL's hot path: on the psycopg cursor (``db.driver``), no result layer.
+PRELUDE_PG = DriverStatement(PRELUDE)
+
+
 def load_holdings(session: Session, namespace: str, name: str, now: datetime) -> Holdings:
     """What ``namespace/name`` holds, what stands on those addresses, the pools' stamp, the
     Service's hints and (when it holds nothing) the high-water marks: one round trip."""
     params = {"ns": namespace, "name": name, "now": now}
-    result = session.connection().execute(PRELUDE, params).all()
+    result: Sequence[Any]
+    if session.get_bind().dialect.name == "postgresql":
+        result = fetch_all(session, PRELUDE_PG, params)
+    else:
+        result = session.connection().execute(PRELUDE, params).all()
     mine = sorted((r for r in result if r.kind == "m"), key=lambda r: (r.n3, r.n1))
     rows = tuple(
         HeldRow(
@@ -433,7 +447,7 @@ def hints_from_rows(rows: Iterable[Any]) -> Hints:
         if row.kind == "s":
             reserved[row.n3].append((row.key, row.ip))
         elif row.kind == "t" and (row.n3 not in sticky or row.at > sticky[row.n3][1]):
-            sticky[row.n3] = (row.ip, row.at)
+            sticky[row.n3] = (row.ip, _utc(row.at))
     ordered = {f: [ip for _, ip in sorted(items)] for f, items in reserved.items()}
     return Hints(ordered, sticky)
 
@@ -482,7 +496,7 @@ class DBStateView:
         ):
             return self.occupancy(ips), len(ips)
         params = {"ips": list(ips), "now": self.now}
-        rows = self.session.connection().execute(SCAN_PG, params).all()
+        rows = fetch_all(self.session, SCAN_PG, params)
         occ = occupancy_from_rows(rows)
         taken = next((row for row in rows if row.kind == "l"), None)
         seen = int(taken.extra) if taken is not None else len(ips)
@@ -571,8 +585,9 @@ TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:ip, 0))")
 # first it locks (the CASE keeps the lock behind the checks, the LIMIT stops the walk). The
 # occupancy rows cover the candidates up to that one (all of them when none was locked), as of
 # the statement's snapshot; the claim re-reads after the lock.
-SCAN_PG = text(
-    """
+SCAN_PG = DriverStatement(
+    text(
+        """
 WITH c AS MATERIALIZED (
     SELECT ip, n FROM unnest(CAST(:ips AS varchar[])) WITH ORDINALITY AS c(ip, n)
 ), l AS MATERIALIZED (
@@ -604,4 +619,5 @@ UNION ALL
 SELECT 'x', ip, service_namespace, service_name, NULL, NULL, NULL, released_at
 FROM released_ips WHERE ip = ANY(ARRAY(SELECT ip FROM seen))
 """
-).columns(*_occupancy_columns())
+    )
+)

@@ -128,3 +128,41 @@ def test_a_claim_into_a_pool_deleted_meanwhile_writes_nothing(pg: sessionmaker[S
         retry = allocate_service(session=s, request=svc_request("shop"), actor=ACTOR, policy=POLICY)
         assert retry.reason is Reason.NO_POOL
     assert count(pg, Allocation) == 0 and count(pg, LedgerEntry) == 0
+
+
+def test_the_hot_statements_skip_sqlalchemys_execute_layer(pg: sessionmaker[Session]) -> None:
+    """Prelude, scan and claim run on the psycopg cursor (``db.driver``): SQLAlchemy's
+    ``Connection.execute`` (statement compilation, result metadata) sees none of them."""
+    make_pool(pg, "web", "127.20.0.0/24")
+    allocate(pg, "warm")
+    engine = pg.kw["bind"]
+    executed: list[object] = []
+
+    def record(_c: Any, clause: object, *_rest: Any) -> None:
+        executed.append(clause)
+
+    event.listen(engine, "before_execute", record)
+    try:
+        with statements(pg) as seen:
+            out = allocate(pg, "shop")
+    finally:
+        event.remove(engine, "before_execute", record)
+    assert out.changed and len(seen) == 3, seen
+    assert executed == [], executed
+
+
+def test_hints_read_on_the_driver_path_are_in_utc(pg: sessionmaker[Session]) -> None:
+    from datetime import UTC
+
+    from lbprovider.services.allocations import release_service
+    from lbprovider.services.state import load_holdings
+
+    make_pool(pg, "web", "127.20.0.0/24")
+    allocate(pg, "shop")
+    with transaction(pg) as s:
+        release_service(session=s, namespace="default", name="shop", actor=ACTOR, reason="t")
+    with transaction(pg) as s:
+        hints = load_holdings(s, "default", "shop", utcnow()).hints
+    assert hints is not None
+    ip, at = hints.sticky[4]
+    assert ip == "127.20.0.0" and at.tzinfo is UTC
