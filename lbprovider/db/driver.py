@@ -4,10 +4,11 @@ The allocation path runs three statements per new Service (``services.state.PREL
 ``SCAN_PG``, ``services.allocations.CLAIM_CLEAN_PG``). Through ``Connection.execute`` each one
 costs about as much client CPU in SQLAlchemy (compiled-cache lookup, parameter processing,
 result metadata) as in psycopg itself; here the statement is compiled once to psycopg's format
-and run on the session's own connection, in its transaction, with psycopg's prepared statements
-(``prepare_threshold``) as before. Rows come back as named tuples (``row.kind``, as from
-SQLAlchemy), with the driver's own values: no result processors run, so a caller gets what
-psycopg loads (e.g. ``timestamptz`` in the connection's time zone).
+and run on the session's own connection, in its transaction, on one cursor kept with the pooled
+connection, with psycopg's prepared statements (``prepare_threshold``) as before. Rows come back
+as named tuples (``row.kind``, as from SQLAlchemy), with the driver's own values: no result
+processors run, so a caller gets what psycopg loads (e.g. ``timestamptz`` in the connection's
+time zone).
 
 What stays the same for everybody else: ``before_cursor_execute`` / ``after_cursor_execute``
 listeners see these statements as they see any other, and a driver error surfaces as the
@@ -28,6 +29,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import TextualSelect
 
+# One cursor per pooled connection, kept in its ``info`` (which lives as long as the DBAPI
+# connection): a fresh cursor per statement starts with cold dumper and loader caches.
+_CURSOR = "lbprovider_driver_cursor"
 _DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
 
 
@@ -45,25 +49,27 @@ def fetch_all(session: Session, statement: DriverStatement, params: Mapping[str,
     """Run ``statement`` on the session's connection (PostgreSQL), in its transaction; every
     row as a named tuple."""
     conn = session.connection()
-    raw: psycopg.Connection[Any] = cast(Any, conn.connection.driver_connection)
+    pooled = conn.connection
+    raw: psycopg.Connection[Any] = cast(Any, pooled.driver_connection)
     sql = statement.sql
-    cur = raw.cursor(row_factory=namedtuple_row)
+    cur: psycopg.Cursor[Any] | None = pooled.info.get(_CURSOR)
+    if cur is None or cur.connection is not raw or cur.closed:
+        cur = pooled.info[_CURSOR] = raw.cursor(row_factory=namedtuple_row)
+    dispatch = conn.dispatch
+    for before in dispatch.before_cursor_execute:
+        before(conn, cur, sql, params, None, False)
     try:
-        dispatch = conn.dispatch
-        for before in dispatch.before_cursor_execute:
-            before(conn, cur, sql, params, None, False)
-        try:
-            cur.execute(sql, params)
-            rows = cur.fetchall()
-        except psycopg.Error as e:
-            gone = conn.dialect.is_disconnect(cast(Any, e), conn.connection, cast(Any, cur))
-            if gone:
-                conn.invalidate(e)
-            raise exc.DBAPIError.instance(
-                sql, params, e, psycopg.Error, connection_invalidated=gone, dialect=conn.dialect
-            ) from e
-        for after in dispatch.after_cursor_execute:
-            after(conn, cur, sql, params, None, False)
-        return rows
-    finally:
+        cur.execute(sql, params)
+        rows = cur.fetchall()
+    except psycopg.Error as e:
+        pooled.info.pop(_CURSOR, None)
         cur.close()
+        gone = conn.dialect.is_disconnect(cast(Any, e), pooled, cast(Any, cur))
+        if gone:
+            conn.invalidate(e)
+        raise exc.DBAPIError.instance(
+            sql, params, e, psycopg.Error, connection_invalidated=gone, dialect=conn.dialect
+        ) from e
+    for after in dispatch.after_cursor_execute:
+        after(conn, cur, sql, params, None, False)
+    return rows

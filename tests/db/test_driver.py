@@ -55,6 +55,25 @@ def test_listeners_see_the_statement(table: Engine) -> None:
     assert seen == [INSERT.sql] and "%(k)s" in INSERT.sql
 
 
+def test_one_cursor_serves_a_connection(table: Engine) -> None:
+    """Kept with the pooled connection (warm dumper and loader caches), not made per call."""
+    cursors: list[object] = []
+
+    def before(_c: Any, cur: Any, statement: str, *_rest: Any) -> None:
+        if statement == INSERT.sql:
+            cursors.append(cur)
+
+    sessions = session_factory(table)
+    event.listen(table, "before_cursor_execute", before)
+    try:
+        with transaction(sessions) as s:
+            fetch_all(s, INSERT, {"k": 1, "v": "one"})
+            fetch_all(s, INSERT, {"k": 2, "v": "two"})
+    finally:
+        event.remove(table, "before_cursor_execute", before)
+    assert len(cursors) == 2 and cursors[0] is cursors[1]
+
+
 def test_a_constraint_violation_is_sqlalchemys_integrity_error(table: Engine) -> None:
     sessions = session_factory(table)
     with pytest.raises(IntegrityError), transaction(sessions) as s:
