@@ -588,6 +588,10 @@ TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:ip, 0))")
 # occupancy rows cover the candidates up to that one (all of them when none was locked), as of
 # the statement's snapshot; the claim re-reads after the lock.
 # ``:ips`` is the candidates joined by commas (no address contains one).
+# Every table is reached through its address index, one candidate at a time (the LATERAL
+# subqueries, kept apart by OFFSET 0, as in ``l``), whatever the statistics: a generic plan made
+# while the tables were nearly empty (a fresh database, before its first ANALYZE) otherwise
+# scanned the whole allocations table for every scan until autovacuum analysed it.
 SCAN_PG = DriverStatement(
     text(
         """
@@ -611,16 +615,16 @@ SELECT 'l' AS kind, ip, NULL AS ns, NULL AS name, NULL AS uid, NULL AS key,
     CAST(n AS varchar) AS extra, CAST(NULL AS timestamptz) AS at
 FROM l
 UNION ALL
-SELECT 'a', ip, service_namespace, service_name, service_uid, sharing_key, CAST(ports AS varchar),
-    NULL
-FROM allocations WHERE active AND ip = ANY(ARRAY(SELECT ip FROM seen))
+SELECT 'a', a.ip, a.service_namespace, a.service_name, a.service_uid, a.sharing_key,
+    CAST(a.ports AS varchar), NULL
+FROM seen, LATERAL (SELECT * FROM allocations WHERE active AND ip = seen.ip OFFSET 0) AS a
 UNION ALL
-SELECT 'r', ip, service_namespace, service_name, NULL, owner, NULL, NULL
-FROM reservations WHERE ip = ANY(ARRAY(SELECT ip FROM seen))
-    AND (expires_at IS NULL OR expires_at > :now)
+SELECT 'r', r.ip, r.service_namespace, r.service_name, NULL, r.owner, NULL, NULL
+FROM seen, LATERAL (SELECT * FROM reservations WHERE ip = seen.ip
+    AND (expires_at IS NULL OR expires_at > :now) OFFSET 0) AS r
 UNION ALL
-SELECT 'x', ip, service_namespace, service_name, NULL, NULL, NULL, released_at
-FROM released_ips WHERE ip = ANY(ARRAY(SELECT ip FROM seen))
+SELECT 'x', x.ip, x.service_namespace, x.service_name, NULL, NULL, NULL, x.released_at
+FROM seen, LATERAL (SELECT * FROM released_ips WHERE ip = seen.ip OFFSET 0) AS x
 """
     )
 )

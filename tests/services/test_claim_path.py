@@ -194,3 +194,27 @@ def test_the_hot_statements_take_no_array_parameters(pg: sessionmaker[Session]) 
             .order_by(AllocationPort.port)
         ).all()
     assert [tuple(p) for p in ports] == [("TCP", 80), ("TCP", 443)]
+
+
+def test_the_scans_generic_plan_uses_the_address_indexes(pg: sessionmaker[Session]) -> None:
+    """With the tables (nearly) empty and never analysed, as in a fresh database, the plan
+    psycopg's prepared scan settles on reaches every table by its address index: a sequential
+    scan there was kept, once cached, until autovacuum analysed the table, and read the whole
+    allocations table for every scan meanwhile."""
+    from lbprovider.services.state import SCAN_PG
+
+    sql = SCAN_PG.sql.replace("%(ips)s", "$1::text").replace("%(now)s", "$2::timestamptz")
+    engine = pg.kw["bind"]
+    with engine.connect() as c:
+        c.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+        c.exec_driver_sql("PREPARE scan_plan AS " + sql)
+        plan = "\n".join(
+            row[0]
+            for row in c.exec_driver_sql(
+                "EXPLAIN EXECUTE scan_plan('127.20.0.1,127.20.0.2', now())"
+            )
+        )
+        c.exec_driver_sql("DEALLOCATE scan_plan")
+        c.rollback()
+    for table in ("allocations", "reservations", "released_ips"):
+        assert f"Seq Scan on {table}" not in plan, plan
