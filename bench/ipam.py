@@ -8,12 +8,19 @@ one COMMIT per iteration, same workers, same database) measured in the same run.
 ``--floors`` also times, in the same run, what any allocation costs at least here: the bare
 INSERT inside the session transactions an allocation runs in, and an allocation's own rows
 written by its claim statement with no decision (addresses known in advance).
+
+``--cpu`` also reports the CPU time per allocation of the allocation loop: the workers' own
+(client) and their backends' (server, utime + stime from ``/proc``: the server must run on this
+machine). On a shared machine the rates move with everybody's load; CPU time per allocation
+moves much less. Without ``--floors`` this file imports only ``allocate_service`` from the tree
+it sits in, so a copy can time an older tree's allocations the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import subprocess
 import sys
 import time
@@ -28,12 +35,7 @@ from lbprovider.db.models import Allocation, Base  # noqa: E402
 from lbprovider.db.session import make_engine, session_factory, transaction  # noqa: E402
 from lbprovider.db.types import utcnow  # noqa: E402
 from lbprovider.ipam.allocator import Assignment, Request, ServiceRef  # noqa: E402
-from lbprovider.services.allocations import (  # noqa: E402
-    CLAIM_CLEAN_PG,
-    _claim_params,
-    _Entry,
-    allocate_service,
-)
+from lbprovider.services.allocations import allocate_service  # noqa: E402
 from lbprovider.services.context import Actor, IPPolicy  # noqa: E402
 from lbprovider.services.pools import PoolFields, create_pool  # noqa: E402
 
@@ -83,15 +85,32 @@ def bare_worker(url: str, worker: int, n: int, start: mp.Barrier) -> None:  # ty
     engine.dispose()
 
 
-def alloc_worker(url: str, worker: int, n: int, start: mp.Barrier) -> None:  # type: ignore[type-arg]
-    engine = make_engine(url)
+def backend_cpu(pid: int) -> float:
+    """Seconds of CPU (user + system) the server process ``pid`` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def alloc_worker(
+    url: str,
+    worker: int,
+    n: int,
+    start: mp.Barrier,  # type: ignore[type-arg]
+    cpu: mp.Queue | None = None,  # type: ignore[type-arg]
+) -> None:
+    engine = make_engine(url, pool_size=1)
     factory = session_factory(engine)
     policy = IPPolicy()
+    with engine.connect() as c:  # the one pooled connection: its backend does this worker's SQL
+        pid = c.scalar(text("SELECT pg_backend_pid()"))
     start.wait()
+    client, server = time.process_time(), backend_cpu(pid) if cpu is not None else 0.0
     for i in range(n):
         req = Request(service=ServiceRef(f"w{worker}", f"s{i}"), ports=frozenset({("TCP", 80)}))
         with transaction(factory) as s:
             allocate_service(session=s, request=req, actor=Actor("bench"), policy=policy)
+    if cpu is not None:
+        cpu.put((time.process_time() - client, backend_cpu(pid) - server))
     engine.dispose()
 
 
@@ -112,6 +131,10 @@ def session_worker(url: str, worker: int, n: int, start: mp.Barrier) -> None:  #
 def writes_worker(url: str, worker: int, n: int, start: mp.Barrier) -> None:  # type: ignore[type-arg]
     """Floor 2: an allocation's rows (allocation, port, lease, ledger) written by its claim
     statement, in the same transactions, for addresses known in advance: no decision at all."""
+    # Imported here: without --floors this file runs against older trees too (see --cpu).
+    from lbprovider.db.driver import fetch_all
+    from lbprovider.services.allocations import CLAIM_CLEAN_PG, _claim_params, _Entry
+
     engine = make_engine(url)
     factory = session_factory(engine)
     with factory() as s:
@@ -125,14 +148,16 @@ def writes_worker(url: str, worker: int, n: int, start: mp.Barrier) -> None:  # 
         a = Assignment(ip, "floor", 4)
         params = _claim_params(req, a, pool_id, utcnow(), _Entry(actor, "allocated", "floor"))
         with transaction(factory) as s:
-            assert s.connection().execute(CLAIM_CLEAN_PG, params).scalar() is not None
+            assert fetch_all(s, CLAIM_CLEAN_PG, params)
     engine.dispose()
 
 
-def run(target: object, url: str, workers: int, per: int) -> float:
+def run(target: object, url: str, workers: int, per: int, *extra: object) -> float:
     ctx = mp.get_context("fork")
     barrier = ctx.Barrier(workers + 1)
-    procs = [ctx.Process(target=target, args=(url, w, per, barrier)) for w in range(workers)]
+    procs = [
+        ctx.Process(target=target, args=(url, w, per, barrier, *extra)) for w in range(workers)
+    ]
     for p in procs:
         p.start()
     barrier.wait()
@@ -152,13 +177,17 @@ def main() -> None:
         action="store_true",
         help="also time what any allocation costs at least: its transactions, and its writes",
     )
+    ap.add_argument(
+        "--cpu", action="store_true", help="also report client and server CPU per allocation"
+    )
     ap.add_argument("--db", default=DB, help=f"scratch database (dropped first; default {DB})")
     args = ap.parse_args()
     url = prepare(server_url(), args.db)
     per = args.total // args.workers
     n = per * args.workers
     bare = run(bare_worker, url, args.workers, per)
-    alloc = run(alloc_worker, url, args.workers, per)
+    cpu: mp.Queue[tuple[float, float]] | None = mp.get_context("fork").Queue() if args.cpu else None
+    alloc = run(alloc_worker, url, args.workers, per, cpu)
     engine = make_engine(url)
     with engine.connect() as c:
         live = c.scalar(select(func.count()).select_from(Allocation).where(Allocation.active))
@@ -171,6 +200,10 @@ def main() -> None:
     print(f"allocations:      {n / alloc:,.0f} allocations/s ({alloc:.2f} s)")
     print(f"duplicates: {live - distinct} (live={live}, distinct IPs={distinct})")
     print(f"ratio allocations/bare: {bare / alloc:.2f} (goal >= 0.3)")
+    if cpu is not None:
+        used = [cpu.get() for _ in range(args.workers)]
+        client, server = (sum(u[k] for u in used) / n * 1e3 for k in (0, 1))
+        print(f"CPU per allocation: client {client:.2f} ms, server {server:.2f} ms")
     if args.floors:
         session = run(session_worker, url, args.workers, per)
         writes = run(writes_worker, url, args.workers, per)

@@ -31,6 +31,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from lbprovider.db.driver import DriverStatement, fetch_all
 from lbprovider.db.models import Allocation, AllocationPort, IPLease, LedgerEntry, ReleasedIP
 from lbprovider.db.types import utcnow
 from lbprovider.ipam.allocator import (
@@ -378,8 +379,11 @@ def _single_clean_claim(session: Session, plan: _Plan, adopt: bool) -> Assignmen
 # NOTHING: every other row hangs off the allocation's id. So a lost race writes nothing and
 # returns no id, and the claim needs no savepoint. Only a writer that skips the address lock
 # could still violate a constraint; that fails the statement (and the transaction), loudly.
-CLAIM_CLEAN_PG = text(
-    """
+# The port rows come from ``:ports`` (the allocation's own ``[[protocol, port], ...]``): array
+# parameters cost the client more to dump than the rest of the statement's parameters.
+CLAIM_CLEAN_PG = DriverStatement(
+    text(
+        """
 WITH pool AS (
     SELECT id FROM pools WHERE id = :pool_id FOR KEY SHARE
 ), free AS (
@@ -403,9 +407,8 @@ WITH pool AS (
     SELECT :ip, :ip_key, :pool_id, :family, :key, :now FROM a
 ), p AS (
     INSERT INTO allocation_ports (allocation_id, ip, protocol, port)
-    SELECT a.id, :ip, u.protocol, u.port
-    FROM a, unnest(CAST(:protocols AS varchar[]), CAST(:numbers AS integer[]))
-        AS u(protocol, port)
+    SELECT a.id, :ip, u.p ->> 0, CAST(u.p ->> 1 AS integer)
+    FROM a, jsonb_array_elements(CAST(:ports AS jsonb)) AS u(p)
 ), g AS (
     INSERT INTO ledger (at, ip, pool, service_namespace, service_name, action, reason, actor,
         request_id)
@@ -413,6 +416,7 @@ WITH pool AS (
 )
 SELECT id FROM a
 """
+    )
 )
 
 
@@ -424,8 +428,8 @@ def _claim_clean(
     params = _claim_params(
         plan.request, a, plan.pool_ids[a.pool], now, _Entry(actor, "allocated", why)
     )
-    written = session.connection().execute(CLAIM_CLEAN_PG, params).scalar()
-    if written is None:
+    written = fetch_all(session, CLAIM_CLEAN_PG, params)
+    if not written:
         raise _LostRace(a.ip)
     return Outcome(plan.decision, (a.ip,), changed=True)
 
@@ -585,7 +589,12 @@ def _claim_in_one_statement(
     """``_claim`` plus the ledger row on PostgreSQL: the lock, then one statement."""
     if not allocator.view.claimable(a.ip):
         raise _LostRace(a.ip)
-    params = _claim_params(request, a, pool_id, now, entry)
+    ports = sorted(request.ports)
+    params = {
+        **_claim_params(request, a, pool_id, now, entry),
+        "protocols": [proto for proto, _ in ports],
+        "numbers": [port for _, port in ports],
+    }
     rows = session.connection().execute(CLAIM_PG, params).all()
     fresh = occupancy_from_rows(rows).get(a.ip, Occupancy())
     if allocator.check(request, a.ip, fresh) is not None:
@@ -601,7 +610,6 @@ def _claim_params(
     request: Request, a: Assignment, pool_id: int, now: datetime, entry: _Entry
 ) -> dict[str, object]:
     svc = request.service
-    ports = sorted(request.ports)
     assert entry.action in LEDGER_ACTIONS, entry.action
     return {
         "ip": a.ip,
@@ -615,8 +623,6 @@ def _claim_params(
         "key": request.sharing_key,
         "ports": json.dumps(_ports_json(request)),
         "now": now,
-        "protocols": [proto for proto, _ in ports],
-        "numbers": [port for _, port in ports],
         "at": utcnow(),
         "action": entry.action,
         "reason": entry.reason,

@@ -20,7 +20,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -47,6 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from lbprovider.db.driver import DriverStatement, fetch_all
 from lbprovider.db.models import Allocation, Exclusion, IPLease, Pool, ReleasedIP, Reservation
 from lbprovider.db.types import UTCDateTime
 from lbprovider.ipam.allocator import Holder, Occupancy, ServiceRef
@@ -206,6 +207,11 @@ OCCUPANCY = _build_occupancy_query()
 HIGH_WATER = _build_high_water_query()
 
 
+def _utc(at: datetime) -> datetime:
+    """A ``timestamptz`` in UTC (the driver path loads it in the connection's time zone)."""
+    return at if at.tzinfo is UTC else at.astimezone(UTC)
+
+
 def occupancy_from_rows(rows: Iterable[Any]) -> dict[str, Occupancy]:
     """Occupancy per address from rows shaped like ``OCCUPANCY``'s (kind a, r or x; others are
     ignored)."""
@@ -229,7 +235,7 @@ def occupancy_from_rows(rows: Iterable[Any]) -> dict[str, Occupancy]:
             reserved=res is not None,
             reserved_for=f"{res.ns}/{res.name}" if res is not None and res.name else None,
             reservation_owner=res.key if res is not None else "",
-            released_at=rel.at if rel is not None else None,
+            released_at=_utc(rel.at) if rel is not None else None,
             released_by=f"{rel.ns}/{rel.name}" if rel is not None else None,
         )
     return out
@@ -354,11 +360,19 @@ WHERE NOT EXISTS (SELECT 1 FROM mine)
 )
 
 
+# The same on PostgreSQL's hot path: on the psycopg cursor (``db.driver``), no result layer.
+PRELUDE_PG = DriverStatement(PRELUDE)
+
+
 def load_holdings(session: Session, namespace: str, name: str, now: datetime) -> Holdings:
     """What ``namespace/name`` holds, what stands on those addresses, the pools' stamp, the
     Service's hints and (when it holds nothing) the high-water marks: one round trip."""
     params = {"ns": namespace, "name": name, "now": now}
-    result = session.connection().execute(PRELUDE, params).all()
+    result: Sequence[Any]
+    if session.get_bind().dialect.name == "postgresql":
+        result = fetch_all(session, PRELUDE_PG, params)
+    else:
+        result = session.connection().execute(PRELUDE, params).all()
     mine = sorted((r for r in result if r.kind == "m"), key=lambda r: (r.n3, r.n1))
     rows = tuple(
         HeldRow(
@@ -433,7 +447,7 @@ def hints_from_rows(rows: Iterable[Any]) -> Hints:
         if row.kind == "s":
             reserved[row.n3].append((row.key, row.ip))
         elif row.kind == "t" and (row.n3 not in sticky or row.at > sticky[row.n3][1]):
-            sticky[row.n3] = (row.ip, row.at)
+            sticky[row.n3] = (row.ip, _utc(row.at))
     ordered = {f: [ip for _, ip in sorted(items)] for f, items in reserved.items()}
     return Hints(ordered, sticky)
 
@@ -481,8 +495,10 @@ class DBStateView:
             or all(ip in self.known for ip in ips)
         ):
             return self.occupancy(ips), len(ips)
-        params = {"ips": list(ips), "now": self.now}
-        rows = self.session.connection().execute(SCAN_PG, params).all()
+        # One comma-separated string, split by the server: dumping a Python list as an
+        # array costs the client more than the rest of the parameters together.
+        params = {"ips": ",".join(ips), "now": self.now}
+        rows = fetch_all(self.session, SCAN_PG, params)
         occ = occupancy_from_rows(rows)
         taken = next((row for row in rows if row.kind == "l"), None)
         seen = int(taken.extra) if taken is not None else len(ips)
@@ -571,10 +587,16 @@ TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:ip, 0))")
 # first it locks (the CASE keeps the lock behind the checks, the LIMIT stops the walk). The
 # occupancy rows cover the candidates up to that one (all of them when none was locked), as of
 # the statement's snapshot; the claim re-reads after the lock.
-SCAN_PG = text(
-    """
+# ``:ips`` is the candidates joined by commas (no address contains one).
+# Every table is reached through its address index, one candidate at a time (the LATERAL
+# subqueries, kept apart by OFFSET 0, as in ``l``), whatever the statistics: a generic plan made
+# while the tables were nearly empty (a fresh database, before its first ANALYZE) otherwise
+# scanned the whole allocations table for every scan until autovacuum analysed it.
+SCAN_PG = DriverStatement(
+    text(
+        """
 WITH c AS MATERIALIZED (
-    SELECT ip, n FROM unnest(CAST(:ips AS varchar[])) WITH ORDINALITY AS c(ip, n)
+    SELECT ip, n FROM unnest(string_to_array(:ips, ',')) WITH ORDINALITY AS c(ip, n)
 ), l AS MATERIALIZED (
     SELECT c.ip, c.n FROM c
     WHERE CASE
@@ -593,15 +615,16 @@ SELECT 'l' AS kind, ip, NULL AS ns, NULL AS name, NULL AS uid, NULL AS key,
     CAST(n AS varchar) AS extra, CAST(NULL AS timestamptz) AS at
 FROM l
 UNION ALL
-SELECT 'a', ip, service_namespace, service_name, service_uid, sharing_key, CAST(ports AS varchar),
-    NULL
-FROM allocations WHERE active AND ip = ANY(ARRAY(SELECT ip FROM seen))
+SELECT 'a', a.ip, a.service_namespace, a.service_name, a.service_uid, a.sharing_key,
+    CAST(a.ports AS varchar), NULL
+FROM seen, LATERAL (SELECT * FROM allocations WHERE active AND ip = seen.ip OFFSET 0) AS a
 UNION ALL
-SELECT 'r', ip, service_namespace, service_name, NULL, owner, NULL, NULL
-FROM reservations WHERE ip = ANY(ARRAY(SELECT ip FROM seen))
-    AND (expires_at IS NULL OR expires_at > :now)
+SELECT 'r', r.ip, r.service_namespace, r.service_name, NULL, r.owner, NULL, NULL
+FROM seen, LATERAL (SELECT * FROM reservations WHERE ip = seen.ip
+    AND (expires_at IS NULL OR expires_at > :now) OFFSET 0) AS r
 UNION ALL
-SELECT 'x', ip, service_namespace, service_name, NULL, NULL, NULL, released_at
-FROM released_ips WHERE ip = ANY(ARRAY(SELECT ip FROM seen))
+SELECT 'x', x.ip, x.service_namespace, x.service_name, NULL, NULL, NULL, x.released_at
+FROM seen, LATERAL (SELECT * FROM released_ips WHERE ip = seen.ip OFFSET 0) AS x
 """
-).columns(*_occupancy_columns())
+    )
+)

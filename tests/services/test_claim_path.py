@@ -128,3 +128,93 @@ def test_a_claim_into_a_pool_deleted_meanwhile_writes_nothing(pg: sessionmaker[S
         retry = allocate_service(session=s, request=svc_request("shop"), actor=ACTOR, policy=POLICY)
         assert retry.reason is Reason.NO_POOL
     assert count(pg, Allocation) == 0 and count(pg, LedgerEntry) == 0
+
+
+def test_the_hot_statements_skip_sqlalchemys_execute_layer(pg: sessionmaker[Session]) -> None:
+    """Prelude, scan and claim run on the psycopg cursor (``db.driver``): SQLAlchemy's
+    ``Connection.execute`` (statement compilation, result metadata) sees none of them."""
+    make_pool(pg, "web", "127.20.0.0/24")
+    allocate(pg, "warm")
+    engine = pg.kw["bind"]
+    executed: list[object] = []
+
+    def record(_c: Any, clause: object, *_rest: Any) -> None:
+        executed.append(clause)
+
+    event.listen(engine, "before_execute", record)
+    try:
+        with statements(pg) as seen:
+            out = allocate(pg, "shop")
+    finally:
+        event.remove(engine, "before_execute", record)
+    assert out.changed and len(seen) == 3, seen
+    assert executed == [], executed
+
+
+def test_hints_read_on_the_driver_path_are_in_utc(pg: sessionmaker[Session]) -> None:
+    from datetime import UTC
+
+    from lbprovider.services.allocations import release_service
+    from lbprovider.services.state import load_holdings
+
+    make_pool(pg, "web", "127.20.0.0/24")
+    allocate(pg, "shop")
+    with transaction(pg) as s:
+        release_service(session=s, namespace="default", name="shop", actor=ACTOR, reason="t")
+    with transaction(pg) as s:
+        hints = load_holdings(s, "default", "shop", utcnow()).hints
+    assert hints is not None
+    ip, at = hints.sticky[4]
+    assert ip == "127.20.0.0" and at.tzinfo is UTC
+
+
+def test_the_hot_statements_take_no_array_parameters(pg: sessionmaker[Session]) -> None:
+    """Candidates and ports travel as one string each (split by the server): dumping Python
+    lists as arrays cost the client more than every other parameter together."""
+    make_pool(pg, "web", "127.20.0.0/24")
+    allocate(pg, "warm")
+    engine = pg.kw["bind"]
+    params: list[dict[str, Any]] = []
+
+    def record(_c: Any, _cur: Any, _statement: str, parameters: Any, *_rest: Any) -> None:
+        params.append(dict(parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        out = allocate(pg, "shop", ports=(80, 443))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert out.changed and len(params) == 3
+    arrays = [(k, v) for p in params for k, v in p.items() if isinstance(v, list | tuple)]
+    assert arrays == []
+    with pg() as s:
+        ports = s.execute(
+            select(AllocationPort.protocol, AllocationPort.port)
+            .where(AllocationPort.ip == out.ips[0])
+            .order_by(AllocationPort.port)
+        ).all()
+    assert [tuple(p) for p in ports] == [("TCP", 80), ("TCP", 443)]
+
+
+def test_the_scans_generic_plan_uses_the_address_indexes(pg: sessionmaker[Session]) -> None:
+    """With the tables (nearly) empty and never analysed, as in a fresh database, the plan
+    psycopg's prepared scan settles on reaches every table by its address index: a sequential
+    scan there was kept, once cached, until autovacuum analysed the table, and read the whole
+    allocations table for every scan meanwhile."""
+    from lbprovider.services.state import SCAN_PG
+
+    sql = SCAN_PG.sql.replace("%(ips)s", "$1::text").replace("%(now)s", "$2::timestamptz")
+    engine = pg.kw["bind"]
+    with engine.connect() as c:
+        c.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+        c.exec_driver_sql("PREPARE scan_plan AS " + sql)
+        plan = "\n".join(
+            row[0]
+            for row in c.exec_driver_sql(
+                "EXPLAIN EXECUTE scan_plan('127.20.0.1,127.20.0.2', now())"
+            )
+        )
+        c.exec_driver_sql("DEALLOCATE scan_plan")
+        c.rollback()
+    for table in ("allocations", "reservations", "released_ips"):
+        assert f"Seq Scan on {table}" not in plan, plan
