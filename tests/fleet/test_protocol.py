@@ -3,6 +3,7 @@ ETag = version, an agent token sees only its own host, and reports drive ``servi
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from lbprovider.fleet import protocol
 from lbprovider.fleet.compile import compile_fleet
 from lbprovider.fleet.models import FleetDelta, FleetState, HostStatus, RouteCounters, StatusAck
 from lbprovider.fleet.serving import live_hosts, serving_states
-from lbprovider.services.fleet import fleet_hosts
+from lbprovider.services.fleet import fleet_hosts, host_stamps, status_text
 from tests.api.conftest import LiveServer, api_settings, make_token
 
 from .helpers import add_service, make_pool, service_data, set_node
@@ -520,3 +521,47 @@ def test_a_report_outdated_at_every_try_is_done_whole_in_one_transaction(
         False,
         f"fleet host edge-1 has not applied {route.key} yet",
     )
+
+
+def test_status_text_parses_back_to_the_status() -> None:
+    status: dict[str, Any] = {
+        "report_id": "r1",
+        "errors": ["connexion refusée ✗"],
+        "applied_routes": {"a": "d" * 64},
+        "counters": {"a": {"sessions": 2**70}},
+        "ratio": float("inf"),
+    }
+    text = status_text(status)
+    assert text.startswith('{"report_id":"r1",')  # compact: pydantic_core, not json.dumps
+    assert "refusée ✗" in text and json.loads(text) == status
+    odd = {"error": "\ud800"}  # a lone surrogate: UTF-8 cannot hold it, json.dumps can
+    assert json.loads(status_text(odd)) == odd
+
+
+def test_a_prepared_report_is_read_back_by_every_reader(proto: Proto) -> None:
+    add_service(proto.sessions, service_data("web", [(80, 30080)]))
+    route = FleetState.model_validate(proto.state().json()).routes[0]
+    proto.report(HostStatus(applied_routes={}, report_id="r0"))  # registers the host
+    reason = "connexion refusée ✗"
+    report = HostStatus(
+        applied_routes={route.route_id: route.digest()},
+        route_errors={route.route_id: reason},
+        errors=[reason],
+        report_id="r1",
+    )
+    proto.report(report)
+    stored = _stored(proto)
+    assert stored["route_errors"] == {route.route_id: reason}
+    assert stored["applied_routes"] == {route.route_id: route.digest()}
+    with transaction(proto.sessions) as s:
+        (stamp,) = [h for h in host_stamps(session=s) if h.name == "edge-1"]
+        assert stamp.report_id == "r1"  # json_extract / ->> on the stored text
+        assert HostStatus.model_validate(
+            {k: v for k, v in stored.items() if k in HostStatus.model_fields}
+        ).errors == [reason]
+    assert _serving_of(proto)["web"] == (
+        False,
+        f"fleet host edge-1 does not serve {route.key}: {reason}",
+    )
+    hosts = proto.admin.get("/api/v1/fleet/hosts")  # the API's read of the stored status
+    assert hosts.status_code == 200 and reason in hosts.json()["results"][0]["error"], hosts.text
