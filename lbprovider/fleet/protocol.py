@@ -128,6 +128,11 @@ def accept_status(
         with transaction(sessions) as session:
             if _still_holds(session, cache, settings, prepared):
                 return _write_prepared(session, cache, host, report, prepared)
+    else:
+        logger.info(
+            "fleet report outdated at every prepare: stored in one write transaction",
+            extra={"event": "host_status_whole", "host": host, "tries": PREPARE_TRIES},
+        )
     with transaction(sessions) as session:
         return accept_status_in(
             session=session, cache=cache, settings=settings, host=host, report=report

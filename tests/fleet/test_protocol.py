@@ -4,6 +4,7 @@ ETag = version, an agent token sees only its own host, and reports drive ``servi
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -482,8 +483,9 @@ def test_a_change_between_prepare_and_write_is_prepared_again(
 
 
 def test_a_report_outdated_at_every_try_is_done_whole_in_one_transaction(
-    proto: Proto, monkeypatch: pytest.MonkeyPatch
+    proto: Proto, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger=protocol.__name__)
     add_service(proto.sessions, service_data("web", [(80, 30080)]))
     route = FleetState.model_validate(proto.state().json()).routes[0]
     applied = {route.route_id: route.digest()}
@@ -515,6 +517,7 @@ def test_a_report_outdated_at_every_try_is_done_whole_in_one_transaction(
         ).json()
     )
     assert calls == ["prepare"] * protocol.PREPARE_TRIES + ["whole"]
+    assert [r for r in caplog.records if getattr(r, "event", "") == "host_status_whole"]
     assert not ack.resend_full
     assert _stored(proto)["report_id"] == "r2"
     assert _serving_of(proto)["web"] == (
