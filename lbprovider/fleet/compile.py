@@ -412,8 +412,21 @@ class StateCache:
 
     def state(self, session: Session, host: str) -> FleetState:
         """The current state of ``host``."""
+        return self._state_of(self.compiled(session), host, host_enabled(session, host))
+
+    def current(
+        self, session: Session, host: str
+    ) -> tuple[tuple[Any, ...] | None, Compiled, FleetState]:
+        """The change stamp the current compilation is of (None: it was replaced meanwhile),
+        that compilation, and ``host``'s state in it: all three of one compilation, so a
+        writer can check later, by stamp, that they still hold."""
         compiled = self.compiled(session)
-        key = (host, host_enabled(session, host))
+        with self._lock:
+            stamp = self._stamp if self._compiled is compiled else None
+        return stamp, compiled, self._state_of(compiled, host, host_enabled(session, host))
+
+    def _state_of(self, compiled: Compiled, host: str, enabled: bool) -> FleetState:
+        key = (host, enabled)
         with self._lock:
             cached = self._states.get(key)
             if cached is not None and self._compiled is compiled:

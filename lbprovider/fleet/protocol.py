@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio.to_thread
@@ -22,9 +23,9 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from lbprovider.config import Settings
-from lbprovider.db.session import read_transaction
+from lbprovider.db.session import read_transaction, transaction
 from lbprovider.db.types import utcnow
-from lbprovider.fleet.compile import Compiled, ServingBasis, StateCache
+from lbprovider.fleet.compile import Compiled, ServingBasis, StateCache, change_stamp
 from lbprovider.fleet.models import FleetDelta, FleetState, HostStatus, StatusAck
 from lbprovider.fleet.serving import (
     HostView,
@@ -37,10 +38,16 @@ from lbprovider.services.fleet import (
     REPORT_ID,
     HostReport,
     HostStamp,
+    finish_status,
     host_stamps,
     host_statuses,
+    merge_report,
     record_host_report,
+    serving_updates,
     set_serving,
+    status_text,
+    store_prepared_report,
+    write_serving,
 )
 
 logger = logging.getLogger(__name__)
@@ -91,52 +98,171 @@ def state_answer(
     return FleetDelta.between(base, state).model_dump_json().encode(), headers
 
 
+PREPARE_TRIES = 3  # prepared reports the write transaction found outdated before the fallback
+
+
 def accept_status(
-    *, session: Session, cache: StateCache, settings: Settings, host: str, report: HostStatus
+    *,
+    sessions: sessionmaker[Session],
+    cache: StateCache,
+    settings: Settings,
+    host: str,
+    report: HostStatus,
 ) -> StatusAck:
     """Store a host's report and refresh every Service's ``serving`` from all hosts' reports.
 
     The report is stored with the version the API serves the host now, so the row keeps since
-    when the host's applied version lags it (``/metrics``' version lag reads that)."""
-    cache.refresh(session)  # before this transaction writes: see StateCache.refresh
+    when the host's applied version lags it (``/metrics``' version lag reads that).
+
+    The work (merge with the stored report, serialise it, decide the ``serving`` changes) is
+    prepared in a read-only transaction; the write transaction (SQLite's write lock) then only
+    checks that what it was prepared from still holds (the change stamp, every host's row
+    stamp, the live hosts, what this API last stored and wrote serving from) and writes it. If
+    something moved it is prepared again, up to :data:`PREPARE_TRIES` times, then done whole
+    in one write transaction (:func:`accept_status_in`)."""
+    for _ in range(PREPARE_TRIES):
+        with read_transaction(cache.readers(sessions)) as session:
+            prepared = _prepare(session, cache, settings, host, report)
+        if prepared is None:
+            break  # a host without a row yet: registered by the whole path
+        with transaction(sessions) as session:
+            if _still_holds(session, cache, settings, prepared):
+                return _write_prepared(session, cache, host, report, prepared)
+    else:
+        logger.info(
+            "fleet report outdated at every prepare: stored in one write transaction",
+            extra={"event": "host_status_whole", "host": host, "tries": PREPARE_TRIES},
+        )
+    with transaction(sessions) as session:
+        return accept_status_in(
+            session=session, cache=cache, settings=settings, host=host, report=report
+        )
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A report's work done before its write transaction, and what it was based on."""
+
+    stamp: tuple[Any, ...]  # change stamp of ``compiled``
+    hosts: list[HostStamp]  # every host's row stamp as read
+    kept: dict[str, dict[str, Any] | None]  # cache.stored_report of each host, as used
+    basis: ServingBasis | None  # cache.serving_basis, as used
+    live: frozenset[str]  # the live hosts at ``now``
+    now: datetime
+    desired: str
+    row: HostReport  # what the row gets (error, applied version)
+    status: dict[str, Any]  # the merged status
+    text: str  # ``status`` serialised
+    taken: bool
+    updates: list[dict[str, Any]]  # serving rows to change
+    done: ServingBasis  # what serving is then written from
+
+
+def _prepare(
+    session: Session, cache: StateCache, settings: Settings, host: str, report: HostStatus
+) -> _Prepared | None:
+    """The report's work, from what ``session`` (read-only) and the cache see; None when the
+    host has no row or the compilation moved on while it was read."""
+    cache.refresh(session)
     stale = timedelta(seconds=settings.fleet_host_stale_seconds)
     now = utcnow()
     stamps = host_stamps(session=session)
+    mine = next((h for h in stamps if h.name == host), None)
+    if mine is None:
+        return None
+    kept = {h.name: cache.stored_report(h.name) for h in stamps}
+    basis = cache.serving_basis
     statuses, known = _statuses(session, cache, stamps)
-    before = [
-        view_of(h.name, statuses[h.name])
-        for h in stamps
-        if is_live(h.enabled, h.last_heartbeat, now=now, stale=stale)
-    ]
+    live = [h for h in stamps if is_live(h.enabled, h.last_heartbeat, now=now, stale=stale)]
+    before = [view_of(h.name, statuses[h.name]) for h in live]
+    stamp, compiled, state = cache.current(session, host)
+    if stamp is None:
+        return None
+    row = _host_report(report, state.version)
+    status, taken = merge_report(statuses[host], row)
+    status = finish_status(status, row, statuses[host], now)
+    views = [v for v in before if v.name != host]
+    if mine.enabled:
+        views = sorted([*views, view_of(host, status)], key=lambda v: v.name)
+    states, only, done = _serving_plan(basis, compiled, host, before, views, known=known)
+    updates = serving_updates(session=session, states=states, only_listed=only)
+    return _Prepared(
+        stamp=stamp,
+        hosts=stamps,
+        kept=kept,
+        basis=basis,
+        live=frozenset(h.name for h in live),
+        now=now,
+        desired=state.version,
+        row=row,
+        status=status,
+        text=status_text(status),
+        taken=taken,
+        updates=updates,
+        done=done,
+    )
+
+
+def _still_holds(
+    session: Session, cache: StateCache, settings: Settings, prepared: _Prepared
+) -> bool:
+    """Whether what ``prepared`` was based on still holds in the write transaction
+    ``session``: two statements (the change stamp, the hosts' row stamps)."""
+    if change_stamp(session) != prepared.stamp:
+        return False
+    stamps = host_stamps(session=session)
+    if stamps != prepared.hosts or cache.serving_basis is not prepared.basis:
+        return False
+    if any(cache.stored_report(name) is not was for name, was in prepared.kept.items()):
+        return False
+    stale = timedelta(seconds=settings.fleet_host_stale_seconds)
+    now = utcnow()
+    live = {h.name for h in stamps if is_live(h.enabled, h.last_heartbeat, now=now, stale=stale)}
+    return live == prepared.live
+
+
+def _write_prepared(
+    session: Session, cache: StateCache, host: str, report: HostStatus, prepared: _Prepared
+) -> StatusAck:
+    """Write a prepared report (its row, then the serving rows) and answer it."""
+    stored = store_prepared_report(
+        session=session, name=host, text=prepared.text, report=prepared.row, now=prepared.now
+    )
+    assert stored, "the host's row was checked to exist in this transaction"
+    changed = write_serving(session=session, updates=prepared.updates)
+    status, done = prepared.status, prepared.done
+    event.listen(session, "after_commit", lambda _s: cache.note_report(host, status), once=True)
+    event.listen(session, "after_commit", lambda _s: cache.note_serving(done), once=True)
+    return _answer(
+        host, report, prepared.row.error, status, prepared.desired, prepared.taken, changed
+    )
+
+
+def _host_report(report: HostStatus, desired: str) -> HostReport:
+    """What ``report`` changes on its host's row, served ``desired`` now."""
     status = report.model_dump(mode="json", exclude=_NOT_STORED)
     row_status = {k: v for k, v in status.items() if k != "applied_routes"}
     row_status["applied_routes"] = report.applied_routes
-    error = "; ".join(report.errors)
-    desired = cache.state(session, host).version
-    row, taken = record_host_report(
-        session=session,
-        name=host,
-        report=HostReport(
-            report.applied_version,
-            error,
-            row_status,
-            serving_version=desired,
-            base_report=report.base_report,
-            gone_routes=tuple(report.gone_routes),
-            gone_counters=tuple(report.gone_counters),
-        ),
-        now=now,
-        previous=statuses.get(host),
+    return HostReport(
+        report.applied_version,
+        "; ".join(report.errors),
+        row_status,
+        serving_version=desired,
+        base_report=report.base_report,
+        gone_routes=tuple(report.gone_routes),
+        gone_counters=tuple(report.gone_counters),
     )
-    stored_status = row.status
-    compiled = cache.compiled(session)
-    views = [v for v in before if v.name != host]
-    if row.enabled:
-        views = sorted([*views, view_of(host, stored_status)], key=lambda v: v.name)
-    changed = _refresh_serving(session, cache, compiled, host, before, views, known=known)
-    event.listen(
-        session, "after_commit", lambda _s: cache.note_report(host, stored_status), once=True
-    )
+
+
+def _answer(
+    host: str,
+    report: HostStatus,
+    error: str,
+    stored_status: dict[str, Any],
+    desired: str,
+    taken: bool,
+    changed: int,
+) -> StatusAck:
     if report.errors or changed:
         logger.info(
             "fleet host reported",
@@ -156,6 +282,46 @@ def accept_status(
         deltas=True,
         resend_full=not taken,
     )
+
+
+def accept_status_in(
+    *, session: Session, cache: StateCache, settings: Settings, host: str, report: HostStatus
+) -> StatusAck:
+    """:func:`accept_status` whole in the write transaction ``session`` (the fallback, and a
+    host's first report, which registers it)."""
+    cache.refresh(session)  # before this transaction writes: see StateCache.refresh
+    stale = timedelta(seconds=settings.fleet_host_stale_seconds)
+    now = utcnow()
+    stamps = host_stamps(session=session)
+    statuses, known = _statuses(session, cache, stamps)
+    before = [
+        view_of(h.name, statuses[h.name])
+        for h in stamps
+        if is_live(h.enabled, h.last_heartbeat, now=now, stale=stale)
+    ]
+    desired = cache.state(session, host).version
+    row_report = _host_report(report, desired)
+    row, taken = record_host_report(
+        session=session,
+        name=host,
+        report=row_report,
+        now=now,
+        previous=statuses.get(host),
+    )
+    stored_status = row.status
+    compiled = cache.compiled(session)
+    views = [v for v in before if v.name != host]
+    if row.enabled:
+        views = sorted([*views, view_of(host, stored_status)], key=lambda v: v.name)
+    states, only, done = _serving_plan(
+        cache.serving_basis, compiled, host, before, views, known=known
+    )
+    changed = set_serving(session=session, states=states, only_listed=only)
+    event.listen(session, "after_commit", lambda _s: cache.note_serving(done), once=True)
+    event.listen(
+        session, "after_commit", lambda _s: cache.note_report(host, stored_status), once=True
+    )
+    return _answer(host, report, row_report.error, stored_status, desired, taken, changed)
 
 
 _NOT_STORED = {"base_report", "gone_routes", "gone_counters"}  # a delta's own fields
@@ -179,21 +345,22 @@ def _statuses(
     return out, not missing
 
 
-def _refresh_serving(
-    session: Session,
-    cache: StateCache,
+def _serving_plan(
+    basis: ServingBasis | None,
     compiled: Compiled,
     host: str,
     before: list[HostView],
     after: list[HostView],
     *,
     known: bool,
-) -> int:
-    """Write every Service's ``serving`` as ``compiled`` and the hosts' views ``after`` this
-    report make it; returns the rows changed.
+) -> tuple[dict[str, tuple[bool, str]], bool, ServingBasis]:
+    """The ``serving`` of every Service ``compiled`` and the hosts' views ``after`` this
+    report make it (to write where it differs), whether they are only those listed (read only
+    their records), and the basis serving is then written from.
 
     ``known``: every host's stored status was as this API stored it (else some other writer
-    changed a host's report, and every Service is recomputed).
+    changed a host's report, and every Service is recomputed). ``basis``: what this API last
+    wrote serving from (committed).
 
     Only the Services this report can have changed are recomputed (and only their records
     read) when this API last wrote serving (committed) for the same live hosts less than
@@ -202,7 +369,6 @@ def _refresh_serving(
     view is what its own last report left, and that report refreshed what it touched). Else,
     or when that is many Services, every Service is recomputed."""
     live = frozenset(v.name for v in after)
-    basis = cache.serving_basis
     now = time.monotonic()
     touched: set[str] | None = None
     if (
@@ -218,12 +384,7 @@ def _refresh_serving(
         if len(touched) > SERVING_FULL_ABOVE:
             touched = None
     if touched is None:
-        changed = set_serving(session=session, states=serving_states(compiled, after))
-        done = ServingBasis(compiled, live, now)
-    else:
-        states = serving_states(compiled, after, only=touched)
-        changed = set_serving(session=session, states=states, only_listed=True)
-        assert basis is not None
-        done = ServingBasis(compiled, live, basis.full_at)
-    event.listen(session, "after_commit", lambda _s: cache.note_serving(done), once=True)
-    return changed
+        return serving_states(compiled, after), False, ServingBasis(compiled, live, now)
+    assert basis is not None
+    states = serving_states(compiled, after, only=touched)
+    return states, True, ServingBasis(compiled, live, basis.full_at)

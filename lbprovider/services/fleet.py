@@ -11,12 +11,15 @@ What it must not do: compile desired state, or commit (the caller owns the trans
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, tuple_, update
+from pydantic_core import PydanticSerializationError, to_json
+from sqlalchemy import Text, cast, literal, select, tuple_, type_coerce, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, defer
 
 from lbprovider.db.models import FleetHost, ServiceRecord
@@ -113,9 +116,7 @@ def record_host_report(
         ) or get_or_register_host(session=session, name=name)
     status, taken = merge_report(previous, report)
     now = now or utcnow()
-    if report.serving_version is not None:
-        status[OUT_OF_SYNC_SINCE] = _out_of_sync_since(report, previous, now)
-    host.status = status
+    host.status = finish_status(status, report, previous, now)
     host.applied_version = report.applied_version[:64]
     host.error = report.error[:MAX_ERROR_CHARS]
     host.last_heartbeat = now
@@ -149,6 +150,16 @@ def merge_report(previous: Mapping[str, Any], report: HostReport) -> tuple[dict[
     return status, True
 
 
+def finish_status(
+    status: dict[str, Any], report: HostReport, previous: Mapping[str, Any], now: datetime
+) -> dict[str, Any]:
+    """``status`` (merged by :func:`merge_report`) with what the API adds: since when the
+    host's applied version lags the served one, when the report says what is served."""
+    if report.serving_version is not None:
+        status[OUT_OF_SYNC_SINCE] = _out_of_sync_since(report, previous, now)
+    return status
+
+
 def _merged(stored: object, changed: object, gone: set[str]) -> dict[str, Any]:
     """``stored`` (a dict, else empty) with ``changed`` upserted and ``gone`` dropped."""
     out = {k: v for k, v in stored.items() if k not in gone} if isinstance(stored, dict) else {}
@@ -178,7 +189,17 @@ def set_serving(
 ) -> int:
     """Write ``namespace/name -> (serving, message)`` where it differs; returns rows changed.
     ``only_listed``: read only the records ``states`` names (few), not every record."""
-    changed = 0
+    return write_serving(
+        session=session,
+        updates=serving_updates(session=session, states=states, only_listed=only_listed),
+    )
+
+
+def serving_updates(
+    *, session: Session, states: Mapping[str, tuple[bool, str]], only_listed: bool = False
+) -> list[dict[str, Any]]:
+    """The rows :func:`set_serving` would change (``id``, ``serving``, ``serving_message``),
+    as ``session`` sees the records; :func:`write_serving` writes them."""
     query = select(
         ServiceRecord.id,
         ServiceRecord.namespace,
@@ -188,7 +209,7 @@ def set_serving(
     )
     if only_listed:
         if not states:
-            return 0
+            return []
         keys = [tuple(k.split("/", 1)) for k in states]
         query = query.where(tuple_(ServiceRecord.namespace, ServiceRecord.name).in_(keys))
     rows = session.execute(query)
@@ -197,11 +218,51 @@ def set_serving(
         wanted = states.get(f"{ns}/{name}")
         if wanted is not None and (bool(serving), message or "") != wanted:
             updates.append({"id": row_id, "serving": wanted[0], "serving_message": wanted[1]})
-    if updates:
-        now = utcnow()
-        for item in updates:
-            item["updated_at"] = now
-        # ORM bulk UPDATE by primary key: one executemany, however many Services changed.
-        session.execute(update(ServiceRecord), updates)
-        changed = len(updates)
-    return changed
+    return updates
+
+
+def write_serving(*, session: Session, updates: Sequence[Mapping[str, Any]]) -> int:
+    """Write rows of :func:`serving_updates` (stamped ``updated_at`` now); returns how many."""
+    if not updates:
+        return 0
+    now = utcnow()
+    # ORM bulk UPDATE by primary key: one executemany, however many Services changed.
+    session.execute(update(ServiceRecord), [{**item, "updated_at": now} for item in updates])
+    return len(updates)
+
+
+def status_text(status: Mapping[str, Any]) -> str:
+    """``status`` as JSON text for ``FleetHost.status``, serialised before the report's write
+    transaction, by ``pydantic_core.to_json`` (about 2-4x faster than ``json.dumps`` on a
+    10,000-route report). Its text is compact and keeps non-ASCII as UTF-8 (NaN stays NaN, as
+    with ``json.dumps``); every reader of the column parses it (the ORM's ``json.loads``,
+    SQLite's ``json_extract``, PostgreSQL's jsonb), none matches its text. What it refuses (a
+    lone surrogate) ``json.dumps`` writes, as the ORM would."""
+    try:
+        return to_json(status).decode()
+    except PydanticSerializationError:
+        return json.dumps(status)
+
+
+def store_prepared_report(
+    *, session: Session, name: str, text: str, report: HostReport, now: datetime
+) -> bool:
+    """Write a report :func:`merge_report` merged and :func:`status_text` serialised before
+    this transaction: ``text`` as the host's status, and the row's other report columns (one
+    UPDATE; no ORM object). False when the host has no row (nothing written)."""
+    stored: Any = (
+        cast(literal(text, Text), JSONB)
+        if session.get_bind().dialect.name == "postgresql"
+        else type_coerce(literal(text, Text), Text)
+    )
+    result = session.execute(
+        update(FleetHost.__table__)  # type: ignore[arg-type]
+        .where(FleetHost.__table__.c.name == name)
+        .values(
+            status=stored,
+            applied_version=report.applied_version[:64],
+            error=report.error[:MAX_ERROR_CHARS],
+            last_heartbeat=now,
+        )
+    )
+    return bool(getattr(result, "rowcount", 0))

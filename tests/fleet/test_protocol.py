@@ -3,24 +3,28 @@ ETag = version, an agent token sees only its own host, and reports drive ``servi
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, event, select
+from sqlalchemy import Connection, Engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from lbprovider.api.app import create_app
 from lbprovider.db.models import FleetHost, ServiceRecord
-from lbprovider.db.session import transaction
+from lbprovider.db.session import READ_ONLY, read_only_engine, transaction
 from lbprovider.db.types import utcnow
+from lbprovider.fleet import protocol
 from lbprovider.fleet.compile import compile_fleet
 from lbprovider.fleet.models import FleetDelta, FleetState, HostStatus, RouteCounters, StatusAck
 from lbprovider.fleet.serving import live_hosts, serving_states
-from lbprovider.services.fleet import fleet_hosts
+from lbprovider.services.fleet import fleet_hosts, host_stamps, status_text
 from tests.api.conftest import LiveServer, api_settings, make_token
 
 from .helpers import add_service, make_pool, service_data, set_node
@@ -303,6 +307,14 @@ def test_a_delta_against_an_unknown_base_is_refused_and_asks_for_a_whole_report(
     assert not ack.resend_full and _serving_of(proto)["web"] == (True, "served by 1 fleet host")
 
 
+def _engines(engine: Engine) -> list[Engine]:
+    """``engine`` and, on PostgreSQL, its read-only pool (a SQLite read-only view shares
+    ``engine``'s events)."""
+    if engine.dialect.name != "postgresql":
+        return [engine]
+    return [engine, read_only_engine(engine)]
+
+
 def test_a_report_recomputes_serving_of_the_services_it_touches_only(
     proto: Proto, engine: Engine
 ) -> None:
@@ -320,7 +332,9 @@ def test_a_report_recomputes_serving_of_the_services_it_touches_only(
     def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
         statements.append(statement)
 
-    event.listen(engine, "before_cursor_execute", seen)
+    watched = _engines(engine)  # a report prepares in a read-only transaction
+    for e in watched:
+        event.listen(e, "before_cursor_execute", seen)
     try:
         proto.report(
             HostStatus(
@@ -331,7 +345,8 @@ def test_a_report_recomputes_serving_of_the_services_it_touches_only(
             )
         )
     finally:
-        event.remove(engine, "before_cursor_execute", seen)
+        for e in watched:
+            event.remove(e, "before_cursor_execute", seen)
     reads = [
         s for s in statements if "serving_message" in s and s.lstrip().upper().startswith("SELECT")
     ]
@@ -373,3 +388,183 @@ def test_a_report_stored_by_another_api_is_read_from_the_row(proto: Proto) -> No
         False,
         f"fleet host edge-1 has not applied {route.key} yet",
     )
+
+
+def _write_transactions(engine: Engine) -> tuple[list[list[str]], object]:
+    """Statements of each write transaction on ``engine`` (read-only ones left out), and a
+    function that stops recording."""
+    done: list[list[str]] = []
+    open_: dict[int, list[str]] = {}
+
+    def begin(conn: Connection) -> None:
+        if not conn.get_execution_options().get(READ_ONLY, False):
+            open_[id(conn)] = []
+
+    def statement(conn: Connection, _cur: object, text: str, *_args: object) -> None:
+        if id(conn) in open_ and not text.lstrip().upper().startswith("BEGIN"):
+            open_[id(conn)].append(text)
+
+    def end(conn: Connection) -> None:
+        if (seen := open_.pop(id(conn), None)) is not None:
+            done.append(seen)
+
+    hooks = [("begin", begin), ("before_cursor_execute", statement)]
+    hooks += [("commit", end), ("rollback", end)]
+    for name, fn in hooks:
+        event.listen(engine, name, fn)
+
+    def stop() -> None:
+        for name, fn in hooks:
+            event.remove(engine, name, fn)
+
+    return done, stop
+
+
+def test_a_report_writes_in_a_short_transaction_prepared_before_it(
+    proto: Proto, engine: Engine
+) -> None:
+    """The merge, the serialisation and the serving decision run before the write
+    transaction: it holds the write lock for two checks and the writes only (no compile, no
+    read of a stored status or of Service records)."""
+    for i in range(4):
+        add_service(proto.sessions, service_data(f"s{i}", [(80 + i, 30080)]))
+    routes = FleetState.model_validate(proto.state().json()).routes
+    applied = {r.route_id: r.digest() for r in routes}
+    proto.report(HostStatus(applied_routes=applied, report_id="run-1"))
+    done, stop = _write_transactions(engine)
+    try:
+        ack = StatusAck.model_validate(
+            proto.report(
+                HostStatus(
+                    applied_routes={},
+                    route_errors={routes[0].route_id: "connection refused"},
+                    report_id="run-2",
+                    base_report="run-1",
+                )
+            ).json()
+        )
+    finally:
+        stop()
+    assert not ack.resend_full
+    writes = [t for t in done if any("UPDATE fleet_hosts" in s for s in t)]
+    assert len(writes) == 1, done
+    (write,) = writes
+    assert len(write) <= 4, write  # change stamp, host stamps, the row, the serving rows
+    assert not any("FROM service_records WHERE" in s for s in write), write
+    assert not any("fleet_hosts.status AS" in s for s in write), write
+    assert _serving_of(proto)["s0"][0] is False
+    assert _stored(proto)["route_errors"] == {routes[0].route_id: "connection refused"}
+
+
+def test_a_change_between_prepare_and_write_is_prepared_again(
+    proto: Proto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_service(proto.sessions, service_data("web", [(80, 30080)]))
+    route = FleetState.model_validate(proto.state().json()).routes[0]
+    proto.report(HostStatus(applied_routes={}, report_id="r0"))  # registers the host
+    prepared = protocol._prepare
+    calls: list[int] = []
+
+    def racing(*args: Any, **kwargs: Any) -> Any:
+        out = prepared(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:  # a Service created after the first prepare, before its write
+            add_service(proto.sessions, service_data("late", [(81, 30080)]))
+        return out
+
+    monkeypatch.setattr(protocol, "_prepare", racing)
+    proto.report(HostStatus(applied_routes={route.route_id: route.digest()}, report_id="r1"))
+    assert len(calls) == 2
+    late = next(r for r in FleetState.model_validate(proto.state().json()).routes if r.port == 81)
+    assert _serving_of(proto) == {
+        "web": (True, "served by 1 fleet host"),
+        "late": (False, f"fleet host edge-1 has not applied {late.key} yet"),
+    }
+
+
+def test_a_report_outdated_at_every_try_is_done_whole_in_one_transaction(
+    proto: Proto, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=protocol.__name__)
+    add_service(proto.sessions, service_data("web", [(80, 30080)]))
+    route = FleetState.model_validate(proto.state().json()).routes[0]
+    applied = {route.route_id: route.digest()}
+    proto.report(HostStatus(applied_routes=applied, report_id="r1"))
+    prepared = protocol._prepare
+    whole = protocol.accept_status_in
+    calls: list[str] = []
+
+    def racing(*args: Any, **kwargs: Any) -> Any:
+        out = prepared(*args, **kwargs)
+        calls.append("prepare")
+        with transaction(proto.sessions) as s:  # another writer stores the host's row
+            row = s.scalar(select(FleetHost).where(FleetHost.name == "edge-1"))
+            assert row is not None
+            row.last_heartbeat = utcnow()
+        return out
+
+    def counted(**kwargs: Any) -> Any:
+        calls.append("whole")
+        return whole(**kwargs)
+
+    monkeypatch.setattr(protocol, "_prepare", racing)
+    monkeypatch.setattr(protocol, "accept_status_in", counted)
+    ack = StatusAck.model_validate(
+        proto.report(
+            HostStatus(
+                applied_routes={}, report_id="r2", base_report="r1", gone_routes=[route.route_id]
+            )
+        ).json()
+    )
+    assert calls == ["prepare"] * protocol.PREPARE_TRIES + ["whole"]
+    assert [r for r in caplog.records if getattr(r, "event", "") == "host_status_whole"]
+    assert not ack.resend_full
+    assert _stored(proto)["report_id"] == "r2"
+    assert _serving_of(proto)["web"] == (
+        False,
+        f"fleet host edge-1 has not applied {route.key} yet",
+    )
+
+
+def test_status_text_parses_back_to_the_status() -> None:
+    status: dict[str, Any] = {
+        "report_id": "r1",
+        "errors": ["connexion refusée ✗"],
+        "applied_routes": {"a": "d" * 64},
+        "counters": {"a": {"sessions": 2**70}},
+        "ratio": float("inf"),
+    }
+    text = status_text(status)
+    assert text.startswith('{"report_id":"r1",')  # compact: pydantic_core, not json.dumps
+    assert "refusée ✗" in text and json.loads(text) == status
+    odd = {"error": "\ud800"}  # a lone surrogate: UTF-8 cannot hold it, json.dumps can
+    assert json.loads(status_text(odd)) == odd
+
+
+def test_a_prepared_report_is_read_back_by_every_reader(proto: Proto) -> None:
+    add_service(proto.sessions, service_data("web", [(80, 30080)]))
+    route = FleetState.model_validate(proto.state().json()).routes[0]
+    proto.report(HostStatus(applied_routes={}, report_id="r0"))  # registers the host
+    reason = "connexion refusée ✗"
+    report = HostStatus(
+        applied_routes={route.route_id: route.digest()},
+        route_errors={route.route_id: reason},
+        errors=[reason],
+        report_id="r1",
+    )
+    proto.report(report)
+    stored = _stored(proto)
+    assert stored["route_errors"] == {route.route_id: reason}
+    assert stored["applied_routes"] == {route.route_id: route.digest()}
+    with transaction(proto.sessions) as s:
+        (stamp,) = [h for h in host_stamps(session=s) if h.name == "edge-1"]
+        assert stamp.report_id == "r1"  # json_extract / ->> on the stored text
+        assert HostStatus.model_validate(
+            {k: v for k, v in stored.items() if k in HostStatus.model_fields}
+        ).errors == [reason]
+    assert _serving_of(proto)["web"] == (
+        False,
+        f"fleet host edge-1 does not serve {route.key}: {reason}",
+    )
+    hosts = proto.admin.get("/api/v1/fleet/hosts")  # the API's read of the stored status
+    assert hosts.status_code == 200 and reason in hosts.json()["results"][0]["error"], hosts.text

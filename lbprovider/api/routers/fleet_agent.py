@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
 from lbprovider.api.auth import bearer, current_token, require_host_agent
-from lbprovider.api.deps import ContextDep, SessionDep
+from lbprovider.api.deps import ContextDep
 from lbprovider.api.problems import problem_responses
 from lbprovider.db.session import transaction
 from lbprovider.fleet.compile import StateCache
@@ -100,9 +100,8 @@ async def get_state(
 
 
 @router.post("/hosts/{name}/status", responses=problem_responses(401, 403, 422, 429))
-def post_status(
-    host: HostDep, body: HostStatus, session: SessionDep, ctx: ContextDep, cache: CacheDep
-) -> StatusAck:
+def post_status(host: HostDep, body: HostStatus, ctx: ContextDep, cache: CacheDep) -> StatusAck:
+    # no request transaction: accept_status prepares in a read-only one, then writes briefly
     return accept_status(
-        session=session, cache=cache, settings=ctx.settings, host=host, report=body
+        sessions=ctx.sessions, cache=cache, settings=ctx.settings, host=host, report=body
     )
