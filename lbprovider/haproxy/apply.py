@@ -295,9 +295,16 @@ def derive_layout(known: Known, desired: DesiredState) -> Known | None:
     if desired.nodes != old.nodes or desired.health_check != old.health_check:
         return None
     settings = known.layout.skeleton.settings
-    new_keys = {r.key for r in desired.routes}
-    changed = [r for r in desired.routes if known.by_key.get(r.key) is not r]
-    gone = [r for key, r in known.by_key.items() if key not in new_keys]
+    if desired.change is not None and desired.change[0] is old:
+        # made from the known state by DesiredState.with_changes: the change is known
+        _, added, removed = desired.change
+        new_keys = desired.route_keys
+        changed = [r for r in added if known.by_key.get(r.key) is not r]
+        gone = [r for r in removed if r.key not in new_keys]
+    else:
+        new_keys = {r.key for r in desired.routes}
+        changed = [r for r in desired.routes if known.by_key.get(r.key) is not r]
+        gone = [r for key, r in known.by_key.items() if key not in new_keys]
     replaced = [o for r in changed if (o := known.by_key.get(r.key)) is not None]
     if any(r.is_local or r.options.source_ranges for r in (*changed, *gone, *replaced)):
         return None
