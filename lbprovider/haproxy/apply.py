@@ -43,6 +43,7 @@ from lbprovider.haproxy.render import (
     MASTER_SOCKET,
     STATE_FILE,
     ConfigCheckFailed,
+    RouteMapText,
     config_digest,
     render_config,
     server_arguments,
@@ -368,6 +369,7 @@ class Applier:
         self.client = RuntimeClient(str(admin))
         self.known: Known | None = None
         self._derived: tuple[Known, DesiredState, Known | None] | None = None
+        self._route_map_text = RouteMapText()
 
     def close(self) -> None:
         """Close the runtime connection (the process keeps running)."""
@@ -459,7 +461,7 @@ class Applier:
     def _persist(self, layout: Layout, result: ApplyResult) -> None:
         """Keep files equal to what runs, so a reload or restart loses nothing."""
         try:
-            write_maps(layout)
+            write_maps(layout, self._route_map_text)
             if _read(self.config_path) != render_config(layout):
                 write_config(layout, self.haproxy_bin)
         except (OSError, ConfigCheckFailed) as e:
