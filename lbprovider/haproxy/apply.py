@@ -296,7 +296,7 @@ def derive_layout(known: Known, desired: DesiredState) -> Known | None:
     if desired.nodes != old.nodes or desired.health_check != old.health_check:
         return None
     settings = known.layout.skeleton.settings
-    if desired.change is not None and desired.change[0] is old:
+    if desired.change is not None and desired.change[0]() is old:
         # made from the known state by DesiredState.with_changes: the change is known
         _, added, removed = desired.change
         new_keys = desired.route_keys

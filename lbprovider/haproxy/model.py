@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import re
+import weakref
 from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -249,10 +250,11 @@ class DesiredState:
     nodes: tuple[Node, ...] = ()
     health_check: HealthCheck = field(default_factory=HealthCheck)
     # Not content (not compared, not arguments): the route keys and ids as sets, and for a
-    # state made by with_changes, (the state it was made from, routes added, routes removed).
+    # state made by with_changes, (the state it was made from, routes added, routes removed);
+    # that state by weak reference, so a chain of deltas does not keep every state alive.
     _keys: set[object] = field(default_factory=set, init=False, compare=False, repr=False)
     _ids: set[object] = field(default_factory=set, init=False, compare=False, repr=False)
-    change: tuple[DesiredState, tuple[Route, ...], tuple[Route, ...]] | None = field(
+    change: tuple[weakref.ref[DesiredState], tuple[Route, ...], tuple[Route, ...]] | None = field(
         default=None, init=False, compare=False, repr=False
     )
 
@@ -316,7 +318,7 @@ class DesiredState:
             ("health_check", health_check),
             ("_keys", keys),
             ("_ids", ids),
-            ("change", (self, tuple(added), tuple(removed))),
+            ("change", (weakref.ref(self), tuple(added), tuple(removed))),
         ):
             object.__setattr__(state, name, value)
         state._check_nodes()

@@ -4,7 +4,9 @@ translation, and ``derive_layout`` then reads the change instead of walking ever
 
 from __future__ import annotations
 
+import gc
 import tempfile
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -65,13 +67,24 @@ def test_a_delta_is_translated_by_its_change(post_inits: list[int]) -> None:
     new = t(state(routes))
     assert post_inits == []  # not validated as a whole: with_changes checked the change
     same(new, tr.translate(state(routes)))
-    assert new.desired.change is not None and new.desired.change[0] is first.desired
+    assert new.desired.change is not None and new.desired.change[0]() is first.desired
     by_id = {r.route_id: r for r in new.desired.routes}
     assert by_id["r20"] is kept["r20"]  # equal content keeps its Route object
     assert by_id["r5"] is kept["r5"]
     assert by_id["r10"] is not kept["r10"] and by_id["r10"].node_port == 31999
     assert "r299" not in by_id and "r400" in by_id
     assert new.desired.route_keys == {r.key for r in new.desired.routes}
+
+
+def test_a_chain_of_deltas_keeps_no_old_state_alive() -> None:
+    base = tuple(spec(i) for i in range(50))
+    t = tr.Translator()
+    first = weakref.ref(t(state(base)).desired)
+    for i in range(3):
+        t(state((*base, spec(100 + i))))
+    assert t(state((*base, spec(200)))).desired.change is not None
+    gc.collect()
+    assert first() is None
 
 
 @pytest.mark.parametrize(
