@@ -46,10 +46,62 @@ class Translator:
     def __init__(self) -> None:
         self._routes: dict[str, tuple[RouteSpec, Route | str]] = {}
         self._last: tuple[FleetState, Translated] | None = None
+        # id(spec) -> spec of the last state's routes (holding them keeps the ids valid)
+        self._specs: dict[int, RouteSpec] = {}
 
     def __call__(self, state: FleetState) -> Translated:
         if self._last is not None and self._last[0] is state:
             return self._last[1]
+        specs = dict(zip(map(id, state.routes), state.routes, strict=True))
+        translated = self._delta(state, specs)
+        if translated is None:
+            translated = self._whole(state)
+        self._specs, self._last = specs, (state, translated)
+        return translated
+
+    def _delta(self, state: FleetState, specs: dict[int, RouteSpec]) -> Translated | None:
+        """The last translation with only the route objects ``state`` does not share with the
+        last state translated and validated; ``None`` (translate it whole) when the last one
+        refused a route, a new route is refused or collides, or a spec object repeats. Equal
+        to :meth:`_whole`'s result then: no route is refused either way, and the routes end
+        in the same (sorted) order."""
+        if self._last is None or self._last[1].refused or len(specs) != len(state.routes):
+            return None
+        old_specs, old = self._specs, self._routes
+        added_specs = [specs[i] for i in specs.keys() - old_specs.keys()]
+        gone_specs = [old_specs[i] for i in old_specs.keys() - specs.keys()]
+        cache = dict(old)
+        removed: dict[int, Route] = {}
+        for spec in gone_specs:
+            made = cache.pop(spec.route_id)[1]
+            assert isinstance(made, Route)  # the last translation refused nothing
+            removed[id(made)] = made
+        added: list[Route] = []
+        for spec in added_specs:
+            hit = old.get(spec.route_id)
+            if hit is not None and hit[0] == spec and id(hit[1]) in removed:
+                route: Route | str = hit[1]  # equal content: the same Route object
+            else:
+                route = _translate_route(spec)
+                if isinstance(route, str):
+                    return None
+            cache[spec.route_id] = (spec, route)
+            assert isinstance(route, Route)
+            if removed.pop(id(route), None) is None:
+                added.append(route)
+        problems: list[str] = []
+        nodes = _nodes(state.nodes, problems)
+        hc = _health_check(state, problems)
+        try:
+            desired = self._last[1].desired.with_changes(
+                added, tuple(removed.values()), tuple(nodes), hc
+            )
+        except InvalidModel:
+            return None  # a collision: the whole translation says which route is refused
+        self._routes = cache
+        return Translated(desired, {}, problems)
+
+    def _whole(self, state: FleetState) -> Translated:
         cache: dict[str, tuple[RouteSpec, Route | str]] = {}
         old = self._routes
 
@@ -66,7 +118,7 @@ class Translator:
             return made
 
         translated = translate(state, route_of)
-        self._routes, self._last = cache, (state, translated)
+        self._routes = cache
         return translated
 
 
@@ -98,8 +150,13 @@ def translate(
         ids.add(route.route_id)
         routes.append(route)
     nodes = _nodes(state.nodes, problems)
+    hc = _health_check(state, problems)
+    return Translated(DesiredState(tuple(routes), tuple(nodes), hc), refused, problems)
+
+
+def _health_check(state: FleetState, problems: list[str]) -> HealthCheck:
     try:
-        hc = HealthCheck(
+        return HealthCheck(
             kind=HealthCheckKind(state.health_check.kind),
             port=state.health_check.port,
             path=state.health_check.path,
@@ -107,8 +164,7 @@ def translate(
         )
     except (InvalidModel, ValueError) as e:
         problems.append(f"health check refused, default used: {e}")
-        hc = HealthCheck()
-    return Translated(DesiredState(tuple(routes), tuple(nodes), hc), refused, problems)
+        return HealthCheck()
 
 
 def _route(spec: RouteSpec) -> Route:

@@ -43,6 +43,7 @@ from lbprovider.haproxy.render import (
     MASTER_SOCKET,
     STATE_FILE,
     ConfigCheckFailed,
+    RouteMapText,
     config_digest,
     render_config,
     server_arguments,
@@ -295,9 +296,16 @@ def derive_layout(known: Known, desired: DesiredState) -> Known | None:
     if desired.nodes != old.nodes or desired.health_check != old.health_check:
         return None
     settings = known.layout.skeleton.settings
-    new_keys = {r.key for r in desired.routes}
-    changed = [r for r in desired.routes if known.by_key.get(r.key) is not r]
-    gone = [r for key, r in known.by_key.items() if key not in new_keys]
+    if desired.change is not None and desired.change[0]() is old:
+        # made from the known state by DesiredState.with_changes: the change is known
+        _, added, removed = desired.change
+        new_keys = desired.route_keys
+        changed = [r for r in added if known.by_key.get(r.key) is not r]
+        gone = [r for r in removed if r.key not in new_keys]
+    else:
+        new_keys = {r.key for r in desired.routes}
+        changed = [r for r in desired.routes if known.by_key.get(r.key) is not r]
+        gone = [r for key, r in known.by_key.items() if key not in new_keys]
     replaced = [o for r in changed if (o := known.by_key.get(r.key)) is not None]
     if any(r.is_local or r.options.source_ranges for r in (*changed, *gone, *replaced)):
         return None
@@ -361,6 +369,7 @@ class Applier:
         self.client = RuntimeClient(str(admin))
         self.known: Known | None = None
         self._derived: tuple[Known, DesiredState, Known | None] | None = None
+        self._route_map_text = RouteMapText()
 
     def close(self) -> None:
         """Close the runtime connection (the process keeps running)."""
@@ -452,7 +461,7 @@ class Applier:
     def _persist(self, layout: Layout, result: ApplyResult) -> None:
         """Keep files equal to what runs, so a reload or restart loses nothing."""
         try:
-            write_maps(layout)
+            write_maps(layout, self._route_map_text)
             if _read(self.config_path) != render_config(layout):
                 write_config(layout, self.haproxy_bin)
         except (OSError, ConfigCheckFailed) as e:

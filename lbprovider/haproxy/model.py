@@ -11,8 +11,11 @@ What it must not do: know about Services, annotations, the database or how HAPro
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import re
+import weakref
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -246,25 +249,93 @@ class DesiredState:
     routes: tuple[Route, ...] = ()
     nodes: tuple[Node, ...] = ()
     health_check: HealthCheck = field(default_factory=HealthCheck)
+    # Not content (not compared, not arguments): the route keys and ids as sets, and for a
+    # state made by with_changes, (the state it was made from, routes added, routes removed);
+    # that state by weak reference, so a chain of deltas does not keep every state alive.
+    _keys: set[object] = field(default_factory=set, init=False, compare=False, repr=False)
+    _ids: set[object] = field(default_factory=set, init=False, compare=False, repr=False)
+    change: tuple[weakref.ref[DesiredState], tuple[Route, ...], tuple[Route, ...]] | None = field(
+        default=None, init=False, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         _check(isinstance(self.routes, tuple) and isinstance(self.nodes, tuple), "tuples")
         _check(all(isinstance(r, Route) for r in self.routes), "routes must be Route")
         _check(all(isinstance(n, Node) for n in self.nodes), "nodes must be Node")
         _check(isinstance(self.health_check, HealthCheck), "health_check")
-        _unique([r.key for r in self.routes], "route VIP:port")
-        _unique([r.route_id for r in self.routes], "route_id")
+        keys = _unique([r.key for r in self.routes], "route VIP:port")
+        ids = _unique([r.route_id for r in self.routes], "route_id")
+        self._check_nodes()
+        object.__setattr__(self, "routes", tuple(sorted(self.routes, key=_route_key)))
+        object.__setattr__(self, "nodes", tuple(sorted(self.nodes, key=lambda n: n.name)))
+        object.__setattr__(self, "_keys", keys)
+        object.__setattr__(self, "_ids", ids)
+
+    @property
+    def route_keys(self) -> Set[object]:
+        """The routes' keys (read-only by convention)."""
+        return self._keys
+
+    def _check_nodes(self) -> None:
         _unique([n.name for n in self.nodes], "node name")
         _unique([n.address for n in self.nodes], "node address")
-        object.__setattr__(self, "routes", tuple(sorted(self.routes, key=lambda r: r.key)))
-        object.__setattr__(self, "nodes", tuple(sorted(self.nodes, key=lambda n: n.name)))
+
+    def with_changes(
+        self,
+        added: Sequence[Route],
+        removed: Sequence[Route],
+        nodes: tuple[Node, ...],
+        health_check: HealthCheck,
+    ) -> DesiredState:
+        """This state without ``removed`` (route objects of this state) and with ``added``,
+        and the given nodes and health check: equal to the constructor's result for the same
+        routes, with the same checks, but only the changed routes are checked against the rest
+        and merged into the sorted order (a delta costs its size, not the state's). The result
+        remembers the change (``change``: this state, added, removed) for
+        ``lbprovider.haproxy.apply.derive_layout``."""
+        _check(isinstance(nodes, tuple), "tuples")
+        _check(all(isinstance(r, Route) for r in added), "routes must be Route")
+        _check(all(isinstance(n, Node) for n in nodes), "nodes must be Node")
+        _check(isinstance(health_check, HealthCheck), "health_check")
+        routes = list(self.routes)
+        keys, ids = set(self._keys), set(self._ids)
+        for r in removed:
+            at = bisect.bisect_left(routes, r.key, key=_route_key)
+            _check(at < len(routes) and routes[at] is r, "removed route not in the state")
+            del routes[at]
+            keys.discard(r.key)
+            ids.discard(r.route_id)
+        for r in added:
+            _check(r.key not in keys, f"duplicate route VIP:port: {r.key}")
+            _check(r.route_id not in ids, f"duplicate route_id: {r.route_id}")
+            keys.add(r.key)
+            ids.add(r.route_id)
+            bisect.insort(routes, r, key=_route_key)
+        state = object.__new__(DesiredState)
+        for name, value in (
+            ("routes", tuple(routes)),
+            ("nodes", nodes),
+            ("health_check", health_check),
+            ("_keys", keys),
+            ("_ids", ids),
+            ("change", (weakref.ref(self), tuple(added), tuple(removed))),
+        ):
+            object.__setattr__(state, name, value)
+        state._check_nodes()
+        object.__setattr__(state, "nodes", tuple(sorted(nodes, key=lambda n: n.name)))
+        return state
 
 
-def _unique(values: list[object], what: str) -> None:
+def _route_key(route: Route) -> str:
+    return route.key
+
+
+def _unique(values: list[object], what: str) -> set[object]:
     seen: set[object] = set()
     for value in values:
         _check(value not in seen, f"duplicate {what}: {value}")
         seen.add(value)
+    return seen
 
 
 @dataclass(frozen=True)

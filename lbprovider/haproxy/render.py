@@ -242,6 +242,24 @@ def render_route_map(layout: Layout) -> str:
     return "".join(f"{token(k)} {token(v)}\n" for k, v in sorted(layout.route_map.items()))
 
 
+class RouteMapText:
+    """:func:`render_route_map` that keeps each line it rendered: a line is checked and built
+    (``token``) once per key and value, so a map that differs from the last one rendered by a
+    few routes costs those routes, a dictionary pass and the sort. Same text, same checks."""
+
+    def __init__(self) -> None:
+        self._lines: dict[str, tuple[str, str]] = {}  # key -> (value, line)
+
+    def render(self, layout: Layout) -> str:
+        old: dict[str, tuple[str, str]] = self._lines
+        lines: dict[str, tuple[str, str]] = {}
+        for k, v in layout.route_map.items():
+            hit = old.get(k)
+            lines[k] = hit if hit is not None and hit[0] == v else (v, f"{token(k)} {token(v)}\n")
+        self._lines = lines
+        return "".join([lines[k][1] for k in sorted(lines)])
+
+
 def render_allow_map(cidrs: tuple[str, ...]) -> str:
     """An ``allow-N.map`` content: one CIDR per line, value 1."""
     return "".join(f"{token(c)} 1\n" for c in cidrs)
@@ -261,10 +279,12 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_maps(layout: Layout) -> None:
-    """Write every map file of ``layout`` (read by HAProxy only when it (re)loads)."""
+def write_maps(layout: Layout, routes: RouteMapText | None = None) -> None:
+    """Write every map file of ``layout`` (read by HAProxy only when it (re)loads); with
+    ``routes``, the route map is rendered by it (same text)."""
     run = Path(layout.skeleton.settings.run_dir)
-    write_atomic(run / ROUTES_MAP, render_route_map(layout))
+    text = routes.render(layout) if routes is not None else render_route_map(layout)
+    write_atomic(run / ROUTES_MAP, text)
     for slot, cidrs in layout.allow_maps.items():
         write_atomic(run / allow_map_name(slot), render_allow_map(cidrs))
 
