@@ -39,12 +39,11 @@ from lbprovider.services.fleet import (
     HostReport,
     HostStamp,
     finish_status,
+    get_or_register_host,
     host_stamps,
     host_statuses,
     merge_report,
-    record_host_report,
     serving_updates,
-    set_serving,
     status_text,
     store_prepared_report,
     write_serving,
@@ -143,7 +142,7 @@ def accept_status(
 class _Prepared:
     """A report's work done before its write transaction, and what it was based on."""
 
-    stamp: tuple[Any, ...]  # change stamp of ``compiled``
+    stamp: tuple[Any, ...] | None  # change stamp of ``compiled`` (None: replaced meanwhile)
     hosts: list[HostStamp]  # every host's row stamp as read
     kept: dict[str, dict[str, Any] | None]  # cache.stored_report of each host, as used
     basis: ServingBasis | None  # cache.serving_basis, as used
@@ -161,8 +160,8 @@ class _Prepared:
 def _prepare(
     session: Session, cache: StateCache, settings: Settings, host: str, report: HostStatus
 ) -> _Prepared | None:
-    """The report's work, from what ``session`` (read-only) and the cache see; None when the
-    host has no row or the compilation moved on while it was read."""
+    """The report's work, from what ``session`` and the cache see; None when the host has no
+    row. A compilation replaced while it was read leaves no stamp, which no check accepts."""
     cache.refresh(session)
     stale = timedelta(seconds=settings.fleet_host_stale_seconds)
     now = utcnow()
@@ -176,8 +175,6 @@ def _prepare(
     live = [h for h in stamps if is_live(h.enabled, h.last_heartbeat, now=now, stale=stale)]
     before = [view_of(h.name, statuses[h.name]) for h in live]
     stamp, compiled, state = cache.current(session, host)
-    if stamp is None:
-        return None
     row = _host_report(report, state.version)
     status, taken = merge_report(statuses[host], row)
     status = finish_status(status, row, statuses[host], now)
@@ -288,40 +285,14 @@ def accept_status_in(
     *, session: Session, cache: StateCache, settings: Settings, host: str, report: HostStatus
 ) -> StatusAck:
     """:func:`accept_status` whole in the write transaction ``session`` (the fallback, and a
-    host's first report, which registers it)."""
-    cache.refresh(session)  # before this transaction writes: see StateCache.refresh
-    stale = timedelta(seconds=settings.fleet_host_stale_seconds)
-    now = utcnow()
-    stamps = host_stamps(session=session)
-    statuses, known = _statuses(session, cache, stamps)
-    before = [
-        view_of(h.name, statuses[h.name])
-        for h in stamps
-        if is_live(h.enabled, h.last_heartbeat, now=now, stale=stale)
-    ]
-    desired = cache.state(session, host).version
-    row_report = _host_report(report, desired)
-    row, taken = record_host_report(
-        session=session,
-        name=host,
-        report=row_report,
-        now=now,
-        previous=statuses.get(host),
-    )
-    stored_status = row.status
-    compiled = cache.compiled(session)
-    views = [v for v in before if v.name != host]
-    if row.enabled:
-        views = sorted([*views, view_of(host, stored_status)], key=lambda v: v.name)
-    states, only, done = _serving_plan(
-        cache.serving_basis, compiled, host, before, views, known=known
-    )
-    changed = set_serving(session=session, states=states, only_listed=only)
-    event.listen(session, "after_commit", lambda _s: cache.note_serving(done), once=True)
-    event.listen(
-        session, "after_commit", lambda _s: cache.note_report(host, stored_status), once=True
-    )
-    return _answer(host, report, row_report.error, stored_status, desired, taken, changed)
+    host's first report, which registers it): prepared and written in the one transaction,
+    so there is nothing to check in between."""
+    prepared = _prepare(session, cache, settings, host, report)
+    if prepared is None:
+        get_or_register_host(session=session, name=host)
+        prepared = _prepare(session, cache, settings, host, report)
+        assert prepared is not None, "the host was registered in this transaction"
+    return _write_prepared(session, cache, host, report, prepared)
 
 
 _NOT_STORED = {"base_report", "gone_routes", "gone_counters"}  # a delta's own fields

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic_core import PydanticSerializationError, to_json
 from sqlalchemy import Text, cast, literal, select, tuple_, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session
 
 from lbprovider.db.models import FleetHost, ServiceRecord
 from lbprovider.db.types import utcnow
@@ -91,37 +91,6 @@ def host_statuses(*, session: Session, names: Iterable[str]) -> dict[str, dict[s
         select(FleetHost.name, FleetHost.status).where(FleetHost.name.in_(wanted))
     )
     return {n: st if isinstance(st, dict) else {} for n, st in rows}
-
-
-def record_host_report(
-    *,
-    session: Session,
-    name: str,
-    report: HostReport,
-    now: datetime | None = None,
-    previous: Mapping[str, Any] | None = None,
-) -> tuple[FleetHost, bool]:
-    """Store a heartbeat: applied version, errors, and the status the dashboard reads.
-
-    Returns the host and whether the report was taken whole: False when it is a delta against
-    a report this row does not hold (its sections are then not stored, the previous ones are
-    kept, and no later delta is taken until a whole report arrives). ``previous``: the
-    stored status, when the caller knows it (then it is not read)."""
-    if previous is None:
-        host = get_or_register_host(session=session, name=name)
-        previous = host.status if isinstance(host.status, dict) else {}
-    else:
-        host = session.scalar(
-            select(FleetHost).where(FleetHost.name == name).options(defer(FleetHost.status))
-        ) or get_or_register_host(session=session, name=name)
-    status, taken = merge_report(previous, report)
-    now = now or utcnow()
-    host.status = finish_status(status, report, previous, now)
-    host.applied_version = report.applied_version[:64]
-    host.error = report.error[:MAX_ERROR_CHARS]
-    host.last_heartbeat = now
-    session.flush()
-    return host, taken
 
 
 def merge_report(previous: Mapping[str, Any], report: HostReport) -> tuple[dict[str, Any], bool]:
