@@ -260,14 +260,11 @@ class DesiredState:
 
     def __post_init__(self) -> None:
         _check(isinstance(self.routes, tuple) and isinstance(self.nodes, tuple), "tuples")
-        _check(all(isinstance(r, Route) for r in self.routes), "routes must be Route")
-        _check(all(isinstance(n, Node) for n in self.nodes), "nodes must be Node")
-        _check(isinstance(self.health_check, HealthCheck), "health_check")
+        _check_members(self.routes, self.nodes, self.health_check)
         keys = _unique([r.key for r in self.routes], "route VIP:port")
         ids = _unique([r.route_id for r in self.routes], "route_id")
-        self._check_nodes()
+        object.__setattr__(self, "nodes", _sorted_nodes(self.nodes))
         object.__setattr__(self, "routes", tuple(sorted(self.routes, key=_route_key)))
-        object.__setattr__(self, "nodes", tuple(sorted(self.nodes, key=lambda n: n.name)))
         object.__setattr__(self, "_keys", keys)
         object.__setattr__(self, "_ids", ids)
 
@@ -275,10 +272,6 @@ class DesiredState:
     def route_keys(self) -> Set[object]:
         """The routes' keys (read-only by convention)."""
         return self._keys
-
-    def _check_nodes(self) -> None:
-        _unique([n.name for n in self.nodes], "node name")
-        _unique([n.address for n in self.nodes], "node address")
 
     def with_changes(
         self,
@@ -294,9 +287,7 @@ class DesiredState:
         remembers the change (``change``: this state, added, removed) for
         ``lbprovider.haproxy.apply.derive_layout``."""
         _check(isinstance(nodes, tuple), "tuples")
-        _check(all(isinstance(r, Route) for r in added), "routes must be Route")
-        _check(all(isinstance(n, Node) for n in nodes), "nodes must be Node")
-        _check(isinstance(health_check, HealthCheck), "health_check")
+        _check_members(added, nodes, health_check)
         routes = list(self.routes)
         keys, ids = set(self._keys), set(self._ids)
         for r in removed:
@@ -314,16 +305,29 @@ class DesiredState:
         state = object.__new__(DesiredState)
         for name, value in (
             ("routes", tuple(routes)),
-            ("nodes", nodes),
+            ("nodes", _sorted_nodes(nodes)),
             ("health_check", health_check),
             ("_keys", keys),
             ("_ids", ids),
             ("change", (weakref.ref(self), tuple(added), tuple(removed))),
         ):
             object.__setattr__(state, name, value)
-        state._check_nodes()
-        object.__setattr__(state, "nodes", tuple(sorted(nodes, key=lambda n: n.name)))
         return state
+
+
+def _check_members(
+    routes: Sequence[Route], nodes: tuple[Node, ...], health_check: HealthCheck
+) -> None:
+    _check(all(isinstance(r, Route) for r in routes), "routes must be Route")
+    _check(all(isinstance(n, Node) for n in nodes), "nodes must be Node")
+    _check(isinstance(health_check, HealthCheck), "health_check")
+
+
+def _sorted_nodes(nodes: tuple[Node, ...]) -> tuple[Node, ...]:
+    """``nodes`` by name, once their names and addresses are checked unique."""
+    _unique([n.name for n in nodes], "node name")
+    _unique([n.address for n in nodes], "node address")
+    return tuple(sorted(nodes, key=lambda n: n.name))
 
 
 def _route_key(route: Route) -> str:

@@ -239,7 +239,11 @@ def _server_line(spec: ServerSpec, sk: Skeleton) -> str:
 
 def render_route_map(layout: Layout) -> str:
     """``routes.map`` content: ``<vip>:<port> <backend>|<nodeport>|<maxconn>|<slot>``."""
-    return "".join(f"{token(k)} {token(v)}\n" for k, v in sorted(layout.route_map.items()))
+    return "".join(_route_line(k, v) for k, v in sorted(layout.route_map.items()))
+
+
+def _route_line(key: str, value: str) -> str:
+    return f"{token(key)} {token(value)}\n"
 
 
 class RouteMapText:
@@ -255,7 +259,7 @@ class RouteMapText:
         lines: dict[str, tuple[str, str]] = {}
         for k, v in layout.route_map.items():
             hit = old.get(k)
-            lines[k] = hit if hit is not None and hit[0] == v else (v, f"{token(k)} {token(v)}\n")
+            lines[k] = hit if hit is not None and hit[0] == v else (v, _route_line(k, v))
         self._lines = lines
         return "".join([lines[k][1] for k in sorted(lines)])
 
