@@ -64,11 +64,9 @@ class Store:
     """All objects of the lab cluster; every method is thread-safe."""
 
     def __init__(self, strategies: dict[str, Strategy], window: int) -> None:
-        lock = threading.RLock()
-        self.changed = threading.Condition(lock)
-        # One condition per storage key on the same lock: a commit wakes only the watches of
-        # its kind (kube-apiserver's watch cache is per resource too), not every watch open.
-        self._lock = lock
+        self._lock = threading.RLock()
+        # One condition per storage key on the lock: a commit wakes only the watches of its
+        # kind (kube-apiserver's watch cache is per resource too), not every watch open.
         self._kind_changed: dict[str, threading.Condition] = {}
         self._kind_rv: dict[str, int] = {}
         self._strategies = strategies
@@ -84,11 +82,11 @@ class Store:
 
     @property
     def resource_version(self) -> int:
-        with self.changed:
+        with self._lock:
             return self._rv
 
     def get(self, kind: Kind, namespace: str, name: str) -> JSON:
-        with self.changed:
+        with self._lock:
             return self._get(kind, namespace, name)
 
     def list_objects(
@@ -97,7 +95,7 @@ class Store:
         """Objects that ``match``, sorted by key, and the current RV. ``name``: only that object
         can match (a ``metadata.name`` selector), so it is looked up instead of scanned for
         when its key is known (a namespaced kind needs ``namespace``)."""
-        with self.changed:
+        with self._lock:
             table = self._objects.get(kind.storage_key, {})
             if name is not None and (namespace or not kind.namespaced):
                 found = table.get((namespace, name))
@@ -110,34 +108,25 @@ class Store:
         items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
         return items, rv
 
-    def events_after(self, rv: int, storage: str | None = None) -> list[WatchEvent] | None:
-        """Events newer than `rv`, or None when some of them were already compacted away.
-        With `storage`, only that kind's events count: `rv` stays valid as long as no event of
-        that kind newer than it was compacted, and the result may still hold other kinds'
+    def events_after(self, rv: int, storage: str) -> list[WatchEvent] | None:
+        """Events newer than `rv` for a watch of `storage`, or None when an event of that kind
+        newer than `rv` was already compacted away. The result may also hold other kinds'
         events (from the oldest one retained), which the caller skips."""
-        with self.changed:
-            if storage is None:
-                if rv < self._compacted:
-                    return None
-            elif self._compacted_kind.get(storage, 0) > rv:
+        with self._lock:
+            if self._compacted_kind.get(storage, 0) > rv:
                 return None
             start = max(rv, self._compacted) - self._compacted
             return self._log[start:] if start < len(self._log) else []
 
     @property
     def compacted(self) -> int:
-        with self.changed:
+        with self._lock:
             return self._compacted
 
-    def wait_beyond(
-        self, rv: int, timeout: float, stop: Callable[[], bool], storage: str | None = None
-    ) -> None:
-        """Block until an event newer than `rv` exists (of `storage` only, when given),
-        `stop()` is true, or `timeout` passes."""
-        with self.changed:
-            if storage is None:
-                self.changed.wait_for(lambda: self._rv > rv or stop(), timeout=timeout)
-                return
+    def wait_beyond(self, rv: int, timeout: float, stop: Callable[[], bool], storage: str) -> None:
+        """Block until an event of `storage` newer than `rv` exists, `stop()` is true, or
+        `timeout` passes."""
+        with self._lock:
             condition = self._kind_changed.get(storage)
             if condition is None:
                 condition = self._kind_changed[storage] = threading.Condition(self._lock)
@@ -146,13 +135,9 @@ class Store:
             )
 
     def wake_all(self) -> None:
-        with self.changed:
-            self._notify_all_kinds()
-
-    def _notify_all_kinds(self) -> None:
-        self.changed.notify_all()
-        for condition in self._kind_changed.values():
-            condition.notify_all()
+        with self._lock:
+            for condition in self._kind_changed.values():
+                condition.notify_all()
 
     def seed(self, kind: Kind, obj: JSON) -> JSON:
         """Create a built-in object (the default namespaces, the `kubernetes` Service)."""
@@ -186,7 +171,6 @@ class Store:
             self._log = self._log[dropped:]
             self._compacted += dropped
         self._kind_rv[storage] = self._rv
-        self.changed.notify_all()
         condition = self._kind_changed.get(storage)
         if condition is not None:
             condition.notify_all()
@@ -195,7 +179,7 @@ class Store:
     # --- create -------------------------------------------------------------------------------
 
     def create(self, kind: Kind, namespace: str, obj: JSON) -> JSON:
-        with self.changed:
+        with self._lock:
             meta = self._new_metadata(kind, namespace, obj)
             if kind.namespaced:
                 self._require_open_namespace(kind, namespace, meta["name"])
@@ -274,14 +258,14 @@ class Store:
     # --- update -------------------------------------------------------------------------------
 
     def update(self, kind: Kind, namespace: str, name: str, obj: JSON, *, status: bool) -> JSON:
-        with self.changed:
+        with self._lock:
             return self._update(kind, namespace, name, obj, status=status)
 
     def patch(
         self, kind: Kind, namespace: str, name: str, apply: Callable[[JSON], JSON], *, status: bool
     ) -> JSON:
         """Apply `apply` to a private copy of the current object and write the result."""
-        with self.changed:
+        with self._lock:
             current = self._get(kind, namespace, name)
             patched = apply(copy.deepcopy(current))
             return self._update(kind, namespace, name, patched, status=status)
@@ -376,7 +360,7 @@ class Store:
 
     def delete(self, kind: Kind, namespace: str, name: str, options: JSON) -> tuple[JSON, bool]:
         """Delete or, with finalizers pending, mark for deletion; True when the object is gone."""
-        with self.changed:
+        with self._lock:
             obj = self._get(kind, namespace, name)
             self._check_preconditions(kind, obj, options.get("preconditions") or {})
             if NAMESPACES is not None and kind.storage_key == NAMESPACES.storage_key:
