@@ -20,7 +20,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -49,7 +49,7 @@ from sqlalchemy.orm import Session
 
 from lbprovider.db.driver import DriverStatement, fetch_all
 from lbprovider.db.models import Allocation, Exclusion, IPLease, Pool, ReleasedIP, Reservation
-from lbprovider.db.types import UTCDateTime
+from lbprovider.db.types import UTCDateTime, as_utc
 from lbprovider.ipam.allocator import Holder, Occupancy, ServiceRef
 from lbprovider.ipam.pool import PoolSpec
 
@@ -207,11 +207,6 @@ OCCUPANCY = _build_occupancy_query()
 HIGH_WATER = _build_high_water_query()
 
 
-def _utc(at: datetime) -> datetime:
-    """A ``timestamptz`` in UTC (the driver path loads it in the connection's time zone)."""
-    return at if at.tzinfo is UTC else at.astimezone(UTC)
-
-
 def occupancy_from_rows(rows: Iterable[Any]) -> dict[str, Occupancy]:
     """Occupancy per address from rows shaped like ``OCCUPANCY``'s (kind a, r or x; others are
     ignored)."""
@@ -235,7 +230,7 @@ def occupancy_from_rows(rows: Iterable[Any]) -> dict[str, Occupancy]:
             reserved=res is not None,
             reserved_for=f"{res.ns}/{res.name}" if res is not None and res.name else None,
             reservation_owner=res.key if res is not None else "",
-            released_at=_utc(rel.at) if rel is not None else None,
+            released_at=as_utc(rel.at) if rel is not None else None,
             released_by=f"{rel.ns}/{rel.name}" if rel is not None else None,
         )
     return out
@@ -447,7 +442,7 @@ def hints_from_rows(rows: Iterable[Any]) -> Hints:
         if row.kind == "s":
             reserved[row.n3].append((row.key, row.ip))
         elif row.kind == "t" and (row.n3 not in sticky or row.at > sticky[row.n3][1]):
-            sticky[row.n3] = (row.ip, _utc(row.at))
+            sticky[row.n3] = (row.ip, as_utc(row.at))
     ordered = {f: [ip for _, ip in sorted(items)] for f, items in reserved.items()}
     return Hints(ordered, sticky)
 
