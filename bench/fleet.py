@@ -64,6 +64,7 @@ import httpx  # noqa: E402
 from sqlalchemy import Engine, func, insert, select  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
+from bench.procstat import cpu_seconds  # noqa: E402
 from lbprovider.agent.loop import Agent, AgentConfig  # noqa: E402
 from lbprovider.api.app import create_app  # noqa: E402
 from lbprovider.config import Settings  # noqa: E402
@@ -732,12 +733,6 @@ def profile(side: Layout, out: Path) -> list[subprocess.Popen[bytes]]:
         spies.append(subprocess.Popen([*argv, "--pid", str(pid)], stdout=subprocess.DEVNULL))
     time.sleep(1.0)  # attached before the first creation
     return spies
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process so far (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def p2(side: Layout, fast: FastBackend, direct_url: str, via_url: str) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from sqlalchemy import func, select, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.procstat import cpu_seconds  # noqa: E402
 from lbprovider.db.models import Allocation, Base  # noqa: E402
 from lbprovider.db.session import make_engine, session_factory, transaction  # noqa: E402
 from lbprovider.db.types import utcnow  # noqa: E402
@@ -85,12 +85,6 @@ def bare_worker(url: str, worker: int, n: int, start: mp.Barrier) -> None:  # ty
     engine.dispose()
 
 
-def backend_cpu(pid: int) -> float:
-    """Seconds of CPU (user + system) the server process ``pid`` has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def alloc_worker(
     url: str,
     worker: int,
@@ -104,13 +98,13 @@ def alloc_worker(
     with engine.connect() as c:  # the one pooled connection: its backend does this worker's SQL
         pid = c.scalar(text("SELECT pg_backend_pid()"))
     start.wait()
-    client, server = time.process_time(), backend_cpu(pid) if cpu is not None else 0.0
+    client, server = time.process_time(), cpu_seconds(pid) if cpu is not None else 0.0
     for i in range(n):
         req = Request(service=ServiceRef(f"w{worker}", f"s{i}"), ports=frozenset({("TCP", 80)}))
         with transaction(factory) as s:
             allocate_service(session=s, request=req, actor=Actor("bench"), policy=policy)
     if cpu is not None:
-        cpu.put((time.process_time() - client, backend_cpu(pid) - server))
+        cpu.put((time.process_time() - client, cpu_seconds(pid) - server))
     engine.dispose()
 
 

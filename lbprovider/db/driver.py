@@ -38,10 +38,9 @@ _DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
 class DriverStatement:
     """A ``text()`` statement compiled once to psycopg's ``%(name)s`` format."""
 
-    __slots__ = ("clause", "sql")
+    __slots__ = ("sql",)
 
     def __init__(self, clause: TextClause | TextualSelect) -> None:
-        self.clause = clause
         self.sql: str = str(clause.compile(dialect=_DIALECT))
 
 
