@@ -49,6 +49,7 @@ from sqlalchemy.orm import Session
 
 from lbprovider.db.driver import DriverStatement, fetch_all
 from lbprovider.db.models import Allocation, Exclusion, IPLease, Pool, ReleasedIP, Reservation
+from lbprovider.db.session import Unit, connection_of, engine_of, is_postgresql, session_on
 from lbprovider.db.types import UTCDateTime, as_utc
 from lbprovider.ipam.allocator import Holder, Occupancy, ServiceRef
 from lbprovider.ipam.pool import PoolSpec
@@ -72,8 +73,11 @@ def pool_spec(pool: Pool, exclusions: Sequence[str] | None = None) -> PoolSpec:
     )
 
 
-def load_pool_specs(session: Session) -> tuple[list[PoolSpec], dict[str, int]]:
+def load_pool_specs(session: Unit) -> tuple[list[PoolSpec], dict[str, int]]:
     """Every pool as a spec, and the name → id map the writers need (read afresh)."""
+    if not isinstance(session, Session):
+        with session_on(session) as orm:
+            return load_pool_specs(orm)
     pools = session.scalars(select(Pool).order_by(Pool.name)).all()
     excl: dict[int, list[str]] = defaultdict(list)
     for pool_id, spec in session.execute(select(Exclusion.pool_id, Exclusion.range)):
@@ -111,21 +115,20 @@ def stamp_from_rows(rows: Iterable[Any]) -> PoolStamp:
     return (*pools, *((row.n1, row.n2) for row in rows if row.kind == "e"))
 
 
-def cached_pool_specs(session: Session, stamp: PoolStamp | None = None) -> PoolSpecs:
+def cached_pool_specs(session: Unit, stamp: PoolStamp | None = None) -> PoolSpecs:
     """``load_pool_specs``, reused while the pools' change stamp (one small query) is the same.
 
     The stamp is read in the caller's transaction (``stamp``, when given, is one read earlier
     in it, e.g. by ``load_holdings``), so a pool edited earlier in the same transaction, or
     committed by another process, is reloaded before the next decision."""
     if stamp is None:
-        stamp = stamp_from_rows(session.connection().execute(POOL_STAMP))
-    engine = session.get_bind()
-    assert isinstance(engine, Engine)
+        stamp = stamp_from_rows(connection_of(session).execute(POOL_STAMP))
+    engine = engine_of(session)
     cached = _pool_cache.get(engine)
     if cached is not None and cached[0] == stamp:
         return cached[1]
     specs = load_pool_specs(session)
-    if not session.dirty and not session.new and not session.deleted:
+    if not isinstance(session, Session) or not (session.dirty or session.new or session.deleted):
         with _pool_cache_lock:
             _pool_cache[engine] = (stamp, specs)
     return specs
@@ -359,15 +362,15 @@ WHERE NOT EXISTS (SELECT 1 FROM mine)
 PRELUDE_PG = DriverStatement(PRELUDE)
 
 
-def load_holdings(session: Session, namespace: str, name: str, now: datetime) -> Holdings:
+def load_holdings(session: Unit, namespace: str, name: str, now: datetime) -> Holdings:
     """What ``namespace/name`` holds, what stands on those addresses, the pools' stamp, the
     Service's hints and (when it holds nothing) the high-water marks: one round trip."""
     params = {"ns": namespace, "name": name, "now": now}
     result: Sequence[Any]
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgresql(session):
         result = fetch_all(session, PRELUDE_PG, params)
     else:
-        result = session.connection().execute(PRELUDE, params).all()
+        result = connection_of(session).execute(PRELUDE, params).all()
     mine = sorted((r for r in result if r.kind == "m"), key=lambda r: (r.n3, r.n1))
     rows = tuple(
         HeldRow(
@@ -448,11 +451,12 @@ def hints_from_rows(rows: Iterable[Any]) -> Hints:
 
 
 class DBStateView:
-    """``lbprovider.ipam.allocator.StateView`` over a session."""
+    """``lbprovider.ipam.allocator.StateView`` over a session or a connection in its
+    transaction."""
 
     def __init__(
         self,
-        session: Session,
+        session: Unit,
         pool_ids: Mapping[str, int],
         now: datetime,
         known: Mapping[str, Occupancy] | None = None,
@@ -460,6 +464,7 @@ class DBStateView:
         high_water: Mapping[tuple[int, int], str | None] | None = None,
     ) -> None:
         self.session = session
+        self.postgresql = is_postgresql(session)
         self.pool_ids = pool_ids
         self.now = now
         self.locked: set[str] = set()
@@ -479,16 +484,12 @@ class DBStateView:
         if ips and all(ip in self.known and ip not in self.locked for ip in ips):
             return {ip: self.known[ip] for ip in ips if self.known[ip] != Occupancy()}
         params = {"ips": list(ips), "now": self.now}
-        return occupancy_from_rows(self.session.connection().execute(OCCUPANCY, params))
+        return occupancy_from_rows(connection_of(self.session).execute(OCCUPANCY, params))
 
     def scan(self, ips: Sequence[str]) -> tuple[Mapping[str, Occupancy], int]:
         """``occupancy`` and, on PostgreSQL, the lock of the first unoccupied free address, in
         one round trip (see ``SCAN_PG``)."""
-        if (
-            self.session.get_bind().dialect.name != "postgresql"
-            or not ips
-            or all(ip in self.known for ip in ips)
-        ):
+        if not self.postgresql or not ips or all(ip in self.known for ip in ips):
             return self.occupancy(ips), len(ips)
         # One comma-separated string, split by the server: dumping a Python list as an
         # array costs the client more than the rest of the parameters together.
@@ -510,7 +511,7 @@ class DBStateView:
         hints = self._hints.get(ref)
         if hints is None:
             params = {"ns": service.namespace, "name": service.name, "now": self.now}
-            rows = self.session.connection().execute(SERVICE_HINTS, params)
+            rows = connection_of(self.session).execute(SERVICE_HINTS, params)
             hints = self._hints[ref] = hints_from_rows(rows)
         return hints
 
@@ -537,7 +538,7 @@ class DBStateView:
         if key in self._high_water:
             top = self._high_water.pop(key)  # read once, with the holdings
         else:
-            top = self.session.connection().execute(HIGH_WATER, params).scalar()
+            top = connection_of(self.session).execute(HIGH_WATER, params).scalar()
         return ip_from_key(top) if top else None
 
     def released_lru(self, pool: str, family: int, limit: int) -> Sequence[str]:
@@ -567,11 +568,11 @@ class DBStateView:
         return False
 
 
-def try_lock_ip(session: Session, ip: str) -> bool:
+def try_lock_ip(session: Unit, ip: str) -> bool:
     """A per-address transaction lock on PostgreSQL, or False when another writer holds it."""
-    if session.get_bind().dialect.name != "postgresql":
+    if not is_postgresql(session):
         return True
-    return bool(session.connection().execute(TRY_LOCK, {"ip": ip}).scalar())
+    return bool(connection_of(session).execute(TRY_LOCK, {"ip": ip}).scalar())
 
 
 TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:ip, 0))")
