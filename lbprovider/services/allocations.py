@@ -54,6 +54,7 @@ from lbprovider.services.state import (
     HeldRow,
     Holdings,
     PoolSpecs,
+    ScanClaim,
     cached_pool_specs,
     load_holdings,
     occupancy_from_rows,
@@ -269,10 +270,14 @@ def _attempts(
         known = holdings if attempt == 0 else None
         in_savepoint = False
         try:
-            plan = _decide(session, request, policy, now, spread, rng, adopt, known)
+            arm = _scan_claim(request, actor, now, reason) if attempt == 0 and not adopt else None
+            plan = _decide(session, request, policy, now, spread, rng, adopt, known, arm)
             if isinstance(plan, Outcome):
                 return plan
             why = reason or plan.decision.message
+            if plan.view.claimed is not None:
+                # The scan wrote the claim (SCAN_CLAIM_PG); it must be this decision's.
+                return _claimed_by_scan(plan, why)
             claim = _single_clean_claim(session, plan, adopt)
             if claim is not None:
                 # No savepoint: a lost race writes nothing (see CLAIM_CLEAN_PG).
@@ -316,6 +321,7 @@ def _decide(
     rng: random.Random,
     adopt: bool,
     holdings: Holdings | None,
+    arm: ScanClaim | None = None,
 ) -> _Plan | Outcome:
     """Decide from fresh reads (reads and per-address locks only: nothing to roll back).
 
@@ -335,6 +341,8 @@ def _decide(
         hints=hints,
         high_water=holdings.high_water,
     )
+    if arm is not None and not current and view.postgresql:
+        view.claim = arm
     policy = Policy(
         now=now, hold=ip_policy.hold, quarantine=ip_policy.quarantine, spread=spread, rng=rng
     )
@@ -357,6 +365,8 @@ def _decide(
             )
     else:
         decision = allocator.allocate(request, held)
+    if not decision.ok and view.claimed is not None:
+        raise RuntimeError(f"the scan claimed {view.claimed[0]}, the decision refused: {decision}")
     if not decision.ok:
         return Outcome(decision, tuple(a.ip for a in current), changed=False)
     return _Plan(allocator, request, decision, current, pool_ids, view)
@@ -401,6 +411,45 @@ def _write(
             changed |= _refresh_row(session, session.get_one(Allocation, row.id), request)
     session.flush()
     return Outcome(decision, tuple(sorted(wanted, key=_family)), changed)
+
+
+def _scan_claim(
+    request: Request, actor: Actor, now: datetime, reason: str | None
+) -> ScanClaim | None:
+    """What the scan writes when it may claim (``SCAN_CLAIM_PG``): a new single-stack IPv4
+    Service without explicit addresses, on the first attempt (later ones spread at random)."""
+    families = tuple(dict.fromkeys(request.families)) or (4,)
+    if request.requested_ips or request.family_policy != "SingleStack" or families[0] != 4:
+        return None
+    svc = request.service
+    return ScanClaim(
+        {
+            "ns": svc.namespace,
+            "name": svc.name,
+            "uid": svc.uid,
+            "key": request.sharing_key,
+            "ports": json.dumps(_ports_json(request)),
+            "at": utcnow(),
+            "reason": reason,
+            "actor": actor.name,
+            "request_id": actor.request_id,
+        }
+    )
+
+
+def _claimed_by_scan(plan: _Plan, why: str) -> Outcome:
+    """The outcome of a decision whose address the scan claimed, or ``_LostRace`` (then the
+    scan wrote nothing). The scan claims only an address the allocator must take; anything
+    else is a bug, and fails the transaction rather than write a second address."""
+    view = plan.view
+    assert view.claimed is not None and view.claim is not None
+    ip, allocation_id, pool = view.claimed
+    written = view.claim.params["reason"] or f"allocated {ip} from pool {pool!r}"
+    if plan.decision.assignments != (Assignment(ip, pool, 4),) or why != written:
+        raise RuntimeError(f"the scan claimed {ip} in {pool!r}, the decision is {plan.decision}")
+    if allocation_id is None:
+        raise _LostRace(ip)
+    return Outcome(plan.decision, (ip,), changed=True)
 
 
 def _single_clean_claim(session: Unit, plan: _Plan, adopt: bool) -> Assignment | None:

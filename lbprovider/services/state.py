@@ -475,6 +475,12 @@ class DBStateView:
         # Occupancy read earlier in this transaction (a Service's own addresses): answered
         # from here until the address is locked for a claim, which always reads afresh.
         self.known: dict[str, Occupancy] = dict(known or {})
+        # Set by the caller when the first clean address a scan locks (in a pool of
+        # ``claim.pools``) is its decision: the scan then writes the claim too (SCAN_CLAIM_PG)
+        # and notes it in ``claimed`` (address, allocation id or None when the insert lost,
+        # pool).
+        self.claim: ScanClaim | None = None
+        self.claimed: tuple[str, int | None, str] | None = None
         # Hints and high-water marks read with the holdings: each answers one question, once.
         self._hints: dict[ServiceRef, Hints] = dict(hints or {})
         self._high_water: dict[tuple[int, int], str | None] = dict(high_water or {})
@@ -486,15 +492,31 @@ class DBStateView:
         params = {"ips": list(ips), "now": self.now}
         return occupancy_from_rows(connection_of(self.session).execute(OCCUPANCY, params))
 
-    def scan(self, ips: Sequence[str]) -> tuple[Mapping[str, Occupancy], int]:
+    def scan(self, ips: Sequence[str], pool: str = "") -> tuple[Mapping[str, Occupancy], int]:
         """``occupancy`` and, on PostgreSQL, the lock of the first unoccupied free address, in
-        one round trip (see ``SCAN_PG``)."""
+        one round trip (see ``SCAN_PG``); with ``claim`` set, also its claim (``SCAN_CLAIM_PG``)."""
         if not self.postgresql or not ips or all(ip in self.known for ip in ips):
             return self.occupancy(ips), len(ips)
         # One comma-separated string, split by the server: dumping a Python list as an
         # array costs the client more than the rest of the parameters together.
-        params = {"ips": ",".join(ips), "now": self.now}
-        rows = fetch_all(self.session, SCAN_PG, params)
+        claim = self.claim
+        if claim is not None and pool in self.pool_ids and self.claimed is None:
+            params = {
+                **claim.params,
+                "ips": ",".join(ips),
+                "now": self.now,
+                "pool": pool,
+                "pool_id": self.pool_ids[pool],
+                "reason_tail": f" from pool {pool!r}",
+            }
+            rows = fetch_all(self.session, SCAN_CLAIM_PG, params)
+            got = next((row for row in rows if row.kind == "c"), None)
+            if got is not None:
+                written = int(got.extra) if got.extra is not None else None
+                self.claimed = (got.ip, written, pool)
+        else:
+            params = {"ips": ",".join(ips), "now": self.now}
+            rows = fetch_all(self.session, SCAN_PG, params)
         occ = occupancy_from_rows(rows)
         taken = next((row for row in rows if row.kind == "l"), None)
         seen = int(taken.extra) if taken is not None else len(ips)
@@ -621,6 +643,110 @@ FROM seen, LATERAL (SELECT * FROM reservations WHERE ip = seen.ip
 UNION ALL
 SELECT 'x', x.ip, x.service_namespace, x.service_name, NULL, NULL, NULL, x.released_at
 FROM seen, LATERAL (SELECT * FROM released_ips WHERE ip = seen.ip OFFSET 0) AS x
+"""
+    )
+)
+
+
+@dataclass(frozen=True)
+class ScanClaim:
+    """What ``SCAN_CLAIM_PG`` writes besides the address, pool and times: ``ns``, ``name``,
+    ``uid``, ``key`` (sharing key or None), ``ports`` (JSON text), ``at``, ``reason`` (None:
+    the decision's own text, "allocated <ip> from pool '<pool>'"), ``actor``, ``request_id``."""
+
+    params: Mapping[str, Any]
+
+
+# PostgreSQL: ``SCAN_PG`` and ``allocations.CLAIM_CLEAN_PG`` in one round trip, for the decision
+# that takes the first clean IPv4 address a scan locks (a new single-stack Service, first
+# attempt: the caller arms it with ``DBStateView.claim``). The walk is SCAN_PG's, except that the
+# lock is ``lbp_lock_if_free`` (models.LOCK_IF_FREE_SQL): this statement's snapshot predates the
+# lock, so the check that nothing stands on the address (allocation, lease, port, live
+# reservation, release) is made after the lock by the function's own query, which sees what an
+# earlier holder of the lock committed, as the separate claim's later snapshot did. The claim is
+# written only when the allocator, given these rows, must take that address: every candidate
+# before it with occupancy is one it refuses (reserved for someone else, or held by another
+# Service without this request's sharing key); any other occupancy (a release, a reservation
+# for this Service, a shared address it might join) writes nothing and the caller decides and
+# claims as before. The writes are CLAIM_CLEAN_PG's (pool row FOR KEY SHARE, ON CONFLICT DO
+# NOTHING for one live allocation per Service and family, every other row hanging off the
+# allocation's id), so a lost race writes nothing; row ``c`` says what was tried (extra: the
+# allocation's id, NULL when nothing was written). Uniqueness stays with the constraints.
+SCAN_CLAIM_PG = DriverStatement(
+    text(
+        """
+WITH c AS MATERIALIZED (
+    SELECT ip, n FROM unnest(string_to_array(:ips, ',')) WITH ORDINALITY AS c(ip, n)
+), l AS MATERIALIZED (
+    SELECT c.ip, c.n FROM c
+    WHERE CASE
+        WHEN (SELECT 1 FROM allocations a WHERE a.active AND a.ip = c.ip LIMIT 1) = 1
+            THEN false
+        WHEN (SELECT 1 FROM reservations r WHERE r.ip = c.ip
+            AND (r.expires_at IS NULL OR r.expires_at > :now) LIMIT 1) = 1 THEN false
+        WHEN (SELECT 1 FROM released_ips x WHERE x.ip = c.ip LIMIT 1) = 1 THEN false
+        ELSE lbp_lock_if_free(c.ip, :now)
+    END
+    LIMIT 1
+), seen AS MATERIALIZED (
+    SELECT ip FROM c WHERE c.n <= COALESCE((SELECT n FROM l), 2147483647)
+), o AS MATERIALIZED (
+    SELECT 'a' AS kind, a.ip, a.service_namespace AS ns, a.service_name AS name,
+        a.service_uid AS uid, a.sharing_key AS key, CAST(a.ports AS varchar) AS extra,
+        CAST(NULL AS timestamptz) AS at
+    FROM seen, LATERAL (SELECT * FROM allocations WHERE active AND ip = seen.ip OFFSET 0) AS a
+    UNION ALL
+    SELECT 'r', r.ip, r.service_namespace, r.service_name, NULL, r.owner, NULL, NULL
+    FROM seen, LATERAL (SELECT * FROM reservations WHERE ip = seen.ip
+        AND (expires_at IS NULL OR expires_at > :now) OFFSET 0) AS r
+    UNION ALL
+    SELECT 'x', x.ip, x.service_namespace, x.service_name, NULL, NULL, NULL, x.released_at
+    FROM seen, LATERAL (SELECT * FROM released_ips WHERE ip = seen.ip OFFSET 0) AS x
+), pick AS MATERIALIZED (
+    SELECT l.ip, '4:' || lpad(to_hex(CAST(l.ip AS inet) - inet '0.0.0.0'), 32, '0') AS ip_key
+    FROM l
+    WHERE NOT EXISTS (
+        SELECT 1 FROM o AS q WHERE NOT EXISTS (
+            SELECT 1 FROM o AS w WHERE w.ip = q.ip AND (
+                (w.kind = 'r' AND (w.name IS NULL OR w.ns <> :ns OR w.name <> :name))
+                OR (w.kind = 'a' AND (w.ns <> :ns OR w.name <> :name)
+                    AND (COALESCE(CAST(:key AS varchar), '') = ''
+                        OR w.key IS DISTINCT FROM CAST(:key AS varchar)))
+            )
+        )
+    )
+), pool AS (
+    SELECT id FROM pools WHERE id = :pool_id FOR KEY SHARE
+), a AS (
+    INSERT INTO allocations (ip, ip_key, pool_id, pool_name, family, service_namespace,
+        service_name, service_uid, sharing_key, ports, active, allocated_at, released_at)
+    SELECT pick.ip, pick.ip_key, pool.id, :pool, 4, :ns, :name, :uid, :key,
+        CAST(:ports AS jsonb), true, :now, NULL
+    FROM pick, pool
+    ON CONFLICT DO NOTHING
+    RETURNING id, ip, ip_key
+), lease AS (
+    INSERT INTO ip_leases (ip, ip_key, pool_id, family, sharing_key, created_at)
+    SELECT a.ip, a.ip_key, :pool_id, 4, :key, :now FROM a
+), p AS (
+    INSERT INTO allocation_ports (allocation_id, ip, protocol, port)
+    SELECT a.id, a.ip, u.p ->> 0, CAST(u.p ->> 1 AS integer)
+    FROM a, jsonb_array_elements(CAST(:ports AS jsonb)) AS u(p)
+), g AS (
+    INSERT INTO ledger (at, ip, pool, service_namespace, service_name, action, reason, actor,
+        request_id)
+    SELECT :at, a.ip, :pool, :ns, :name, 'allocated',
+        COALESCE(CAST(:reason AS varchar), 'allocated ' || a.ip || :reason_tail),
+        :actor, :request_id
+    FROM a
+)
+SELECT 'l' AS kind, ip, NULL AS ns, NULL AS name, NULL AS uid, NULL AS key,
+    CAST(n AS varchar) AS extra, CAST(NULL AS timestamptz) AS at
+FROM l
+UNION ALL
+SELECT kind, ip, ns, name, uid, key, extra, at FROM o
+UNION ALL
+SELECT 'c', ip, NULL, NULL, NULL, NULL, CAST((SELECT id FROM a) AS varchar), NULL FROM pick
 """
     )
 )
