@@ -9,6 +9,10 @@ one COMMIT per iteration, same workers, same database) measured in the same run.
 INSERT inside the session transactions an allocation runs in, and an allocation's own rows
 written by its claim statement with no decision (addresses known in advance).
 
+Each allocation is one transaction of ``connection_transaction(factory)`` (a pooled Core
+connection, no ORM session), the lighter unit of work ``allocate_service`` takes; ``--orm`` runs
+them in ``transaction(factory)`` (an ORM session) instead, as before that existed.
+
 ``--cpu`` also reports the CPU time per allocation of the allocation loop: the workers' own
 (client) and their backends' (server, utime + stime from ``/proc``: the server must run on this
 machine). On a shared machine the rates move with everybody's load; CPU time per allocation
@@ -33,6 +37,11 @@ sys.path.insert(0, str(ROOT))
 from bench.procstat import cpu_seconds  # noqa: E402
 from lbprovider.db.models import Allocation, Base  # noqa: E402
 from lbprovider.db.session import make_engine, session_factory, transaction  # noqa: E402
+
+try:  # older trees (timed with a copy of this file) have only ``transaction``
+    from lbprovider.db.session import connection_transaction
+except ImportError:  # pragma: no cover
+    connection_transaction = transaction  # type: ignore[assignment]
 from lbprovider.db.types import utcnow  # noqa: E402
 from lbprovider.ipam.allocator import Assignment, Request, ServiceRef  # noqa: E402
 from lbprovider.services.allocations import allocate_service  # noqa: E402
@@ -91,7 +100,9 @@ def alloc_worker(
     n: int,
     start: mp.Barrier,  # type: ignore[type-arg]
     cpu: mp.Queue | None = None,  # type: ignore[type-arg]
+    orm: bool = False,
 ) -> None:
+    unit = transaction if orm else connection_transaction
     engine = make_engine(url, pool_size=1)
     factory = session_factory(engine)
     policy = IPPolicy()
@@ -101,28 +112,31 @@ def alloc_worker(
     client, server = time.process_time(), cpu_seconds(pid) if cpu is not None else 0.0
     for i in range(n):
         req = Request(service=ServiceRef(f"w{worker}", f"s{i}"), ports=frozenset({("TCP", 80)}))
-        with transaction(factory) as s:
+        with unit(factory) as s:
             allocate_service(session=s, request=req, actor=Actor("bench"), policy=policy)
     if cpu is not None:
         cpu.put((time.process_time() - client, cpu_seconds(pid) - server))
     engine.dispose()
 
 
-def session_worker(url: str, worker: int, n: int, start: mp.Barrier) -> None:  # type: ignore[type-arg]
+def session_worker(url: str, worker: int, n: int, start: mp.Barrier, orm: bool = False) -> None:  # type: ignore[type-arg]
     """Floor 1: the bare loop's INSERT in the transactions an allocation runs in."""
+    from lbprovider.db.session import connection_of  # see writes_worker
+
     engine = make_engine(url)
     factory = session_factory(engine)
+    unit = transaction if orm else connection_transaction
     start.wait()
     for i in range(n):
-        with transaction(factory) as s:
-            s.connection().execute(
+        with unit(factory) as s:
+            connection_of(s).execute(
                 text("INSERT INTO bare (ip, service) VALUES (:ip, :s)"),
                 {"ip": f"{worker}.{i}", "s": f"w{worker}/s{i}"},
             )
     engine.dispose()
 
 
-def writes_worker(url: str, worker: int, n: int, start: mp.Barrier) -> None:  # type: ignore[type-arg]
+def writes_worker(url: str, worker: int, n: int, start: mp.Barrier, orm: bool = False) -> None:  # type: ignore[type-arg]
     """Floor 2: an allocation's rows (allocation, port, lease, ledger) written by its claim
     statement, in the same transactions, for addresses known in advance: no decision at all."""
     # Imported here: without --floors this file runs against older trees too (see --cpu).
@@ -134,6 +148,7 @@ def writes_worker(url: str, worker: int, n: int, start: mp.Barrier) -> None:  # 
     with factory() as s:
         pool_id = s.scalar(text("SELECT id FROM pools WHERE name = 'floor'"))
     actor = Actor("bench")
+    unit = transaction if orm else connection_transaction
     start.wait()
     for i in range(n):
         k = worker * n + i
@@ -141,7 +156,7 @@ def writes_worker(url: str, worker: int, n: int, start: mp.Barrier) -> None:  # 
         req = Request(service=ServiceRef(f"f{worker}", f"s{i}"), ports=frozenset({("TCP", 80)}))
         a = Assignment(ip, "floor", 4)
         params = _claim_params(req, a, pool_id, utcnow(), _Entry(actor, "allocated", "floor"))
-        with transaction(factory) as s:
+        with unit(factory) as s:
             assert fetch_all(s, CLAIM_CLEAN_PG, params)
     engine.dispose()
 
@@ -174,6 +189,11 @@ def main() -> None:
     ap.add_argument(
         "--cpu", action="store_true", help="also report client and server CPU per allocation"
     )
+    ap.add_argument(
+        "--orm",
+        action="store_true",
+        help="run allocations (and floors) in transaction(factory), an ORM session, instead",
+    )
     ap.add_argument("--db", default=DB, help=f"scratch database (dropped first; default {DB})")
     args = ap.parse_args()
     url = prepare(server_url(), args.db)
@@ -181,7 +201,7 @@ def main() -> None:
     n = per * args.workers
     bare = run(bare_worker, url, args.workers, per)
     cpu: mp.Queue[tuple[float, float]] | None = mp.get_context("fork").Queue() if args.cpu else None
-    alloc = run(alloc_worker, url, args.workers, per, cpu)
+    alloc = run(alloc_worker, url, args.workers, per, cpu, args.orm)
     engine = make_engine(url)
     with engine.connect() as c:
         live = c.scalar(select(func.count()).select_from(Allocation).where(Allocation.active))
@@ -189,7 +209,8 @@ def main() -> None:
             select(func.count(func.distinct(Allocation.ip))).where(Allocation.active)
         )
     engine.dispose()
-    print(f"workers={args.workers} allocations={n}")
+    unit = "transaction (ORM session)" if args.orm else "connection_transaction (Core)"
+    print(f"workers={args.workers} allocations={n} unit={unit}")
     print(f"bare INSERT loop: {n / bare:,.0f} rows/s ({bare:.2f} s)")
     print(f"allocations:      {n / alloc:,.0f} allocations/s ({alloc:.2f} s)")
     print(f"duplicates: {live - distinct} (live={live}, distinct IPs={distinct})")
@@ -199,8 +220,8 @@ def main() -> None:
         client, server = (sum(u[k] for u in used) / n * 1e3 for k in (0, 1))
         print(f"CPU per allocation: client {client:.2f} ms, server {server:.2f} ms")
     if args.floors:
-        session = run(session_worker, url, args.workers, per)
-        writes = run(writes_worker, url, args.workers, per)
+        session = run(session_worker, url, args.workers, per, args.orm)
+        writes = run(writes_worker, url, args.workers, per, args.orm)
         for label, secs in (
             ("bare INSERT in allocation transactions", session),
             ("an allocation's writes alone (no decision)", writes),

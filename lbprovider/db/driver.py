@@ -25,9 +25,10 @@ import psycopg
 from psycopg.rows import namedtuple_row
 from sqlalchemy import exc
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
-from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import TextualSelect
+
+from lbprovider.db.session import Unit, connection_of
 
 # One cursor per pooled connection, kept in its ``info`` (which lives as long as the DBAPI
 # connection): a fresh cursor per statement starts with cold dumper and loader caches.
@@ -44,10 +45,10 @@ class DriverStatement:
         self.sql: str = str(clause.compile(dialect=_DIALECT))
 
 
-def fetch_all(session: Session, statement: DriverStatement, params: Mapping[str, Any]) -> list[Any]:
-    """Run ``statement`` on the session's connection (PostgreSQL), in its transaction; every
-    row as a named tuple."""
-    conn = session.connection()
+def fetch_all(unit: Unit, statement: DriverStatement, params: Mapping[str, Any]) -> list[Any]:
+    """Run ``statement`` on the connection of ``unit`` (a session or a connection; PostgreSQL),
+    in its transaction; every row as a named tuple."""
+    conn = connection_of(unit)
     pooled = conn.connection
     raw: psycopg.Connection[Any] = cast(Any, pooled.driver_connection)
     sql = statement.sql

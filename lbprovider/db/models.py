@@ -81,6 +81,37 @@ def _create_pg_trgm(_metadata: MetaData, connection: Connection, **_kw: Any) -> 
         connection.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm")
 
 
+# PostgreSQL: the per-address lock of a claim that is decided and written in one statement
+# (``services.state.SCAN_CLAIM_PG``). A statement's snapshot is taken when it starts, i.e.
+# before it takes an address's lock, so it cannot see what the lock's previous holder (a
+# release, a reservation, another claim) committed meanwhile; a VOLATILE function's queries
+# take a fresh snapshot each (READ COMMITTED), so this one checks the address after the lock,
+# as a later statement would. False when another writer holds the lock or, once locked,
+# anything stands on the address. Migration 0003 creates it; this covers ``create_all``.
+LOCK_IF_FREE_SQL = """
+CREATE OR REPLACE FUNCTION lbp_lock_if_free(candidate text, as_of timestamptz) RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtextextended(candidate, 0)) THEN
+        RETURN false;
+    END IF;
+    RETURN NOT EXISTS (SELECT 1 FROM allocations WHERE active AND ip = candidate)
+        AND NOT EXISTS (SELECT 1 FROM ip_leases WHERE ip = candidate)
+        AND NOT EXISTS (SELECT 1 FROM allocation_ports WHERE ip = candidate)
+        AND NOT EXISTS (SELECT 1 FROM reservations WHERE ip = candidate
+            AND (expires_at IS NULL OR expires_at > as_of))
+        AND NOT EXISTS (SELECT 1 FROM released_ips WHERE ip = candidate);
+END
+$$
+"""
+
+
+@event.listens_for(Base.metadata, "after_create")
+def _create_lock_if_free(_metadata: MetaData, connection: Connection, **_kw: Any) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(LOCK_IF_FREE_SQL)
+
+
 class Pool(Base):
     __tablename__ = "pools"
 

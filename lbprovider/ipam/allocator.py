@@ -158,14 +158,17 @@ class StateView(Protocol):
         """False while a concurrent writer is deciding on ``ip`` (skip it, like SKIP LOCKED)."""
         ...
 
-    def scan(self, ips: Sequence[str]) -> tuple[Mapping[str, Occupancy], int]:
-        """``occupancy`` of the first ``n`` of ``ips`` (n ≥ 1 for a non-empty list), and n.
+    def scan(self, ips: Sequence[str], pool: str) -> tuple[Mapping[str, Occupancy], int]:
+        """``occupancy`` of the first ``n`` of ``ips`` (candidates in ``pool``; n ≥ 1 for a
+        non-empty list), and n.
 
         A view that can take a candidate's lock in the same round trip tries, in order, each
         address of ``ips`` that nothing stands on and stops at the first it locks (n is its
         position, ``claimable`` answers for every address tried without asking again); a view
         that cannot answers ``(occupancy(ips), len(ips))``. Either way the allocator decides
-        exactly as with ``occupancy`` followed by ``claimable`` per candidate."""
+        exactly as with ``occupancy`` followed by ``claimable`` per candidate. (A view may also
+        write the claim of the address it locked, when its caller knows that address is the
+        decision; the allocator does not see the difference.)"""
         ...
 
 
@@ -430,7 +433,7 @@ class Allocator:
         while batch := pending + list(itertools.islice(candidates, size - len(pending))):
             size = min(size * 4, self.policy.batch)
             if claim:
-                occ, seen = self.view.scan(batch)
+                occ, seen = self.view.scan(batch, pool.name)
             else:
                 occ, seen = self.view.occupancy(batch), len(batch)
             pending = batch[seen:]

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from lbprovider.db.driver import DriverStatement, fetch_all
 from lbprovider.db.models import Allocation, AllocationPort, IPLease, LedgerEntry, ReleasedIP
+from lbprovider.db.session import Unit, session_on
 from lbprovider.db.types import utcnow
 from lbprovider.ipam.allocator import (
     Allocator,
@@ -53,6 +54,7 @@ from lbprovider.services.state import (
     HeldRow,
     Holdings,
     PoolSpecs,
+    ScanClaim,
     cached_pool_specs,
     load_holdings,
     occupancy_from_rows,
@@ -105,7 +107,7 @@ def active_allocations(session: Session, namespace: str, name: str) -> list[Allo
 
 def allocate_service(
     *,
-    session: Session,
+    session: Unit,
     request: Request,
     actor: Actor,
     policy: IPPolicy,
@@ -117,7 +119,12 @@ def allocate_service(
 
     ``reason``, when given, is what the ledger says for any change (else the decision's text).
     ``holdings``, when given, is what ``load_holdings`` just read for the Service in this
-    transaction (the caller needed it too); else it is read here."""
+    transaction (the caller needed it too); else it is read here.
+
+    ``session`` is the caller's unit of work: an ORM session (``db.session.transaction``) or a
+    Core connection in its transaction (``db.session.connection_transaction``, lighter). On a
+    connection, a decision that writes more than one clean claim makes an ORM session joined
+    to it for that write (``db.session.session_on``)."""
     now = now or utcnow()
     if holdings is None:
         _flush_pending(session)
@@ -131,15 +138,15 @@ def allocate_service(
     )
 
 
-def _flush_pending(session: Session) -> None:
+def _flush_pending(session: Unit) -> None:
     """Reads below go through the connection (no autoflush): write pending ORM changes first."""
-    if session.new or session.dirty or session.deleted:
+    if isinstance(session, Session) and (session.new or session.dirty or session.deleted):
         session.flush()
 
 
 def steady_outcome(
     *,
-    session: Session,
+    session: Unit,
     request: Request,
     policy: IPPolicy,
     now: datetime,
@@ -155,7 +162,7 @@ def steady_outcome(
 
 
 def _steady(
-    session: Session,
+    session: Unit,
     request: Request,
     ip_policy: IPPolicy,
     now: datetime,
@@ -194,7 +201,7 @@ def _row_is_current(row: HeldRow, request: Request) -> bool:
 
 def adopt_service(
     *,
-    session: Session,
+    session: Unit,
     request: Request,
     actor: Actor,
     policy: IPPolicy,
@@ -208,7 +215,7 @@ def adopt_service(
 
 
 def _with_retries(
-    session: Session,
+    session: Unit,
     request: Request,
     actor: Actor,
     policy: IPPolicy,
@@ -218,6 +225,44 @@ def _with_retries(
     reason: str | None = None,
     holdings: Holdings | None = None,
 ) -> Outcome:
+    orm = _Orm(session)
+    try:
+        return _attempts(session, request, actor, policy, now, adopt, reason, holdings, orm)
+    finally:
+        orm.close()
+
+
+class _Orm:
+    """The ORM session a savepoint write needs: the caller's, or (when the caller gave a
+    connection) one joined to that connection, made on first use and closed after the call."""
+
+    def __init__(self, unit: Unit) -> None:
+        self.unit = unit
+        self.made: Session | None = None
+
+    def session(self) -> Session:
+        if isinstance(self.unit, Session):
+            return self.unit
+        if self.made is None:
+            self.made = session_on(self.unit)
+        return self.made
+
+    def close(self) -> None:
+        if self.made is not None:
+            self.made.close()  # its writes were flushed; the transaction is the connection's
+
+
+def _attempts(
+    session: Unit,
+    request: Request,
+    actor: Actor,
+    policy: IPPolicy,
+    now: datetime,
+    adopt: bool,
+    reason: str | None,
+    holdings: Holdings | None,
+    orm: _Orm,
+) -> Outcome:
     rng = random.Random()
     for attempt in range(MAX_ATTEMPTS):
         spread = 1 if attempt == 0 else min(64, 2**attempt)
@@ -225,17 +270,22 @@ def _with_retries(
         known = holdings if attempt == 0 else None
         in_savepoint = False
         try:
-            plan = _decide(session, request, policy, now, spread, rng, adopt, known)
+            arm = _scan_claim(request, actor, now, reason) if attempt == 0 and not adopt else None
+            plan = _decide(session, request, policy, now, spread, rng, adopt, known, arm)
             if isinstance(plan, Outcome):
                 return plan
             why = reason or plan.decision.message
+            if plan.view.claimed is not None:
+                # The scan wrote the claim (SCAN_CLAIM_PG); it must be this decision's.
+                return _claimed_by_scan(plan, why)
             claim = _single_clean_claim(session, plan, adopt)
             if claim is not None:
                 # No savepoint: a lost race writes nothing (see CLAIM_CLEAN_PG).
                 return _claim_clean(session, plan, claim, actor, now, why)
             in_savepoint = True
-            with session.begin_nested():
-                return _write(session, plan, actor, now, adopt, why)
+            write_session = orm.session()
+            with write_session.begin_nested():
+                return _write(write_session, plan, actor, now, adopt, why)
         except (IntegrityError, _LostRace) as e:
             if isinstance(e, IntegrityError) and not in_savepoint:
                 raise  # the transaction is aborted: nothing to retry in
@@ -263,7 +313,7 @@ class _Plan:
 
 
 def _decide(
-    session: Session,
+    session: Unit,
     request: Request,
     ip_policy: IPPolicy,
     now: datetime,
@@ -271,6 +321,7 @@ def _decide(
     rng: random.Random,
     adopt: bool,
     holdings: Holdings | None,
+    arm: ScanClaim | None = None,
 ) -> _Plan | Outcome:
     """Decide from fresh reads (reads and per-address locks only: nothing to roll back).
 
@@ -290,6 +341,8 @@ def _decide(
         hints=hints,
         high_water=holdings.high_water,
     )
+    if arm is not None and not current and view.postgresql:
+        view.claim = arm
     policy = Policy(
         now=now, hold=ip_policy.hold, quarantine=ip_policy.quarantine, spread=spread, rng=rng
     )
@@ -312,6 +365,8 @@ def _decide(
             )
     else:
         decision = allocator.allocate(request, held)
+    if not decision.ok and view.claimed is not None:
+        raise RuntimeError(f"the scan claimed {view.claimed[0]}, the decision refused: {decision}")
     if not decision.ok:
         return Outcome(decision, tuple(a.ip for a in current), changed=False)
     return _Plan(allocator, request, decision, current, pool_ids, view)
@@ -358,13 +413,52 @@ def _write(
     return Outcome(decision, tuple(sorted(wanted, key=_family)), changed)
 
 
-def _single_clean_claim(session: Session, plan: _Plan, adopt: bool) -> Assignment | None:
+def _scan_claim(
+    request: Request, actor: Actor, now: datetime, reason: str | None
+) -> ScanClaim | None:
+    """What the scan writes when it may claim (``SCAN_CLAIM_PG``): a new single-stack IPv4
+    Service without explicit addresses, on the first attempt (later ones spread at random)."""
+    families = tuple(dict.fromkeys(request.families)) or (4,)
+    if request.requested_ips or request.family_policy != "SingleStack" or families[0] != 4:
+        return None
+    svc = request.service
+    return ScanClaim(
+        {
+            "ns": svc.namespace,
+            "name": svc.name,
+            "uid": svc.uid,
+            "key": request.sharing_key,
+            "ports": json.dumps(_ports_json(request)),
+            "at": utcnow(),
+            "reason": reason,
+            "actor": actor.name,
+            "request_id": actor.request_id,
+        }
+    )
+
+
+def _claimed_by_scan(plan: _Plan, why: str) -> Outcome:
+    """The outcome of a decision whose address the scan claimed, or ``_LostRace`` (then the
+    scan wrote nothing). The scan claims only an address the allocator must take; anything
+    else is a bug, and fails the transaction rather than write a second address."""
+    view = plan.view
+    assert view.claimed is not None and view.claim is not None
+    ip, allocation_id, pool = view.claimed
+    written = view.claim.params["reason"] or f"allocated {ip} from pool {pool!r}"
+    if plan.decision.assignments != (Assignment(ip, pool, 4),) or why != written:
+        raise RuntimeError(f"the scan claimed {ip} in {pool!r}, the decision is {plan.decision}")
+    if allocation_id is None:
+        raise _LostRace(ip)
+    return Outcome(plan.decision, (ip,), changed=True)
+
+
+def _single_clean_claim(session: Unit, plan: _Plan, adopt: bool) -> Assignment | None:
     """The one address to claim when that is the plan's only write and the scan locked it
     while nothing stood on it (PostgreSQL): the case ``_claim_clean`` handles."""
     if adopt or plan.current or len(plan.decision.assignments) != 1:
         return None
     a = plan.decision.assignments[0]
-    if a.ip not in plan.view.clean or session.get_bind().dialect.name != "postgresql":
+    if a.ip not in plan.view.clean or not plan.view.postgresql:
         return None
     return a
 
@@ -421,7 +515,7 @@ SELECT id FROM a
 
 
 def _claim_clean(
-    session: Session, plan: _Plan, a: Assignment, actor: Actor, now: datetime, why: str
+    session: Unit, plan: _Plan, a: Assignment, actor: Actor, now: datetime, why: str
 ) -> Outcome:
     """Write ``_single_clean_claim``'s address in one statement, or raise ``_LostRace`` (then
     nothing was written)."""

@@ -49,6 +49,7 @@ from sqlalchemy.orm import Session
 
 from lbprovider.db.driver import DriverStatement, fetch_all
 from lbprovider.db.models import Allocation, Exclusion, IPLease, Pool, ReleasedIP, Reservation
+from lbprovider.db.session import Unit, connection_of, engine_of, is_postgresql, session_on
 from lbprovider.db.types import UTCDateTime, as_utc
 from lbprovider.ipam.allocator import Holder, Occupancy, ServiceRef
 from lbprovider.ipam.pool import PoolSpec
@@ -72,8 +73,11 @@ def pool_spec(pool: Pool, exclusions: Sequence[str] | None = None) -> PoolSpec:
     )
 
 
-def load_pool_specs(session: Session) -> tuple[list[PoolSpec], dict[str, int]]:
+def load_pool_specs(session: Unit) -> tuple[list[PoolSpec], dict[str, int]]:
     """Every pool as a spec, and the name → id map the writers need (read afresh)."""
+    if not isinstance(session, Session):
+        with session_on(session) as orm:
+            return load_pool_specs(orm)
     pools = session.scalars(select(Pool).order_by(Pool.name)).all()
     excl: dict[int, list[str]] = defaultdict(list)
     for pool_id, spec in session.execute(select(Exclusion.pool_id, Exclusion.range)):
@@ -111,21 +115,20 @@ def stamp_from_rows(rows: Iterable[Any]) -> PoolStamp:
     return (*pools, *((row.n1, row.n2) for row in rows if row.kind == "e"))
 
 
-def cached_pool_specs(session: Session, stamp: PoolStamp | None = None) -> PoolSpecs:
+def cached_pool_specs(session: Unit, stamp: PoolStamp | None = None) -> PoolSpecs:
     """``load_pool_specs``, reused while the pools' change stamp (one small query) is the same.
 
     The stamp is read in the caller's transaction (``stamp``, when given, is one read earlier
     in it, e.g. by ``load_holdings``), so a pool edited earlier in the same transaction, or
     committed by another process, is reloaded before the next decision."""
     if stamp is None:
-        stamp = stamp_from_rows(session.connection().execute(POOL_STAMP))
-    engine = session.get_bind()
-    assert isinstance(engine, Engine)
+        stamp = stamp_from_rows(connection_of(session).execute(POOL_STAMP))
+    engine = engine_of(session)
     cached = _pool_cache.get(engine)
     if cached is not None and cached[0] == stamp:
         return cached[1]
     specs = load_pool_specs(session)
-    if not session.dirty and not session.new and not session.deleted:
+    if not isinstance(session, Session) or not (session.dirty or session.new or session.deleted):
         with _pool_cache_lock:
             _pool_cache[engine] = (stamp, specs)
     return specs
@@ -359,15 +362,15 @@ WHERE NOT EXISTS (SELECT 1 FROM mine)
 PRELUDE_PG = DriverStatement(PRELUDE)
 
 
-def load_holdings(session: Session, namespace: str, name: str, now: datetime) -> Holdings:
+def load_holdings(session: Unit, namespace: str, name: str, now: datetime) -> Holdings:
     """What ``namespace/name`` holds, what stands on those addresses, the pools' stamp, the
     Service's hints and (when it holds nothing) the high-water marks: one round trip."""
     params = {"ns": namespace, "name": name, "now": now}
     result: Sequence[Any]
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgresql(session):
         result = fetch_all(session, PRELUDE_PG, params)
     else:
-        result = session.connection().execute(PRELUDE, params).all()
+        result = connection_of(session).execute(PRELUDE, params).all()
     mine = sorted((r for r in result if r.kind == "m"), key=lambda r: (r.n3, r.n1))
     rows = tuple(
         HeldRow(
@@ -448,11 +451,12 @@ def hints_from_rows(rows: Iterable[Any]) -> Hints:
 
 
 class DBStateView:
-    """``lbprovider.ipam.allocator.StateView`` over a session."""
+    """``lbprovider.ipam.allocator.StateView`` over a session or a connection in its
+    transaction."""
 
     def __init__(
         self,
-        session: Session,
+        session: Unit,
         pool_ids: Mapping[str, int],
         now: datetime,
         known: Mapping[str, Occupancy] | None = None,
@@ -460,6 +464,7 @@ class DBStateView:
         high_water: Mapping[tuple[int, int], str | None] | None = None,
     ) -> None:
         self.session = session
+        self.postgresql = is_postgresql(session)
         self.pool_ids = pool_ids
         self.now = now
         self.locked: set[str] = set()
@@ -470,6 +475,12 @@ class DBStateView:
         # Occupancy read earlier in this transaction (a Service's own addresses): answered
         # from here until the address is locked for a claim, which always reads afresh.
         self.known: dict[str, Occupancy] = dict(known or {})
+        # Set by the caller when the first clean address a scan locks (in a pool of
+        # ``claim.pools``) is its decision: the scan then writes the claim too (SCAN_CLAIM_PG)
+        # and notes it in ``claimed`` (address, allocation id or None when the insert lost,
+        # pool).
+        self.claim: ScanClaim | None = None
+        self.claimed: tuple[str, int | None, str] | None = None
         # Hints and high-water marks read with the holdings: each answers one question, once.
         self._hints: dict[ServiceRef, Hints] = dict(hints or {})
         self._high_water: dict[tuple[int, int], str | None] = dict(high_water or {})
@@ -479,21 +490,33 @@ class DBStateView:
         if ips and all(ip in self.known and ip not in self.locked for ip in ips):
             return {ip: self.known[ip] for ip in ips if self.known[ip] != Occupancy()}
         params = {"ips": list(ips), "now": self.now}
-        return occupancy_from_rows(self.session.connection().execute(OCCUPANCY, params))
+        return occupancy_from_rows(connection_of(self.session).execute(OCCUPANCY, params))
 
-    def scan(self, ips: Sequence[str]) -> tuple[Mapping[str, Occupancy], int]:
+    def scan(self, ips: Sequence[str], pool: str = "") -> tuple[Mapping[str, Occupancy], int]:
         """``occupancy`` and, on PostgreSQL, the lock of the first unoccupied free address, in
-        one round trip (see ``SCAN_PG``)."""
-        if (
-            self.session.get_bind().dialect.name != "postgresql"
-            or not ips
-            or all(ip in self.known for ip in ips)
-        ):
+        one round trip (see ``SCAN_PG``); with ``claim`` set, also its claim (``SCAN_CLAIM_PG``)."""
+        if not self.postgresql or not ips or all(ip in self.known for ip in ips):
             return self.occupancy(ips), len(ips)
         # One comma-separated string, split by the server: dumping a Python list as an
         # array costs the client more than the rest of the parameters together.
-        params = {"ips": ",".join(ips), "now": self.now}
-        rows = fetch_all(self.session, SCAN_PG, params)
+        claim = self.claim
+        if claim is not None and pool in self.pool_ids and self.claimed is None:
+            params = {
+                **claim.params,
+                "ips": ",".join(ips),
+                "now": self.now,
+                "pool": pool,
+                "pool_id": self.pool_ids[pool],
+                "reason_tail": f" from pool {pool!r}",
+            }
+            rows = fetch_all(self.session, SCAN_CLAIM_PG, params)
+            got = next((row for row in rows if row.kind == "c"), None)
+            if got is not None:
+                written = int(got.extra) if got.extra is not None else None
+                self.claimed = (got.ip, written, pool)
+        else:
+            params = {"ips": ",".join(ips), "now": self.now}
+            rows = fetch_all(self.session, SCAN_PG, params)
         occ = occupancy_from_rows(rows)
         taken = next((row for row in rows if row.kind == "l"), None)
         seen = int(taken.extra) if taken is not None else len(ips)
@@ -510,7 +533,7 @@ class DBStateView:
         hints = self._hints.get(ref)
         if hints is None:
             params = {"ns": service.namespace, "name": service.name, "now": self.now}
-            rows = self.session.connection().execute(SERVICE_HINTS, params)
+            rows = connection_of(self.session).execute(SERVICE_HINTS, params)
             hints = self._hints[ref] = hints_from_rows(rows)
         return hints
 
@@ -537,7 +560,7 @@ class DBStateView:
         if key in self._high_water:
             top = self._high_water.pop(key)  # read once, with the holdings
         else:
-            top = self.session.connection().execute(HIGH_WATER, params).scalar()
+            top = connection_of(self.session).execute(HIGH_WATER, params).scalar()
         return ip_from_key(top) if top else None
 
     def released_lru(self, pool: str, family: int, limit: int) -> Sequence[str]:
@@ -567,11 +590,11 @@ class DBStateView:
         return False
 
 
-def try_lock_ip(session: Session, ip: str) -> bool:
+def try_lock_ip(session: Unit, ip: str) -> bool:
     """A per-address transaction lock on PostgreSQL, or False when another writer holds it."""
-    if session.get_bind().dialect.name != "postgresql":
+    if not is_postgresql(session):
         return True
-    return bool(session.connection().execute(TRY_LOCK, {"ip": ip}).scalar())
+    return bool(connection_of(session).execute(TRY_LOCK, {"ip": ip}).scalar())
 
 
 TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:ip, 0))")
@@ -620,6 +643,110 @@ FROM seen, LATERAL (SELECT * FROM reservations WHERE ip = seen.ip
 UNION ALL
 SELECT 'x', x.ip, x.service_namespace, x.service_name, NULL, NULL, NULL, x.released_at
 FROM seen, LATERAL (SELECT * FROM released_ips WHERE ip = seen.ip OFFSET 0) AS x
+"""
+    )
+)
+
+
+@dataclass(frozen=True)
+class ScanClaim:
+    """What ``SCAN_CLAIM_PG`` writes besides the address, pool and times: ``ns``, ``name``,
+    ``uid``, ``key`` (sharing key or None), ``ports`` (JSON text), ``at``, ``reason`` (None:
+    the decision's own text, "allocated <ip> from pool '<pool>'"), ``actor``, ``request_id``."""
+
+    params: Mapping[str, Any]
+
+
+# PostgreSQL: ``SCAN_PG`` and ``allocations.CLAIM_CLEAN_PG`` in one round trip, for the decision
+# that takes the first clean IPv4 address a scan locks (a new single-stack Service, first
+# attempt: the caller arms it with ``DBStateView.claim``). The walk is SCAN_PG's, except that the
+# lock is ``lbp_lock_if_free`` (models.LOCK_IF_FREE_SQL): this statement's snapshot predates the
+# lock, so the check that nothing stands on the address (allocation, lease, port, live
+# reservation, release) is made after the lock by the function's own query, which sees what an
+# earlier holder of the lock committed, as the separate claim's later snapshot did. The claim is
+# written only when the allocator, given these rows, must take that address: every candidate
+# before it with occupancy is one it refuses (reserved for someone else, or held by another
+# Service without this request's sharing key); any other occupancy (a release, a reservation
+# for this Service, a shared address it might join) writes nothing and the caller decides and
+# claims as before. The writes are CLAIM_CLEAN_PG's (pool row FOR KEY SHARE, ON CONFLICT DO
+# NOTHING for one live allocation per Service and family, every other row hanging off the
+# allocation's id), so a lost race writes nothing; row ``c`` says what was tried (extra: the
+# allocation's id, NULL when nothing was written). Uniqueness stays with the constraints.
+SCAN_CLAIM_PG = DriverStatement(
+    text(
+        """
+WITH c AS MATERIALIZED (
+    SELECT ip, n FROM unnest(string_to_array(:ips, ',')) WITH ORDINALITY AS c(ip, n)
+), l AS MATERIALIZED (
+    SELECT c.ip, c.n FROM c
+    WHERE CASE
+        WHEN (SELECT 1 FROM allocations a WHERE a.active AND a.ip = c.ip LIMIT 1) = 1
+            THEN false
+        WHEN (SELECT 1 FROM reservations r WHERE r.ip = c.ip
+            AND (r.expires_at IS NULL OR r.expires_at > :now) LIMIT 1) = 1 THEN false
+        WHEN (SELECT 1 FROM released_ips x WHERE x.ip = c.ip LIMIT 1) = 1 THEN false
+        ELSE lbp_lock_if_free(c.ip, :now)
+    END
+    LIMIT 1
+), seen AS MATERIALIZED (
+    SELECT ip FROM c WHERE c.n <= COALESCE((SELECT n FROM l), 2147483647)
+), o AS MATERIALIZED (
+    SELECT 'a' AS kind, a.ip, a.service_namespace AS ns, a.service_name AS name,
+        a.service_uid AS uid, a.sharing_key AS key, CAST(a.ports AS varchar) AS extra,
+        CAST(NULL AS timestamptz) AS at
+    FROM seen, LATERAL (SELECT * FROM allocations WHERE active AND ip = seen.ip OFFSET 0) AS a
+    UNION ALL
+    SELECT 'r', r.ip, r.service_namespace, r.service_name, NULL, r.owner, NULL, NULL
+    FROM seen, LATERAL (SELECT * FROM reservations WHERE ip = seen.ip
+        AND (expires_at IS NULL OR expires_at > :now) OFFSET 0) AS r
+    UNION ALL
+    SELECT 'x', x.ip, x.service_namespace, x.service_name, NULL, NULL, NULL, x.released_at
+    FROM seen, LATERAL (SELECT * FROM released_ips WHERE ip = seen.ip OFFSET 0) AS x
+), pick AS MATERIALIZED (
+    SELECT l.ip, '4:' || lpad(to_hex(CAST(l.ip AS inet) - inet '0.0.0.0'), 32, '0') AS ip_key
+    FROM l
+    WHERE NOT EXISTS (
+        SELECT 1 FROM o AS q WHERE NOT EXISTS (
+            SELECT 1 FROM o AS w WHERE w.ip = q.ip AND (
+                (w.kind = 'r' AND (w.name IS NULL OR w.ns <> :ns OR w.name <> :name))
+                OR (w.kind = 'a' AND (w.ns <> :ns OR w.name <> :name)
+                    AND (COALESCE(CAST(:key AS varchar), '') = ''
+                        OR w.key IS DISTINCT FROM CAST(:key AS varchar)))
+            )
+        )
+    )
+), pool AS (
+    SELECT id FROM pools WHERE id = :pool_id FOR KEY SHARE
+), a AS (
+    INSERT INTO allocations (ip, ip_key, pool_id, pool_name, family, service_namespace,
+        service_name, service_uid, sharing_key, ports, active, allocated_at, released_at)
+    SELECT pick.ip, pick.ip_key, pool.id, :pool, 4, :ns, :name, :uid, :key,
+        CAST(:ports AS jsonb), true, :now, NULL
+    FROM pick, pool
+    ON CONFLICT DO NOTHING
+    RETURNING id, ip, ip_key
+), lease AS (
+    INSERT INTO ip_leases (ip, ip_key, pool_id, family, sharing_key, created_at)
+    SELECT a.ip, a.ip_key, :pool_id, 4, :key, :now FROM a
+), p AS (
+    INSERT INTO allocation_ports (allocation_id, ip, protocol, port)
+    SELECT a.id, a.ip, u.p ->> 0, CAST(u.p ->> 1 AS integer)
+    FROM a, jsonb_array_elements(CAST(:ports AS jsonb)) AS u(p)
+), g AS (
+    INSERT INTO ledger (at, ip, pool, service_namespace, service_name, action, reason, actor,
+        request_id)
+    SELECT :at, a.ip, :pool, :ns, :name, 'allocated',
+        COALESCE(CAST(:reason AS varchar), 'allocated ' || a.ip || :reason_tail),
+        :actor, :request_id
+    FROM a
+)
+SELECT 'l' AS kind, ip, NULL AS ns, NULL AS name, NULL AS uid, NULL AS key,
+    CAST(n AS varchar) AS extra, CAST(NULL AS timestamptz) AS at
+FROM l
+UNION ALL
+SELECT kind, ip, ns, name, uid, key, extra, at FROM o
+UNION ALL
+SELECT 'c', ip, NULL, NULL, NULL, NULL, CAST((SELECT id FROM a) AS varchar), NULL FROM pick
 """
     )
 )

@@ -76,3 +76,34 @@ def test_cli_db_upgrade(empty_db: tuple[str, Engine]) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "pools" in inspect(engine).get_table_names()
+
+
+FUNCTION_DEF = (
+    "SELECT pg_get_functiondef(p.oid) FROM pg_proc p "
+    "JOIN pg_namespace n ON n.oid = p.pronamespace "
+    "WHERE n.nspname = 'public' AND p.proname = 'lbp_lock_if_free'"
+)
+
+
+@pytest.mark.postgres
+def test_the_lock_function_of_migrations_and_models_is_the_same(
+    pg_server_url: str, pg_engine: Engine
+) -> None:
+    """``lbp_lock_if_free`` (PostgreSQL only; autogenerate does not compare functions) as
+    migration 0003 makes it and as ``create_all`` does (``models.LOCK_IF_FREE_SQL``)."""
+    from sqlalchemy import text
+
+    with scratch_database(pg_server_url, f"lbp_migfn_{os.getpid()}") as url:
+        command.upgrade(alembic_config(url), "head")
+        engine = make_engine(url)
+        try:
+            with engine.connect() as conn:
+                migrated = conn.execute(text(FUNCTION_DEF)).scalar()
+            command.downgrade(alembic_config(url), "0002")
+            with engine.connect() as conn:
+                assert conn.execute(text(FUNCTION_DEF)).scalar() is None
+        finally:
+            engine.dispose()
+    with pg_engine.connect() as conn:
+        created = conn.execute(text(FUNCTION_DEF)).scalar()
+    assert migrated is not None and migrated == created

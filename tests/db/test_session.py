@@ -14,11 +14,15 @@ from sqlalchemy.exc import DBAPIError
 from lbprovider.db.models import Base, Pool
 from lbprovider.db.session import (
     ReadOnlyViolation,
+    connection_transaction,
+    engine_of,
+    is_postgresql,
     make_engine,
     read_only_engine,
     read_only_factory,
     read_transaction,
     session_factory,
+    session_on,
     transaction,
 )
 
@@ -171,3 +175,45 @@ def test_a_postgresql_read_runs_without_a_transaction_and_stays_read_only(
         with pytest.raises(DBAPIError, match="read-only"):
             session.execute(text("CREATE TABLE sneaky (id int)"))
     assert read_only_engine(pg_engine) is read_only_engine(pg_engine)
+
+
+def test_a_connection_transaction_commits_or_rolls_back_as_a_whole(engine: Engine) -> None:
+    sessions = session_factory(engine)
+    with connection_transaction(sessions) as conn:
+        assert conn.in_transaction() and engine_of(conn) is engine
+        assert is_postgresql(conn) == (engine.dialect.name == "postgresql")
+        conn.execute(insert(Pool), {"name": "kept", "ranges": ["10.0.0.0/30"]})
+    with pytest.raises(RuntimeError), connection_transaction(sessions) as conn:
+        conn.execute(insert(Pool), {"name": "core", "ranges": ["10.0.0.4/30"]})
+        with session_on(conn) as orm:  # an ORM write joined to the same transaction
+            orm.add(Pool(name="orm", ranges=["10.0.0.8/30"]))
+            orm.flush()
+        assert conn.in_transaction()
+        raise RuntimeError("roll back both")
+    assert pool_names(engine) == ["kept"]
+
+
+def test_sqlite_connection_transactions_queue_on_the_lock_too(tmp_path: Path) -> None:
+    """``connection_transaction`` begins as ``transaction`` does (``BEGIN IMMEDIATE``)."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    Base.metadata.create_all(engine)
+    sessions = session_factory(engine)
+    second_done = threading.Event()
+
+    def second_writer() -> None:
+        with connection_transaction(sessions) as conn:
+            conn.execute(insert(Pool), {"name": "second", "ranges": ["10.0.0.4/30"]})
+        second_done.set()
+
+    try:
+        with connection_transaction(sessions) as first:
+            first.execute(text("SELECT 1"))  # BEGIN IMMEDIATE: the lock is taken here
+            thread = threading.Thread(target=second_writer)
+            thread.start()
+            assert not second_done.wait(0.5)
+            first.execute(insert(Pool), {"name": "first", "ranges": ["10.0.0.0/30"]})
+        assert second_done.wait(10)
+        thread.join(10)
+        assert pool_names(engine) == ["first", "second"]
+    finally:
+        engine.dispose()

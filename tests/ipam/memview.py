@@ -86,5 +86,5 @@ class MemoryView:
     def claimable(self, ip: str) -> bool:
         return True
 
-    def scan(self, ips: Sequence[str]) -> tuple[Mapping[str, Occupancy], int]:
+    def scan(self, ips: Sequence[str], pool: str) -> tuple[Mapping[str, Occupancy], int]:
         return self.occupancy(ips), len(ips)

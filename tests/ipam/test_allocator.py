@@ -360,7 +360,7 @@ class PartialScanView(MemoryView):
 
     scanned: list[list[str]] = field(default_factory=list)
 
-    def scan(self, ips: Sequence[str]) -> tuple[Mapping[str, Occupancy], int]:
+    def scan(self, ips: Sequence[str], pool: str) -> tuple[Mapping[str, Occupancy], int]:
         self.scanned.append(list(ips))
         return self.occupancy(ips[:2]), min(2, len(ips))
 

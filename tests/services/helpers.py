@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -14,6 +16,10 @@ from lbprovider.services.pools import PoolFields, create_pool
 
 ACTOR = Actor("test", request_id="req-1")
 POLICY = IPPolicy()
+
+UNIT: list[Any] = [transaction]
+"""The unit of work ``allocate`` runs in: ``transaction`` (an ORM session), or
+``connection_transaction`` where a test module swaps it (``test_on_a_connection``)."""
 
 
 def make_pool(sessions: sessionmaker[Session], name: str, *ranges: str, **kw: object) -> None:
@@ -36,7 +42,7 @@ def svc_request(
 
 
 def allocate(sessions: sessionmaker[Session], name: str, **kw: object) -> Outcome:
-    with transaction(sessions) as s:
+    with UNIT[0](sessions) as s:
         return allocate_service(
             session=s, request=svc_request(name, **kw), actor=ACTOR, policy=POLICY
         )
