@@ -489,9 +489,16 @@ class StateCache:
         self._seen = seen
         self._seen_until = time.monotonic() + STAMP_AT_LEAST_EVERY
 
+    def commit_watch(self, sessions: sessionmaker[Session]) -> CommitWatch:
+        """The commit counter of ``sessions``' database (see :class:`CommitWatch`)."""
+        bind = sessions.kw["bind"]
+        return self._watch_of(bind if isinstance(bind, Engine) else bind.engine)
+
     def _watcher(self, session: Session) -> CommitWatch:
         bind = session.get_bind()
-        engine = bind if isinstance(bind, Engine) else bind.engine
+        return self._watch_of(bind if isinstance(bind, Engine) else bind.engine)
+
+    def _watch_of(self, engine: Engine) -> CommitWatch:
         with self._lock:  # by pool: the read-only engine of a SQLite engine shares its pool
             if self._watch is None or self._watch[0] is not engine.pool:
                 if self._watch is not None:
