@@ -399,6 +399,8 @@ class Processes:
             for role, env in self.envs.items():
                 env |= {"PYTHONPATH": f"{ROOT}:{TRACE}", "BENCH_TRACE_FILE": str(trace)}
                 env["BENCH_TRACE_ROLE"] = role
+                if "BENCH_SWITCH_INTERVAL" in os.environ:  # an experiment: the API's GIL
+                    env["BENCH_SWITCH_INTERVAL"] = os.environ["BENCH_SWITCH_INTERVAL"]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.http = httpx.Client(
             base_url=f"{self.url}/api/v1/fleet/hosts/{AGENT_HOST}",
@@ -735,6 +737,10 @@ def main() -> None:
             side.close()
         if args.timeline and (tmp / "trace.txt").exists():
             print_timeline((tmp / "trace.txt").read_text().splitlines())
+            keep = os.environ.get("BENCH_TRACE_KEEP")  # the raw trace and creations, kept
+            if keep:
+                shutil.copy(tmp / "trace.txt", keep)
+                Path(f"{keep}.creations.json").write_text(json.dumps(CREATIONS))
         if fast is not None:
             fast.stop()
         backends.close()

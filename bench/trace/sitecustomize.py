@@ -92,3 +92,8 @@ def _agent() -> None:
 
 if _FILE:
     {"api": _api, "agent": _agent}.get(_ROLE, lambda: None)()
+
+if os.environ.get("BENCH_SWITCH_INTERVAL") and _ROLE == "api":  # an experiment's knob
+    import sys
+
+    sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))

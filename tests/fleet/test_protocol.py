@@ -610,3 +610,28 @@ def test_on_sqlite_a_waiting_poll_sees_a_commit_within_milliseconds_not_a_poll_l
         assert took[0] < 0.5, took  # on main: the next poll, ~1.7 s later
     finally:
         server.stop()
+
+
+def test_a_state_request_is_answered_while_another_writer_holds_the_write_lock(
+    proto: Proto, engine: Engine
+) -> None:
+    """Authentication and the long-poll only read: a state request does not queue behind a
+    writer (on SQLite, the write lock a creation or a report holds)."""
+    version = proto.state().json()["version"]
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("SELECT 1")  # begun BEGIN IMMEDIATE: the write lock, held
+        else:
+            conn.exec_driver_sql("BEGIN")
+            conn.exec_driver_sql("LOCK TABLE api_tokens, fleet_hosts IN EXCLUSIVE MODE")
+        try:
+            started = time.monotonic()
+            r = proto.agent.get(
+                "/api/v1/fleet/hosts/edge-1/state",
+                params={"version": version, "wait": 0},
+                timeout=5,
+            )
+            took = time.monotonic() - started
+        finally:
+            conn.rollback()
+    assert r.status_code == 304 and took < 2.0, took  # on main: waited for the lock (timeout)
