@@ -97,3 +97,16 @@ if os.environ.get("BENCH_SWITCH_INTERVAL") and _ROLE == "api":  # an experiment'
     import sys
 
     sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
+
+if _FILE:  # every collection of the cyclic GC, as a span
+    import gc
+
+    _gc_start: list[float] = [0.0]
+
+    def _gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            _gc_start[0] = time.monotonic()
+        elif info.get("generation", 0) >= 1:
+            _emit(f"gc{info['generation']}", _gc_start[0], time.monotonic(), str(info["collected"]))
+
+    gc.callbacks.append(_gc)
