@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,6 +273,8 @@ class Known:
     by_key: dict[str, Route]
     binds: Counter[tuple[object, int]]  # routes per skeleton bind
     profiles: Counter[Profile]  # routes per profile
+    # derived: (the layout it was derived from, the route-map keys set, those dropped)
+    moved: tuple[Layout, tuple[str, ...], tuple[str, ...]] | None = None
 
     @classmethod
     def of(cls, desired: DesiredState, layout: Layout) -> Known:
@@ -336,21 +338,36 @@ def derive_layout(known: Known, desired: DesiredState) -> Known | None:
     for r in gone:
         del by_key[r.key]
     by_key.update((r.key, r) for r in changed)
-    return Known(desired, layout, by_key, binds, profiles)
+    moved = (old_layout, tuple(r.key for r in changed), tuple(r.key for r in gone))
+    return Known(desired, layout, by_key, binds, profiles, moved)
 
 
-def plan_delta(before: Layout, after: Layout) -> RuntimePlan:
-    """Map commands from one route map to another (skeleton, servers and allow maps equal)."""
+def plan_delta(
+    before: Layout,
+    after: Layout,
+    moved: tuple[Layout, tuple[str, ...], tuple[str, ...]] | None = None,
+) -> RuntimePlan:
+    """Map commands from one route map to another (skeleton, servers and allow maps equal).
+
+    ``moved``: ``after`` was derived from the layout it names by setting and dropping those
+    keys (:attr:`Known.moved`); when that is ``before``, only those keys are looked at (every
+    other key holds the same value in both), else every key of both maps."""
     plan = RuntimePlan()
     path = f"{after.skeleton.settings.run_dir}/{ROUTES_MAP}"
     old, new = before.route_map, after.route_map
-    for key, value in new.items():
+    if moved is not None and moved[0] is before:
+        upserted, dropped = dict.fromkeys(moved[1]), moved[2]
+        candidates: Iterable[tuple[str, str]] = ((k, new[k]) for k in upserted if k in new)
+        leaving: Iterable[str] = sorted(k for k in set(dropped) if k in old)
+    else:
+        candidates, leaving = new.items(), sorted(old)
+    for key, value in candidates:
         have = old.get(key)
         if have is None:
             plan.maps.append(rt.add_map(path, key, value))
         elif have != value:
             plan.maps.append(rt.set_map(path, key, value))
-    plan.down = [rt.del_map(path, key) for key in sorted(old) if key not in new]
+    plan.down = [rt.del_map(path, key) for key in leaving if key not in new]
     return plan
 
 
@@ -464,7 +481,7 @@ class Applier:
                 state = read_live(self.client, self.settings, derived.layout.skeleton.allow_slots)
                 plan = plan_runtime(derived.layout, state)
             else:
-                plan = plan_delta(self.known.layout, derived.layout)
+                plan = plan_delta(self.known.layout, derived.layout, derived.moved)
             self._execute_plan(plan, result)
         except HAProxyError as e:
             logger.warning("incremental apply failed, reading everything", extra={"error": str(e)})
