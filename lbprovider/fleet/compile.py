@@ -389,6 +389,7 @@ class StateCache:
         self.settings = settings
         self._lock = threading.Lock()
         self._compile_lock = threading.Lock()
+        self._state_lock = threading.Lock()  # held while a host's state is built
         self._compiler = IncrementalCompiler(settings)
         self._stamp: tuple[Any, ...] | None = None
         self._compiled: Compiled | None = None
@@ -543,6 +544,16 @@ class StateCache:
             cached = self._states.get(key)
             if cached is not None and self._compiled is compiled:
                 return cached
+        # one thread builds it (a long-poll and a report often ask for the same state of a
+        # new compilation at once: at 10,000 routes that is milliseconds of CPU each)
+        with self._state_lock:
+            with self._lock:
+                cached = self._states.get(key)
+                if cached is not None and self._compiled is compiled:
+                    return cached
+            return self._build_state(compiled, host, key)
+
+    def _build_state(self, compiled: Compiled, host: str, key: tuple[str, bool]) -> FleetState:
         state = compiled.state_for(host, enabled=key[1])
         with self._lock:
             history = self._history.setdefault(host, {})

@@ -3,6 +3,8 @@ every Service value checked before it becomes a route (SQLite and PostgreSQL).""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
@@ -245,3 +247,40 @@ def test_on_a_sqlite_file_an_unmoved_database_is_not_stamped_again(
         assert stamps, "read again once the counter's vouching expired"
     finally:
         event.remove(engine, "before_cursor_execute", statement)
+
+
+def test_a_hosts_new_state_is_built_once_when_asked_for_at_once(
+    fleet: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-poll and a report asking for the same new state together: one builds it, the
+    other gets the same object."""
+    import threading
+
+    from lbprovider.fleet.compile import Compiled
+
+    cache = StateCache(SETTINGS)
+    add_service(fleet, service_data("web"))
+    with transaction(fleet) as s:
+        cache.compiled(s)
+    built: list[str] = []
+    original = Compiled.state_for
+
+    def slow(self: Compiled, host: str, *, enabled: bool) -> FleetState:
+        built.append(host)
+        time.sleep(0.3)
+        return original(self, host, enabled=enabled)
+
+    monkeypatch.setattr(Compiled, "state_for", slow)
+    got: list[FleetState] = []
+
+    def ask() -> None:
+        with transaction(fleet) as s:
+            got.append(cache.state(s, "edge-1"))
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 3 and got[0] is got[1] is got[2]
+    assert built == ["edge-1"]  # on main: once per asking thread
