@@ -26,7 +26,9 @@ Run: PYTHONPATH=. .venv/bin/python bench/fleet.py            (all parts, about 5
      PYTHONPATH=. .venv/bin/python bench/fleet.py --parts p3,p7   (P3/P7 only, no wrk)
 Options: --services N (the large fleet, 10000), --samples N (per P3 figure, 30), --budget S
 (seconds before it gives up and cleans up, 540), --step S (seconds between two tries of a new
-VIP, 0.005), --layout processes|in-process.
+VIP, 0.005), --layout processes|in-process, --profile DIR (py-spy), --timeline (the API and agent
+traced by bench/trace/sitecustomize.py; per P3 figure, when each stage of a creation happened after
+its commit; BENCH_TRACE_KEEP=FILE keeps the raw trace).
 Everything it starts (API and agent processes or threads, the agent's HAProxy master, the
 backend HAProxy, HTTP servers, temp dirs) is stopped or removed by its own handle or PID (the
 agent's master by the PID its master socket gives, after the agent), also on an error, Ctrl-C
