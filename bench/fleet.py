@@ -26,7 +26,9 @@ Run: PYTHONPATH=. .venv/bin/python bench/fleet.py            (all parts, about 5
      PYTHONPATH=. .venv/bin/python bench/fleet.py --parts p3,p7   (P3/P7 only, no wrk)
 Options: --services N (the large fleet, 10000), --samples N (per P3 figure, 30), --budget S
 (seconds before it gives up and cleans up, 540), --step S (seconds between two tries of a new
-VIP, 0.005), --layout processes|in-process.
+VIP, 0.005), --layout processes|in-process, --profile DIR (py-spy), --timeline (the API and agent
+traced by bench/trace/sitecustomize.py; per P3 figure, when each stage of a creation happened after
+its commit; BENCH_TRACE_KEEP=FILE keeps the raw trace).
 Everything it starts (API and agent processes or threads, the agent's HAProxy master, the
 backend HAProxy, HTTP servers, temp dirs) is stopped or removed by its own handle or PID (the
 agent's master by the PID its master socket gives, after the agent), also on an error, Ctrl-C
@@ -106,6 +108,9 @@ NODES = {"node-1": NODE_ADDRESSES[0], "node-2": NODE_ADDRESSES[1]}
 DEADLINE = float("inf")  # monotonic time after which every wait gives up (set by --budget)
 STEP = 0.005  # seconds between two tries of a new VIP (set by --step)
 COMMITS: dict[str, list[float]] = {}  # seconds of each timed creation's transaction, by prefix
+# (prefix, start, committed, answered) of each timed creation, monotonic (for --timeline)
+CREATIONS: list[tuple[str, float, float, float]] = []
+TRACE = ROOT / "bench" / "trace"  # its sitecustomize traces the API and agent (--timeline)
 
 
 class OutOfTime(TimeoutError):
@@ -375,6 +380,7 @@ class Processes:
         api: Settings,
         agent: dict[str, Any],
         tmp: Path,
+        trace: Path | None = None,
     ) -> None:
         self.engine, self.sessions, self.tmp = engine, sessions, tmp
         url = engine.url.render_as_string(hide_password=False)
@@ -391,6 +397,12 @@ class Processes:
         config = fleet.config(host=AGENT_HOST, state_dir=str(self.state_dir), **agent)
         self.token = config.token
         self.envs = {"api": base | api_env(api), "agent": base | agent_env(config)}
+        if trace is not None:  # bench/trace/sitecustomize.py, this tree's lbprovider first
+            for role, env in self.envs.items():
+                env |= {"PYTHONPATH": f"{ROOT}:{TRACE}", "BENCH_TRACE_FILE": str(trace)}
+                env["BENCH_TRACE_ROLE"] = role
+                if "BENCH_SWITCH_INTERVAL" in os.environ:  # an experiment: the API's GIL
+                    env["BENCH_SWITCH_INTERVAL"] = os.environ["BENCH_SWITCH_INTERVAL"]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.http = httpx.Client(
             base_url=f"{self.url}/api/v1/fleet/hosts/{AGENT_HOST}",
@@ -514,7 +526,8 @@ def create_latency(
     for i in range(n):
         start = time.monotonic()
         (ip,) = add_service(sessions, service_data(f"{prefix}{i}", [(port, np)]))
-        commits.append(time.monotonic() - start)
+        committed = time.monotonic()
+        commits.append(committed - start)
         try:
             wait(partial(try_get, ip, port), timeout=timeout)
         except OutOfTime:
@@ -526,7 +539,9 @@ def create_latency(
                 flush=True,
             )
             continue
-        out.append(time.monotonic() - start)
+        answered = time.monotonic()
+        CREATIONS.append((prefix, start, committed, answered))
+        out.append(answered - start)
     return out, failed
 
 
@@ -596,6 +611,12 @@ def main() -> None:
         help="directory: py-spy (raw, folded stacks) of the API and agent processes during the "
         "P3 creations at the large fleet (layout processes; py-spy in the venv or on PATH)",
     )
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="trace the API and agent processes (bench/trace/sitecustomize.py) and print, per "
+        "P3 figure, when each stage of a creation happened after its commit (layout processes)",
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     started = time.monotonic()
@@ -634,7 +655,8 @@ def main() -> None:
         agent = {"heartbeat_seconds": 2.0, "check_timeout_seconds": 0.05}
         agent["hard_stop_after_seconds"] = 120.0
         if args.layout == "processes":
-            side = Processes(engine, sessions, api, agent, tmp)
+            trace = tmp / "trace.txt" if args.timeline else None
+            side = Processes(engine, sessions, api, agent, tmp, trace)
         else:
             side = InProcess(engine, sessions, api, agent)
         fast = FastBackend(free_port())
@@ -715,12 +737,102 @@ def main() -> None:
     finally:
         if side is not None:
             side.close()
+        if args.timeline and (tmp / "trace.txt").exists():
+            print_timeline((tmp / "trace.txt").read_text().splitlines())
+            keep = os.environ.get("BENCH_TRACE_KEEP")  # the raw trace and creations, kept
+            if keep:
+                shutil.copy(tmp / "trace.txt", keep)
+                Path(f"{keep}.creations.json").write_text(json.dumps(CREATIONS))
         if fast is not None:
             fast.stop()
         backends.close()
         engine.dispose()
         shutil.rmtree(tmp, ignore_errors=True)
         print(f"done in {time.monotonic() - started:.0f} s, everything stopped", flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+    role: str
+    name: str
+    start: float
+    end: float
+    note: str
+
+
+def _ends_after(end: float, span: Span) -> bool:
+    return span.end >= end
+
+
+def print_timeline(lines: list[str]) -> None:
+    """Per P3 figure, the median and p90 (ms after the creation's commit) of each stage of the
+    path to its VIP answering, and the median length of the work around it (--timeline)."""
+    spans = []
+    for line in lines:
+        role, name, start, end, *note = line.split(" ", 4)
+        spans.append(Span(role, name, float(start), float(end), " ".join(note).strip()))
+    spans.sort(key=lambda s: s.start)
+
+    def first(name: str, after: float, test: Callable[[Span], bool] = lambda s: True) -> Span:
+        for s in spans:
+            if s.name == name and s.start >= after and test(s):
+                return s
+        return Span("", name, float("nan"), float("nan"), "")
+
+    stages = [
+        "api.compile start",
+        "api.compile end",
+        "api.answer end",
+        "agent.http end",
+        "agent.fetch end",
+        "agent.needs_reload end",
+        "agent.applier start",
+        "agent.execute(add) end",
+        "VIP answers",
+    ]
+    for prefix in sorted({c[0] for c in CREATIONS}):
+        rows: dict[str, list[float]] = {k: [] for k in stages}
+        busy: dict[str, list[float]] = {}
+        running: dict[str, int] = {}  # calls under way at the commit
+        for _, begin, committed, answered in (c for c in CREATIONS if c[0] == prefix):
+            compile_ = first("api.compile", committed)
+            answer = first("api.answer", compile_.end)
+            http = first("agent.http", answer.start - 60.0, partial(_ends_after, answer.end))
+            fetch = first("agent.fetch", http.start - 1.0, partial(_ends_after, http.end))
+            reload_ = first("agent.needs_reload", fetch.end)
+            applier = first("agent.applier", fetch.end)
+            sent = first("agent.execute", fetch.end, lambda s: s.note.startswith("add"))
+            at = {
+                "api.compile start": compile_.start,
+                "api.compile end": compile_.end,
+                "api.answer end": answer.end,
+                "agent.http end": http.end,
+                "agent.fetch end": fetch.end,
+                "agent.needs_reload end": reload_.end,
+                "agent.applier start": applier.start,
+                "agent.execute(add) end": sent.end,
+                "VIP answers": answered,
+            }
+            for k, v in at.items():
+                rows[k].append((v - committed) * 1000)
+            for s in spans:
+                if s.start < committed < s.end:
+                    running[s.name] = running.get(s.name, 0) + 1
+                if begin <= s.start <= answered:
+                    busy.setdefault(s.name, []).append((s.end - s.start) * 1000)
+        n = len(rows["VIP answers"])
+        print(f"timeline {prefix}: ms after the commit, median / p90 over {n}")
+        for k, ms in rows.items():
+            known = [x for x in ms if x == x]  # NaN: no such stage found
+            if known:
+                print(f"  {k:26} {statistics.median(known):7.1f} / {pct(known, 0.9):7.1f}")
+        print(f"timeline {prefix}: under way at the commit (creations): {running}")
+        print(f"timeline {prefix}: calls that started between a creation's start and its answer")
+        for k, took in sorted(busy.items()):
+            print(
+                f"  {k:26} n {len(took):4}  median {statistics.median(took):7.2f} ms, "
+                f"max {max(took):7.2f} ms, sum {sum(took):8.1f} ms"
+            )
 
 
 def profile(side: Layout, out: Path) -> list[subprocess.Popen[bytes]]:

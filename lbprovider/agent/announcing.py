@@ -50,6 +50,7 @@ class AnnounceDriver:
         self._thread: threading.Thread | None = None
         self._misses = 0
         self._verdicts: dict[str, str | None] = {}  # VIP -> why it cannot be announced
+        self._refused: set[str] = set()  # the VIPs of _verdicts with a reason
 
     @property
     def enabled(self) -> bool:
@@ -94,7 +95,7 @@ class AnnounceDriver:
     def withdraw_leaving(self, staying: Collection[str]) -> None:
         """Before an apply: stop announcing the VIPs the apply is about to remove."""
         with self._lock:
-            keep = self.serving & frozenset(staying)
+            keep = self.serving.intersection(staying)
             if keep != self.serving:
                 self.serving = keep
                 self._update()
@@ -104,7 +105,7 @@ class AnnounceDriver:
         with self._lock:
             self.errors = []
             self.healthy, self._misses = True, 0
-            self.serving = frozenset(self._announceable(vips))
+            self.serving = frozenset(self._announceable_set(vips))
             self._update()
 
     def status(self) -> list[AnnouncementStatus]:
@@ -123,28 +124,37 @@ class AnnounceDriver:
     # -- internals ---------------------------------------------------------------------------
 
     def _update(self) -> None:
+        if not self.enabled:  # mode none: nothing to tell (every VIP in serving was checked)
+            return
         serving, healthy = self.serving, self.healthy
         self._call("update", lambda: self.announcer.update(serving, healthy))
 
     def _announceable(self, vips: Collection[str]) -> list[str]:
-        """The VIPs an announcer accepts (loopback and the like cannot be announced)."""
-        out = []
-        for vip in sorted(set(vips)):
-            if vip not in self._verdicts:  # a verdict depends on the address only: kept
-                if len(self._verdicts) > MAX_VERDICTS:
-                    self._verdicts.clear()
-                try:
-                    check_vips([vip])
-                    self._verdicts[vip] = None
-                except InvalidValue as e:
-                    self._verdicts[vip] = str(e)
-            why = self._verdicts[vip]
-            if why is not None:
-                if self.enabled:
-                    self._note(f"not announced: {why}")
-                continue
-            out.append(vip)
-        return out
+        """The VIPs an announcer accepts (loopback and the like cannot be announced), sorted."""
+        return sorted(self._announceable_set(vips))
+
+    def _announceable_set(self, vips: Collection[str]) -> set[str]:
+        """:meth:`_announceable`, as a set: a VIP is checked once (a verdict depends on the
+        address only, and is kept), then sets do the rest, so an apply that adds one VIP to
+        10,000 checks one and walks none in Python."""
+        wanted = set(vips)
+        new = wanted - self._verdicts.keys()
+        if len(self._verdicts) + len(new) > MAX_VERDICTS:
+            self._verdicts.clear()
+            self._refused.clear()
+            new = wanted
+        for vip in sorted(new):
+            try:
+                check_vips([vip])
+                self._verdicts[vip] = None
+            except InvalidValue as e:
+                self._verdicts[vip] = str(e)
+                self._refused.add(vip)
+        refused = wanted & self._refused
+        if self.enabled:
+            for vip in sorted(refused):
+                self._note(f"not announced: {self._verdicts[vip]}")
+        return wanted - refused
 
     def _probe(self) -> bool:
         return self.probe()

@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import TypeVar
 
@@ -202,6 +203,7 @@ class Agent:
         # the reporter thread runs the checks and takes their verdicts
         self._checks_lock = threading.Lock()
         self._unsaved: FleetState | None = None  # applied, not yet kept on disk (reporter's)
+        self._vips: tuple[FleetState, frozenset[str]] | None = None  # the last _wanted_vips
         self._save_lock = threading.Lock()
 
     # -- life cycle --------------------------------------------------------------------------
@@ -370,10 +372,11 @@ class Agent:
         assert self.applier is not None
         translated = self.translate(state)
         vip_errors = self.vips.sync(set(state.vips))
-        wanted = _vips_of(state)
+        wanted = self._wanted_vips(state)
         with self.announce.applying():
             self.announce.withdraw_leaving(wanted)  # withdrawn before HAProxy drops them
-            self.announce.hold(wanted | self.announce.serving)  # on the host before binding
+            if self.announce.enabled:  # on the host before binding (none to hold otherwise)
+                self.announce.hold(wanted | self.announce.serving)
             result = self._run_apply(translated, live=live)
             if result.reloaded:
                 self._last_reload = time.monotonic()
@@ -446,8 +449,18 @@ class Agent:
     def _announce_served(self, state: FleetState, refused: dict[str, str]) -> None:
         """Announce the VIPs HAProxy now serves (a route applied, not refused); hold exactly
         the wanted ones on the host from now on."""
-        self.announce.served({r.address for r in state.routes if r.route_id not in refused})
-        self.announce.hold(_vips_of(state))
+        if refused:
+            self.announce.served({r.address for r in state.routes if r.route_id not in refused})
+        else:
+            self.announce.served(_route_addresses(state))
+        self.announce.hold(self._wanted_vips(state))
+
+    def _wanted_vips(self, state: FleetState) -> frozenset[str]:
+        """:func:`_vips_of` ``state``, kept for the last state asked about (an apply asks
+        twice, and at 10,000 routes each is a set of 10,000)."""
+        if self._vips is None or self._vips[0] is not state:
+            self._vips = (state, _vips_of(state))
+        return self._vips[1]
 
     def _haproxy_up(self) -> bool:
         """HAProxy serves: its master answers and has a worker."""
@@ -698,9 +711,16 @@ def _changed(sent: dict[str, V], now: dict[str, V], gone: Sequence[str]) -> dict
     return out
 
 
-def _vips_of(state: FleetState) -> set[str]:
+def _vips_of(state: FleetState) -> frozenset[str]:
     """Every VIP this state serves on the host: its VIPs and its routes' addresses."""
-    return set(state.vips) | {r.address for r in state.routes}
+    return frozenset(state.vips).union(_route_addresses(state))
+
+
+def _route_addresses(state: FleetState) -> set[str]:
+    return set(map(_ADDRESS, state.routes))
+
+
+_ADDRESS = attrgetter("address")
 
 
 def _v(state: FleetState | None) -> str:

@@ -40,14 +40,14 @@ class RoutedVips:
     """Mode ``none``: something else routes the VIPs here; HAProxy binds them transparently."""
 
     def __init__(self) -> None:
-        self._wanted: list[str] = []
+        self._wanted: frozenset[str] = frozenset()
 
     def sync(self, wanted: set[str]) -> list[str]:
-        self._wanted = sorted(wanted)
+        self._wanted = frozenset(wanted)  # sorted when reported, not on every apply
         return []
 
     def owned(self) -> list[str]:
-        return list(self._wanted)
+        return sorted(self._wanted)
 
 
 class InterfaceVips:

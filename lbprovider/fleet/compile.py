@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Pool, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from lbprovider.config import Settings
@@ -319,6 +322,57 @@ def host_enabled(session: Session, host: str) -> bool:
     return True if enabled is None else bool(enabled)
 
 
+class CommitWatch:
+    """Whether anything was committed to a SQLite database file since a given moment, without
+    a query: ``PRAGMA data_version`` on a read-only connection of its own, whose value changes
+    whenever any other connection (of any process) commits a change, and costs microseconds
+    (the change stamp reads every record's ``updated_at``: milliseconds at 10,000 Services).
+    :meth:`version` is ``None`` for any other database (PostgreSQL, in-memory SQLite), or when
+    the file cannot be opened: then the caller reads the stamp."""
+
+    def __init__(self, engine: Engine) -> None:
+        url = engine.url
+        database = url.database or ""
+        self._path: Path | None = None
+        on_file = database not in ("", ":memory:") and not database.startswith("file:")
+        if url.get_backend_name() == "sqlite" and on_file and "mode=memory" not in str(url.query):
+            self._path = Path(database).resolve()
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def version(self) -> int | None:
+        """The database's commit counter as seen now (compare two: equal, nothing committed
+        in between), ``None`` when not known."""
+        if self._path is None:
+            return None
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = sqlite3.connect(
+                        f"{self._path.as_uri()}?mode=ro",
+                        uri=True,
+                        check_same_thread=False,
+                        isolation_level=None,
+                    )
+                row = self._conn.execute("PRAGMA data_version").fetchone()
+            except sqlite3.Error:
+                self._close()
+                return None
+        return int(row[0])
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+
+STAMP_AT_LEAST_EVERY = 1.0  # seconds: the change stamp is read this often even when unmoved
+
+
 class StateCache:
     """The compiled fleet and each host's state, kept current by change stamp, so a long-poll
     check costs one stamp query and a change costs what changed (an incremental compile, see
@@ -335,6 +389,7 @@ class StateCache:
         self.settings = settings
         self._lock = threading.Lock()
         self._compile_lock = threading.Lock()
+        self._state_lock = threading.Lock()  # held while a host's state is built
         self._compiler = IncrementalCompiler(settings)
         self._stamp: tuple[Any, ...] | None = None
         self._compiled: Compiled | None = None
@@ -345,6 +400,11 @@ class StateCache:
         self._readers: tuple[sessionmaker[Session], sessionmaker[Session]] | None = None
         self._serving: ServingBasis | None = None
         self._reports: dict[str, dict[str, Any]] = {}  # host -> its status as this API stored it
+        self._watch: tuple[Pool, CommitWatch] | None = None
+        # the commit counter read before the current compilation's snapshot, and until when
+        # it alone may vouch for that compilation (see _unmoved)
+        self._seen: int | None = None
+        self._seen_until = 0.0
 
     @property
     def serving_basis(self) -> ServingBasis | None:
@@ -374,7 +434,17 @@ class StateCache:
         A change is compiled in a read-only transaction of its own, begun under the compile
         lock: compiles see the database in commit order (an incremental compile must never
         step back to an older snapshot), and no thread waits for the database while it holds
-        the lock (a caller's transaction may hold SQLite's write lock)."""
+        the lock (a caller's transaction may hold SQLite's write lock).
+
+        On a SQLite file nothing is read when nothing was committed anywhere since the current
+        compilation's snapshot (:class:`CommitWatch`; the stamp is still read at least every
+        :data:`STAMP_AT_LEAST_EVERY` seconds), and a commit goes straight to :meth:`refresh`,
+        whose own transaction reads the stamp: a long-poll check costs no query."""
+        unmoved = self._unmoved(session)
+        if unmoved is not None:
+            return unmoved
+        if self._watcher(session).version() is not None:
+            return self.refresh(session)
         stamp = change_stamp(session)
         with self._lock:
             if stamp == self._stamp and self._compiled is not None:
@@ -385,15 +455,58 @@ class StateCache:
         """Compile the database's latest committed state; ``session`` only names the database
         (no statement runs in it, so a writer can call this before it takes the write lock,
         and not wait for a compile while holding it)."""
+        unmoved = self._unmoved(session)
+        if unmoved is not None:
+            return unmoved
         with self._compile_lock, Session(self._reader(session)) as own, own.begin():
+            # read before the transaction's snapshot (its first statement): a commit after
+            # this moment moves the counter, whether or not the snapshot has it
+            seen = self._watcher(session).version()
             fresh = change_stamp(own)
             with self._lock:
                 if fresh == self._stamp and self._compiled is not None:
+                    self._note_seen(seen)
                     return self._compiled
             compiled = self._compiler.refresh(own, fresh)
             with self._lock:
                 self._stamp, self._compiled, self._states = fresh, compiled, {}
+                self._note_seen(seen)
             return compiled
+
+    def _unmoved(self, session: Session) -> Compiled | None:
+        """The current compilation when nothing was committed since the commit counter was
+        read before its snapshot (and that was less than STAMP_AT_LEAST_EVERY ago)."""
+        with self._lock:
+            seen, until, compiled = self._seen, self._seen_until, self._compiled
+        if seen is None or compiled is None or time.monotonic() >= until:
+            return None
+        if self._watcher(session).version() != seen:
+            return None
+        with self._lock:
+            return compiled if self._compiled is compiled else None
+
+    def _note_seen(self, seen: int | None) -> None:
+        """(under ``_lock``) ``seen`` was read before the current compilation's snapshot."""
+        self._seen = seen
+        self._seen_until = time.monotonic() + STAMP_AT_LEAST_EVERY
+
+    def commit_watch(self, sessions: sessionmaker[Session]) -> CommitWatch:
+        """The commit counter of ``sessions``' database (see :class:`CommitWatch`)."""
+        bind = sessions.kw["bind"]
+        return self._watch_of(bind if isinstance(bind, Engine) else bind.engine)
+
+    def _watcher(self, session: Session) -> CommitWatch:
+        bind = session.get_bind()
+        return self._watch_of(bind if isinstance(bind, Engine) else bind.engine)
+
+    def _watch_of(self, engine: Engine) -> CommitWatch:
+        with self._lock:  # by pool: the read-only engine of a SQLite engine shares its pool
+            if self._watch is None or self._watch[0] is not engine.pool:
+                if self._watch is not None:
+                    self._watch[1].close()
+                self._watch = (engine.pool, CommitWatch(engine))
+                self._seen = None
+            return self._watch[1]
 
     def readers(self, sessions: sessionmaker[Session]) -> sessionmaker[Session]:
         """Read-only sessions like ``sessions``' (made once per factory and kept here)."""
@@ -431,6 +544,16 @@ class StateCache:
             cached = self._states.get(key)
             if cached is not None and self._compiled is compiled:
                 return cached
+        # one thread builds it (a long-poll and a report often ask for the same state of a
+        # new compilation at once: at 10,000 routes that is milliseconds of CPU each)
+        with self._state_lock:
+            with self._lock:
+                cached = self._states.get(key)
+                if cached is not None and self._compiled is compiled:
+                    return cached
+            return self._build_state(compiled, host, key)
+
+    def _build_state(self, compiled: Compiled, host: str, key: tuple[str, bool]) -> FleetState:
         state = compiled.state_for(host, enabled=key[1])
         with self._lock:
             history = self._history.setdefault(host, {})

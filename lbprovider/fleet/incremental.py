@@ -177,31 +177,46 @@ class IncrementalCompiler:
                 self._allocs.pop(alloc_id, None)
         keys = sorted(services)
         for start in range(0, len(keys), 500):
+            # ``active`` is tested here, not in SQL: with it there SQLite walks the index on
+            # (active, ip_key), every live allocation, instead of the Service's own rows
             rows = session.execute(
                 select(
                     Allocation.id,
                     Allocation.service_namespace,
                     Allocation.service_name,
                     Allocation.ip,
-                ).where(Allocation.active, _services_in(Allocation, keys[start : start + 500]))
+                    Allocation.active,
+                ).where(_services_in(Allocation, keys[start : start + 500]))
             )
-            for alloc_id, ns, name, ip in rows:
+            for alloc_id, ns, name, ip, active in rows:
+                if not active:
+                    continue
                 self._allocs[alloc_id] = ((ns, name), ip)
                 self._alloc_ids.setdefault((ns, name), set()).add(alloc_id)
                 self._max_alloc_id = max(self._max_alloc_id, alloc_id)
         self._rebuild_ips(services)
 
     def _new_allocations(self, session: Session) -> set[ServiceKey]:
+        # by primary key range; ``active`` tested here (in SQL, SQLite would walk every live
+        # allocation of its (active, ip_key) index instead)
         rows = session.execute(
             select(
-                Allocation.id, Allocation.service_namespace, Allocation.service_name, Allocation.ip
-            ).where(Allocation.active, Allocation.id > self._max_alloc_id)
+                Allocation.id,
+                Allocation.service_namespace,
+                Allocation.service_name,
+                Allocation.ip,
+                Allocation.active,
+            ).where(Allocation.id > self._max_alloc_id)
         )
         changed = set()
-        for alloc_id, ns, name, ip in rows:
+        for alloc_id, ns, name, ip, active in rows:
+            # past released rows too: one made live again in place changes the live count,
+            # which refresh compares every time (then every allocation is read again)
+            self._max_alloc_id = max(self._max_alloc_id, alloc_id)
+            if not active:
+                continue
             self._allocs[alloc_id] = ((ns, name), ip)
             self._alloc_ids.setdefault((ns, name), set()).add(alloc_id)
-            self._max_alloc_id = max(self._max_alloc_id, alloc_id)
             changed.add((ns, name))
         self._rebuild_ips(changed)
         return changed

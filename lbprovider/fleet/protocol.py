@@ -69,16 +69,35 @@ async def wait_for_state(
     poll: float,
 ) -> FleetState | None:
     """The host's state as soon as its version differs from ``known_version``; ``None`` if
-    it did not within ``wait`` seconds."""
+    it did not within ``wait`` seconds.
+
+    It checks every ``poll`` seconds, and on a SQLite file also as soon as the database's
+    commit counter moves (:class:`~lbprovider.fleet.compile.CommitWatch`, read on the event
+    loop every :data:`COMMIT_CHECK_SECONDS`, microseconds a read), though not sooner than
+    :data:`MIN_CHECK_GAP` after the last check: a commit is seen within milliseconds, not half
+    a poll interval later, and a quiet database costs no check at all in between."""
+    watch = cache.commit_watch(sessions)
     deadline = time.monotonic() + wait
     while True:
+        seen = watch.version()  # before the check's snapshot: a later commit moves it
+        checked = time.monotonic()
         state = await anyio.to_thread.run_sync(current_state, sessions, cache, host)
         if state.version != known_version:
             return state
         left = deadline - time.monotonic()
         if left <= 0:
             return None
-        await asyncio.sleep(min(poll, left))
+        until = time.monotonic() + min(poll, left)
+        if seen is None:
+            await asyncio.sleep(until - time.monotonic())
+            continue
+        await asyncio.sleep(max(0.0, min(checked + MIN_CHECK_GAP, until) - time.monotonic()))
+        while (rest := until - time.monotonic()) > 0 and watch.version() == seen:
+            await asyncio.sleep(min(COMMIT_CHECK_SECONDS, rest))
+
+
+COMMIT_CHECK_SECONDS = 0.002  # how often a waiting long-poll reads SQLite's commit counter
+MIN_CHECK_GAP = 0.005  # a commit-woken long-poll check starts no sooner after the last one
 
 
 DELTA_HEADER = "X-Fleet-Delta"  # set on an answer that is a FleetDelta: its base version

@@ -103,8 +103,22 @@ def touched_services(
         now = getattr(new, section) if new is not None else {}
         routes |= _differing(was, now)
     if routes:
-        out |= {r.service for r in after.routes if r.route_id in routes}
-        out |= {r.service for r in before.routes if r.route_id in routes}
+        out |= _services_routing(after, routes)
+        out |= _services_routing(before, routes)
+    return out
+
+
+def _services_routing(compiled: Compiled, route_ids: Collection[str]) -> set[str]:
+    """The Services of ``compiled`` with a route of one of ``route_ids``, found through
+    ``by_service`` (a compiled route's id is ``<namespace>/<name>/<vip>:<port>``, its Service
+    ``<namespace>/<name>``; ``routes`` is every route of ``by_service``): what ``{r.service
+    for r in compiled.routes if r.route_id in route_ids}`` gives, for the ids' cost instead of
+    every route's."""
+    out: set[str] = set()
+    for route_id in route_ids:
+        service = route_id.rpartition("/")[0]
+        if any(r.route_id == route_id for r in compiled.by_service.get(service, ())):
+            out.add(service)
     return out
 
 

@@ -15,8 +15,10 @@ ends up in :class:`ApplyResult.errors`.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +45,7 @@ from lbprovider.haproxy.render import (
     MASTER_SOCKET,
     STATE_FILE,
     ConfigCheckFailed,
+    RenderError,
     RouteMapText,
     config_digest,
     render_config,
@@ -270,6 +273,8 @@ class Known:
     by_key: dict[str, Route]
     binds: Counter[tuple[object, int]]  # routes per skeleton bind
     profiles: Counter[Profile]  # routes per profile
+    # derived: (the layout it was derived from, the route-map keys set, those dropped)
+    moved: tuple[Layout, tuple[str, ...], tuple[str, ...]] | None = None
 
     @classmethod
     def of(cls, desired: DesiredState, layout: Layout) -> Known:
@@ -333,21 +338,36 @@ def derive_layout(known: Known, desired: DesiredState) -> Known | None:
     for r in gone:
         del by_key[r.key]
     by_key.update((r.key, r) for r in changed)
-    return Known(desired, layout, by_key, binds, profiles)
+    moved = (old_layout, tuple(r.key for r in changed), tuple(r.key for r in gone))
+    return Known(desired, layout, by_key, binds, profiles, moved)
 
 
-def plan_delta(before: Layout, after: Layout) -> RuntimePlan:
-    """Map commands from one route map to another (skeleton, servers and allow maps equal)."""
+def plan_delta(
+    before: Layout,
+    after: Layout,
+    moved: tuple[Layout, tuple[str, ...], tuple[str, ...]] | None = None,
+) -> RuntimePlan:
+    """Map commands from one route map to another (skeleton, servers and allow maps equal).
+
+    ``moved``: ``after`` was derived from the layout it names by setting and dropping those
+    keys (:attr:`Known.moved`); when that is ``before``, only those keys are looked at (every
+    other key holds the same value in both), else every key of both maps."""
     plan = RuntimePlan()
     path = f"{after.skeleton.settings.run_dir}/{ROUTES_MAP}"
     old, new = before.route_map, after.route_map
-    for key, value in new.items():
+    if moved is not None and moved[0] is before:
+        upserted, dropped = dict.fromkeys(moved[1]), moved[2]
+        candidates: Iterable[tuple[str, str]] = ((k, new[k]) for k in upserted if k in new)
+        leaving: Iterable[str] = sorted(k for k in set(dropped) if k in old)
+    else:
+        candidates, leaving = new.items(), sorted(old)
+    for key, value in candidates:
         have = old.get(key)
         if have is None:
             plan.maps.append(rt.add_map(path, key, value))
         elif have != value:
             plan.maps.append(rt.set_map(path, key, value))
-    plan.down = [rt.del_map(path, key) for key in sorted(old) if key not in new]
+    plan.down = [rt.del_map(path, key) for key in leaving if key not in new]
     return plan
 
 
@@ -370,10 +390,36 @@ class Applier:
         self.known: Known | None = None
         self._derived: tuple[Known, DesiredState, Known | None] | None = None
         self._route_map_text = RouteMapText()
+        # routes.map of a route-only change is written by a thread of its own, after the
+        # runtime commands (see _persist_later). Every write of the files holds _write_lock
+        # and bumps _generation under _files, so a write handed over earlier never lands
+        # after a newer one
+        self._files = threading.Condition()
+        self._write_lock = threading.Lock()
+        self._generation = 0
+        self._waiting: tuple[int, Layout] | None = None  # the route map to write next
+        self._writing = False
+        self._write_error: str | None = None  # the last deferred write's failure, reported
+        self._behind = False  # the last write of this thread's own failed
+        self._writer: threading.Thread | None = None
+        self._closed = False
 
     def close(self) -> None:
-        """Close the runtime connection (the process keeps running)."""
+        """Write the route map still waiting, then close the runtime connection (the process
+        keeps running)."""
+        self.flush()
+        with self._files:
+            self._closed = True
+            self._files.notify_all()
+        if self._writer is not None:
+            self._writer.join(timeout=30)
         self.client.close()
+
+    def flush(self) -> None:
+        """Return once no route map waits to be written or is being written."""
+        with self._files:
+            while self._waiting is not None or self._writing:
+                self._files.wait()
 
     def apply(self, desired: DesiredState, *, live: bool = True) -> ApplyResult:
         """Converge HAProxy to ``desired``; never raises for a HAProxy-side failure.
@@ -390,6 +436,7 @@ class Applier:
                 return result
         self.known = None
         result = ApplyResult()
+        self._take_write_error(result)
         try:
             layout, seen = self._layout(desired)
         except HAProxyError as e:
@@ -424,21 +471,85 @@ class Applier:
         """Apply a derived layout; ``None`` (known state forgotten) when that failed."""
         assert self.known is not None
         result = ApplyResult()
+        with self._files:
+            behind = self._behind or self._write_error is not None
+        if behind:  # a write of the files failed: the whole path persists them (and says so)
+            self.known = None
+            return None
         try:
             if live:
                 state = read_live(self.client, self.settings, derived.layout.skeleton.allow_slots)
                 plan = plan_runtime(derived.layout, state)
             else:
-                plan = plan_delta(self.known.layout, derived.layout)
+                plan = plan_delta(self.known.layout, derived.layout, derived.moved)
             self._execute_plan(plan, result)
         except HAProxyError as e:
             logger.warning("incremental apply failed, reading everything", extra={"error": str(e)})
             self.known = None
             return None
-        self._persist(derived.layout, result)
+        # Only routes.map changed (a derived layout keeps the skeleton, servers and allow
+        # maps, so the config and the other maps on disk already hold it): written by the
+        # writer thread, so the agent asks for the next change meanwhile.
+        self._persist_later(derived.layout)
         self.known = derived
         result.applied = True
         return result
+
+    def _persist_later(self, layout: Layout) -> None:
+        with self._files:
+            self._generation += 1
+            self._waiting = (self._generation, layout)
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_maps, name="haproxy-route-map", daemon=True
+                )
+                self._writer.start()
+            self._files.notify_all()
+
+    def _write_maps(self) -> None:
+        """The writer thread: write each route map handed over (of several, the latest; none
+        that a newer write superseded)."""
+        while True:
+            with self._files:
+                while self._waiting is None and not self._closed:
+                    self._files.wait()
+                if self._waiting is None:
+                    return
+                (generation, layout), self._waiting = self._waiting, None
+                self._writing = True
+            try:
+                with self._write_lock:
+                    with self._files:
+                        current = generation == self._generation
+                    if current:
+                        text = self._route_map_text.render(layout)
+                        write_atomic(Path(layout.skeleton.settings.run_dir) / ROUTES_MAP, text)
+            except (OSError, RenderError) as e:
+                logger.warning("could not write the route map", extra={"error": str(e)})
+                with self._files:
+                    self._write_error = f"persisting files: {e}"
+            finally:
+                with self._files:
+                    self._writing = False
+                    self._files.notify_all()
+
+    @contextmanager
+    def _writing_files(self) -> Iterator[None]:
+        """Hold the files for a write of this thread's own, superseding any handed over."""
+        with self._write_lock:
+            with self._files:
+                self._generation += 1
+                self._waiting = None
+                self._files.notify_all()
+            yield
+
+    def _take_write_error(self, result: ApplyResult) -> bool:
+        """Move a failed deferred write's error into ``result``; whether there was one."""
+        with self._files:
+            error, self._write_error = self._write_error, None
+        if error is not None:
+            result.errors.append(error)
+        return error is not None
 
     def _layout(self, desired: DesiredState) -> tuple[Layout, LiveState]:
         slots = build_skeleton(desired, self.settings).allow_slots
@@ -461,10 +572,13 @@ class Applier:
     def _persist(self, layout: Layout, result: ApplyResult) -> None:
         """Keep files equal to what runs, so a reload or restart loses nothing."""
         try:
-            write_maps(layout, self._route_map_text)
-            if _read(self.config_path) != render_config(layout):
-                write_config(layout, self.haproxy_bin)
+            with self._writing_files():
+                write_maps(layout, self._route_map_text)
+                if _read(self.config_path) != render_config(layout):
+                    write_config(layout, self.haproxy_bin)
+            self._behind = False
         except (OSError, ConfigCheckFailed) as e:
+            self._behind = True
             result.errors.append(f"persisting files: {e}")
 
     def _save_server_state(self) -> None:
@@ -476,7 +590,8 @@ class Applier:
         try:
             layout, _ = self._layout(desired)
             self._save_server_state()
-            write_config(layout, self.haproxy_bin)
+            with self._writing_files():
+                write_config(layout, self.haproxy_bin)
         except (HAProxyError, ConfigCheckFailed, OSError) as e:
             result.errors.append(f"config refused, old config kept: {e}")
             self._restore(previous)
@@ -510,7 +625,8 @@ class Applier:
         try:
             run = Path(self.settings.run_dir)
             routes = self.client.show_map(f"{run}/{ROUTES_MAP}")
-            write_atomic(run / ROUTES_MAP, "".join(f"{k} {v}\n" for k, v in routes))
+            with self._writing_files():
+                write_atomic(run / ROUTES_MAP, "".join(f"{k} {v}\n" for k, v in routes))
         except (HAProxyError, OSError) as e:
             logger.warning("could not restore map files", extra={"error": str(e)})
 

@@ -4,6 +4,7 @@ translation, and ``derive_layout`` then reads the change instead of walking ever
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import tempfile
 import weakref
@@ -14,7 +15,7 @@ import pytest
 from lbprovider.agent import translate as tr
 from lbprovider.fleet.models import FleetState, NodeSpec, RouteOptionsSpec, RouteSpec
 from lbprovider.haproxy import model as hx
-from lbprovider.haproxy.apply import Known, derive_layout
+from lbprovider.haproxy.apply import Known, derive_layout, plan_delta
 from lbprovider.haproxy.layout import build_layout
 
 NODES = (NodeSpec(name="n1", address="192.168.0.1"), NodeSpec(name="n2", address="192.168.0.2"))
@@ -137,3 +138,40 @@ def test_derive_layout_reads_the_change() -> None:
     assert derived.layout == reference.layout
     assert derived.by_key == reference.by_key
     assert derived.binds == reference.binds and derived.profiles == reference.profiles
+
+
+def test_plan_delta_of_a_derived_layout_looks_at_its_changed_keys_only() -> None:
+    """The map commands of a derived layout come from the keys it set and dropped (the
+    Counting map sees no walk of every key), and are the commands the whole comparison of
+    the two maps gives."""
+    base = tuple(spec(i) for i in range(300))
+    t = tr.Translator()
+    first = t(state(base)).desired
+    settings = hx.Settings(run_dir=tempfile.mkdtemp())
+    known = Known.of(first, build_layout(first, settings))
+    # one changed (node port), one gone, one new
+    routes = (*base[:10], spec(10, node_port=31999), *base[11:299], spec(400))
+    derived = derive_layout(known, t(state(routes)).desired)
+    assert derived is not None and derived.moved is not None
+    walked: list[str] = []
+
+    class Counting(dict[str, str]):
+        def items(self):  # type: ignore[no-untyped-def, override]
+            walked.append("items")
+            return super().items()
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            walked.append("iter")
+            return super().__iter__()
+
+    before = dataclasses.replace(known.layout, route_map=Counting(known.layout.route_map))
+    after = dataclasses.replace(derived.layout, route_map=Counting(derived.layout.route_map))
+    moved = (before, *derived.moved[1:])
+    plan = plan_delta(before, after, moved)
+    assert walked == []  # on main: every key of both maps
+    whole = plan_delta(known.layout, derived.layout)
+    assert sorted(c.text for c in plan.maps) == sorted(c.text for c in whole.maps)
+    assert [c.text for c in plan.down] == [c.text for c in whole.down]
+    assert len(plan.maps) == 2 and len(plan.down) == 1  # set r10, add r400; del r299
+    # a hint about another layout is not trusted: the whole comparison
+    assert plan_delta(known.layout, derived.layout, (after, (), ())).maps == whole.maps

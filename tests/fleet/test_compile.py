@@ -3,11 +3,15 @@ every Service value checked before it becomes a route (SQLite and PostgreSQL).""
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from lbprovider.config import Settings
-from lbprovider.db.session import transaction
+from lbprovider.db.session import make_engine, read_transaction, session_factory, transaction
+from lbprovider.fleet import compile as compile_module
 from lbprovider.fleet.compile import StateCache, compile_fleet
 from lbprovider.fleet.models import FleetState
 from lbprovider.services.records import upsert_service_record
@@ -189,3 +193,94 @@ def test_cache_recompiles_only_when_the_database_changed(fleet: sessionmaker[Ses
     remove_service(fleet, "web")
     with transaction(fleet) as s:
         assert cache.state(s, "edge-1").routes == ()
+
+
+def test_on_a_sqlite_file_an_unmoved_database_is_not_stamped_again(
+    fleet: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-poll check reads no change stamp while nothing was committed (SQLite's commit
+    counter vouches for the compilation); any commit, from this engine or another process's,
+    is compiled at the next check; the stamp is still read every STAMP_AT_LEAST_EVERY."""
+    engine = fleet.kw["bind"]
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the commit counter is SQLite's (PostgreSQL reads the stamp every time)")
+    stamps: list[str] = []
+
+    def statement(conn: object, cursor: object, text: str, *rest: object) -> None:
+        if "max(service_records.updated_at)" in text:
+            stamps.append(text)
+
+    event.listen(engine, "before_cursor_execute", statement)
+    cache = StateCache(SETTINGS)
+    readers = cache.readers(fleet)
+    try:
+        add_service(fleet, service_data("web"))
+        with read_transaction(readers) as s:
+            first = cache.state(s, "edge-1")
+        assert stamps, "the first check reads the stamp"
+        stamps.clear()
+        for _ in range(20):
+            with read_transaction(readers) as s:
+                assert cache.state(s, "edge-1") is first
+        assert stamps == []  # on main: one stamp per check
+        add_service(fleet, service_data("api"))  # a commit through this engine's pool
+        with read_transaction(readers) as s:
+            second = cache.state(s, "edge-1")
+        assert {r.service for r in second.routes} == {"shop/web", "shop/api"}
+        other = make_engine(engine.url.render_as_string(hide_password=False))
+        try:  # a commit by another engine (another process's connection)
+            add_service(session_factory(other), service_data("db"))
+        finally:
+            other.dispose()
+        with read_transaction(readers) as s:
+            third = cache.state(s, "edge-1")
+        assert "shop/db" in {r.service for r in third.routes}
+        with transaction(fleet) as s:  # a write transaction's caller sees the same
+            assert cache.compiled(s) is cache.compiled(s)
+        monkeypatch.setattr(compile_module, "STAMP_AT_LEAST_EVERY", 0.0)
+        add_service(fleet, service_data("mq"))  # compiled with a vouching that ends at once
+        with read_transaction(readers) as s:
+            assert "shop/mq" in {r.service for r in cache.state(s, "edge-1").routes}
+        stamps.clear()
+        with read_transaction(readers) as s:
+            cache.state(s, "edge-1")
+        assert stamps, "read again once the counter's vouching expired"
+    finally:
+        event.remove(engine, "before_cursor_execute", statement)
+
+
+def test_a_hosts_new_state_is_built_once_when_asked_for_at_once(
+    fleet: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-poll and a report asking for the same new state together: one builds it, the
+    other gets the same object."""
+    import threading
+
+    from lbprovider.fleet.compile import Compiled
+
+    cache = StateCache(SETTINGS)
+    add_service(fleet, service_data("web"))
+    with transaction(fleet) as s:
+        cache.compiled(s)
+    built: list[str] = []
+    original = Compiled.state_for
+
+    def slow(self: Compiled, host: str, *, enabled: bool) -> FleetState:
+        built.append(host)
+        time.sleep(0.3)
+        return original(self, host, enabled=enabled)
+
+    monkeypatch.setattr(Compiled, "state_for", slow)
+    got: list[FleetState] = []
+
+    def ask() -> None:
+        with transaction(fleet) as s:
+            got.append(cache.state(s, "edge-1"))
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 3 and got[0] is got[1] is got[2]
+    assert built == ["edge-1"]  # on main: once per asking thread

@@ -3,7 +3,11 @@ and the result is exactly what a full compile gives (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from lbprovider.config import Settings
@@ -151,3 +155,49 @@ def test_a_delta_rebuilds_the_next_state_exactly(sessions: sessionmaker[Session]
         assert "not against this state" in str(e)
     else:
         raise AssertionError("a delta applied to another base")
+
+
+def test_a_change_reads_allocations_by_key_not_every_live_one(
+    sessions: sessionmaker[Session],
+) -> None:
+    """The allocations a change reads again (new ones, a changed Service's) are found by
+    primary key or by Service, never by walking the index of every live allocation (SQLite
+    chose ``ix_allocations_active_key`` when ``active`` was in the WHERE clause: at 10,000
+    Services that was milliseconds per change on the long-poll's path)."""
+    engine = sessions.kw["bind"]
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the plan checked is SQLite's")
+    make_pool(sessions, "127.28.0.1-127.28.0.60")
+    set_node(sessions, "node-a", "127.0.0.2")
+    cache = StateCache(SETTINGS)
+    for i in range(30):
+        add_service(sessions, service_data(f"s{i}", [(80, 30000 + i)]))
+    assert_same(sessions, cache)
+    seen: list[tuple[str, Any]] = []
+
+    def statement(conn: Any, cursor: Any, text: str, params: Any, *rest: Any) -> None:
+        if text.lstrip().upper().startswith("SELECT") and "FROM allocations" in text:
+            seen.append((text, params))
+
+    add_service(sessions, service_data("new", [(80, 31000)]))  # a new allocation
+    add_service(sessions, service_data("s3", [(80, 32003), (443, 32443)]))  # a changed one
+    remove_service(sessions, "s4")
+    cache._compiler._reconciled = time.monotonic()  # no reconciliation due
+    event.listen(engine, "before_cursor_execute", statement)
+    try:
+        with transaction(sessions) as s:
+            cache.compiled(s)
+    finally:
+        event.remove(engine, "before_cursor_execute", statement)
+    inc = assert_same(sessions, cache)
+    assert {r.port for r in inc.by_service["shop/s3"]} == {80, 443}
+    assert "shop/new" in inc.by_service and not inc.by_service.get("shop/s4")
+    incremental = [(t, p) for t, p in seen if "count(" not in t and "allocations.id >" in t]
+    incremental += [(t, p) for t, p in seen if "allocations.service_name =" in t]
+    assert incremental, "a change reads new and changed allocations"
+    with engine.connect() as conn:
+        for text, params in incremental:
+            plan = " ".join(
+                row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {text}", params)
+            )
+            assert "ix_allocations_active_key" not in plan, (text, plan)

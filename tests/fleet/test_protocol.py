@@ -570,3 +570,68 @@ def test_a_prepared_report_is_read_back_by_every_reader(proto: Proto) -> None:
     )
     hosts = proto.admin.get("/api/v1/fleet/hosts")  # the API's read of the stored status
     assert hosts.status_code == 200 and reason in hosts.json()["results"][0]["error"], hosts.text
+
+
+def test_on_sqlite_a_waiting_poll_sees_a_commit_within_milliseconds_not_a_poll_later(
+    engine: Engine, sessions: sessionmaker[Session]
+) -> None:
+    """With a 2 s poll interval, a long-poll on a SQLite file answers a new Service within a
+    fraction of it (the commit counter wakes it); PostgreSQL still checks every poll."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the commit counter is SQLite's")
+    url = engine.url.render_as_string(hide_password=False)
+    settings = api_settings(url, fleet_long_poll_max_seconds=10.0, fleet_state_poll_seconds=2.0)
+    server = LiveServer(create_app(settings, engine=engine)).start()
+    token = make_token(sessions, "agent-1", ["agent"], host="edge-1")
+    make_pool(sessions, "127.22.0.1-127.22.0.9")
+    set_node(sessions, "node-1", "127.0.0.2")
+    headers = {"Authorization": f"Bearer {token}"}
+    path = "/api/v1/fleet/hosts/edge-1/state"
+    try:
+        with httpx.Client(base_url=server.url, headers=headers, timeout=15) as c:
+            version = c.get(path).json()["version"]
+            import threading
+
+            took: list[float] = []
+            got: list[httpx.Response] = []
+
+            def poll() -> None:
+                got.append(c.get(path, params={"version": version, "wait": 8}))
+                took.append(time.monotonic() - started)
+
+            t = threading.Thread(target=poll)
+            t.start()
+            time.sleep(0.3)  # the poll checked, then waits for its next check (2 s later)
+            started = time.monotonic()
+            (ip,) = add_service(sessions, service_data("web", [(80, 30080)]))
+            t.join()
+        assert got[0].status_code == 200
+        assert [r["address"] for r in got[0].json()["routes"]] == [ip]
+        assert took[0] < 0.5, took  # on main: the next poll, ~1.7 s later
+    finally:
+        server.stop()
+
+
+def test_a_state_request_is_answered_while_another_writer_holds_the_write_lock(
+    proto: Proto, engine: Engine
+) -> None:
+    """Authentication and the long-poll only read: a state request does not queue behind a
+    writer (on SQLite, the write lock a creation or a report holds)."""
+    version = proto.state().json()["version"]
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("SELECT 1")  # begun BEGIN IMMEDIATE: the write lock, held
+        else:
+            conn.exec_driver_sql("BEGIN")
+            conn.exec_driver_sql("LOCK TABLE api_tokens, fleet_hosts IN EXCLUSIVE MODE")
+        try:
+            started = time.monotonic()
+            r = proto.agent.get(
+                "/api/v1/fleet/hosts/edge-1/state",
+                params={"version": version, "wait": 0},
+                timeout=5,
+            )
+            took = time.monotonic() - started
+        finally:
+            conn.rollback()
+    assert r.status_code == 304 and took < 2.0, took  # on main: waited for the lock (timeout)

@@ -6,7 +6,8 @@ long-polls: it answers at once when the host's state version differs from ``vers
 ``fleet_long_poll_max_seconds``); the ETag is the version. With ``delta=true`` the answer is
 a ``FleetDelta`` against ``version`` when the API still keeps that state (header
 ``X-Fleet-Delta`` names the base), else the whole state as without it. Authentication runs
-in its own short transaction so a waiting poll holds no database lock. Logic lives in
+in its own short read-only transaction so a waiting poll holds no database lock and takes
+no write lock. Logic lives in
 ``lbprovider.fleet``.
 """
 
@@ -21,7 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from lbprovider.api.auth import bearer, current_token, require_host_agent
 from lbprovider.api.deps import ContextDep
 from lbprovider.api.problems import problem_responses
-from lbprovider.db.session import transaction
+from lbprovider.db.session import read_transaction
 from lbprovider.fleet.compile import StateCache
 from lbprovider.fleet.models import FleetState, HostStatus, StatusAck
 from lbprovider.fleet.protocol import accept_status, state_answer, wait_for_state
@@ -33,22 +34,6 @@ HostName = Annotated[
     str,
     Path(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$", description="Fleet host."),
 ]
-
-
-def host_agent(
-    request: Request,
-    ctx: ContextDep,
-    name: HostName,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> str:
-    """The host name, once the token may act for it (401/403/429 otherwise)."""
-    with transaction(ctx.sessions) as session:
-        token = current_token(request, session, ctx, credentials)
-        require_host_agent(token, name)
-    return name
-
-
-HostDep = Annotated[str, Depends(host_agent)]
 
 
 def state_cache(request: Request, ctx: ContextDep) -> StateCache:
@@ -63,6 +48,25 @@ def state_cache(request: Request, ctx: ContextDep) -> StateCache:
 
 
 CacheDep = Annotated[StateCache, Depends(state_cache)]
+
+
+def host_agent(
+    request: Request,
+    ctx: ContextDep,
+    cache: CacheDep,
+    name: HostName,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> str:
+    """The host name, once the token may act for it (401/403/429 otherwise). The token is
+    read in a read-only transaction: on SQLite a write one (``BEGIN IMMEDIATE``) would wait
+    for the write lock behind every creation and report, before the long-poll even looks."""
+    with read_transaction(cache.readers(ctx.sessions)) as session:
+        token = current_token(request, session, ctx, credentials)
+        require_host_agent(token, name)
+    return name
+
+
+HostDep = Annotated[str, Depends(host_agent)]
 
 
 @router.get(
