@@ -116,3 +116,33 @@ def test_a_wrong_guess_at_steady_state_writes_nothing(sessions: sessionmaker[Ses
     with statements(sessions) as seen:
         converge(sessions, "shop", recorded=False)
     assert on_records(seen) == ["INSERT", "SELECT"], seen
+
+
+def test_the_guessed_insert_writes_what_the_looked_up_one_writes(
+    sessions: sessionmaker[Session],
+) -> None:
+    """The ``recorded=False`` INSERT (on PostgreSQL a statement of its own on the driver) and
+    the plain one store the same record, JSON columns and defaults included."""
+    make_pool(sessions, "web", "127.20.0.0/24")
+    full: dict[str, Any] = {
+        "load_balancer_class": "lbprovider.io/lb",
+        "external_traffic_policy": "Local",
+        "health_check_node_port": 31000,
+        "source_ranges": ["10.0.0.0/8"],
+        "session_affinity": "ClientIP",
+        "ip_families": ["IPv4"],
+        "labels": {"team": "blue"},
+        "annotations": {"a/b": "c"},
+        "options": {"pool": "web", "ips": []},
+    }
+    converge(sessions, "looked", recorded=True, **full)
+    converge(sessions, "guessed", recorded=False, **full)
+    skip = {"id", "name", "uid", "created_at", "updated_at", "condition_message"}
+    with sessions() as s:
+        looked, guessed = (get_record(s, "default", n) for n in ("looked", "guessed"))
+        assert looked is not None and guessed is not None
+        columns = [c.key for c in ServiceRecord.__table__.columns if c.key not in skip]
+        assert {c: getattr(guessed, c) for c in columns} == {c: getattr(looked, c) for c in columns}
+        assert guessed.created_at.tzinfo is not None
+        assert abs((guessed.updated_at - guessed.created_at).total_seconds()) < 1
+        assert guessed.ports == [] and guessed.serving is False
