@@ -191,28 +191,38 @@ class ServiceReconciler:
         # The database step does not need the finalizer (a Service deleted before it lands is
         # released through ``is_known``); the finalizer goes on in the status PATCH that first
         # shows the result, so no version shows an IP without it.
-        converged = self._converge(svc, opts)
-        return self._publish(svc, converged)
+        actor = Actor(self._actor.name)
+        converged = self._converge(svc, opts, actor)
+        try:
+            return self._publish(svc, converged)
+        finally:
+            # After the status: neither the metric nor the log line is on the way to it.
+            decision = converged.outcome.decision
+            self._record_allocation("Satisfied" if decision.ok else decision.reason.value)
+            _log_decision(svc, converged, actor)
 
     def close(self) -> None:
         """Nothing to stop: the reconciler runs on its callers' threads."""
 
-    def _converge(self, svc: Obj, opts: Options) -> Converged:
+    def _converge(self, svc: Obj, opts: Options, actor: Actor) -> Converged:
+        key = key_of(svc)
         labels = self.namespace_labels(str(meta(svc).get("namespace")))
-        actor = Actor(self._actor.name)
+        data = service_data(svc, opts, labels)
+        request = service_request(svc, opts, labels)
+        shown = status_ips(svc)
         with transaction(self._sessions) as session:
             converged = converge_service(
                 session=session,
-                data=service_data(svc, opts, labels),
-                request=service_request(svc, opts, labels),
-                status_ips=status_ips(svc),
+                data=data,
+                request=request,
+                status_ips=shown,
                 actor=actor,
                 policy=self._policy,
+                # A key the database holds nothing for (as far as this process knows) is a
+                # new Service: its record is inserted without being looked for first.
+                recorded=self.is_known(key),
             )
-        self._set_known(key_of(svc), True)
-        decision = converged.outcome.decision
-        self._record_allocation("Satisfied" if decision.ok else decision.reason.value)
-        _log_decision(svc, converged, actor)
+        self._set_known(key, True)
         return converged
 
     def _publish(self, svc: Obj, converged: Converged) -> Result:

@@ -4,7 +4,11 @@ Each ``ObjectCache`` lists a kind once, then watches from the list's resourceVer
 bookmarks), resumes from the last seen resourceVersion when a stream drops, relists when the
 server answers 410 Gone, and re-delivers every object on a periodic resync so a missed event
 heals by itself. Objects are plain dicts decoded straight from the JSON (no client models: ten
-thousand Services must stay cheap). Handlers run on one dispatch thread per cache, in order.
+thousand Services must stay cheap). Handlers see every event in order and one at a time: a
+watch event is handed to them on the watch thread itself when nothing is queued before it and
+no delivery is running (a new Service reaches the work queue without a thread hand-off), else
+it waits in order for the cache's dispatch thread, which also runs the periodic resync and
+delivers the lists.
 
 This module reads only; it must not write to Kubernetes or decide anything about the objects.
 """
@@ -93,6 +97,11 @@ class ObjectCache:
         self._handlers: list[Handler] = []
         self._resync_handlers: list[Callable[[builtins.list[Obj]], None]] = []
         self._events: queue.Queue[_Event | object] = queue.Queue()
+        # Delivery: ``_delivering`` is held while handlers run (on whichever thread);
+        # ``_queued`` counts the events waiting in ``_events`` (under ``_order``).
+        self._delivering = threading.Lock()
+        self._order = threading.Lock()
+        self._queued = 0
         self._synced = threading.Event()
         self._stop = threading.Event()
         self._response: Any = None
@@ -221,12 +230,12 @@ class ObjectCache:
         for key, obj in fresh.items():
             previous = old.get(key)
             if previous is None:
-                self._events.put(_Event(ADDED, obj))
+                self._emit(_Event(ADDED, obj))
             elif resource_version(previous) != resource_version(obj):
-                self._events.put(_Event(MODIFIED, obj))
+                self._emit(_Event(MODIFIED, obj))
         for key, obj in old.items():
             if key not in fresh:
-                self._events.put(_Event(DELETED, obj))
+                self._emit(_Event(DELETED, obj))
         if self._listed_once:
             self.relists += 1
         else:
@@ -313,9 +322,28 @@ class ObjectCache:
             else:
                 self._store[key] = obj
             self.resource_version = rv or self.resource_version
-        self._events.put(_Event(str(event_type), obj))
+        self._emit(_Event(str(event_type), obj))
 
     # -- dispatch ------------------------------------------------------------------------------
+
+    def _emit(self, event: _Event) -> None:
+        """Hand ``event`` to the handlers now (on this thread) when nothing is queued before it
+        and no delivery is running; else queue it for the dispatch thread, in order. Before
+        the first list is delivered everything is queued (``has_synced`` follows it)."""
+        with self._order:
+            inline = (
+                not self._queued
+                and self._synced.is_set()
+                and self._delivering.acquire(blocking=False)
+            )
+            if not inline:
+                self._queued += 1
+                self._events.put(event)
+                return
+        try:
+            self._deliver_each(event.type, event.obj)
+        finally:
+            self._delivering.release()
 
     def _run_dispatch(self) -> None:
         next_resync = self._next_resync()
@@ -332,7 +360,11 @@ class ObjectCache:
             if item is _SYNCED:
                 self._synced.set()
             elif isinstance(item, _Event):
-                self._deliver(item.type, item.obj)
+                try:
+                    self._deliver(item.type, item.obj)
+                finally:
+                    with self._order:
+                        self._queued -= 1
 
     def _next_resync(self) -> float | None:
         if not self._resync_seconds:
@@ -343,19 +375,27 @@ class ObjectCache:
         if not self._synced.is_set():
             return
         self.resyncs += 1
-        snapshot = self.list()
-        for obj in snapshot:
-            self._deliver(RESYNC, obj)
-        for handler in self._resync_handlers:
-            try:
-                handler(snapshot)
-            except Exception:
-                logger.exception(
-                    "cache resync handler failed",
-                    extra={"event": "cache_handler_error", "cache": self.name},
-                )
+        # One delivery for the whole sweep: a watch event seen meanwhile waits in the queue
+        # and comes after it, as before (no RESYNC of an older object after a newer event).
+        with self._delivering:
+            snapshot = self.list()
+            for obj in snapshot:
+                self._deliver_each(RESYNC, obj)
+            for handler in self._resync_handlers:
+                try:
+                    handler(snapshot)
+                except Exception:
+                    logger.exception(
+                        "cache resync handler failed",
+                        extra={"event": "cache_handler_error", "cache": self.name},
+                    )
 
     def _deliver(self, event_type: str, obj: Obj) -> None:
+        """Run the handlers for one event (dispatch thread): one delivery at a time."""
+        with self._delivering:
+            self._deliver_each(event_type, obj)
+
+    def _deliver_each(self, event_type: str, obj: Obj) -> None:
         for handler in self._handlers:
             try:
                 handler(event_type, obj)

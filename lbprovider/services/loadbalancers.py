@@ -11,6 +11,7 @@ Kubernetes or decides what a Service's status says.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -18,9 +19,11 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import JSON, Table, bindparam, insert, select, text, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from lbprovider.db.driver import DriverStatement, fetch_all
 from lbprovider.db.models import Allocation, ReleasedIP, Reservation, ServiceRecord
 from lbprovider.db.types import utcnow
 from lbprovider.ipam.allocator import Decision, Holder, Occupancy, Reason, Request, ServiceRef
@@ -70,15 +73,22 @@ def converge_service(
     status_ips: Sequence[str],
     actor: Actor,
     policy: IPPolicy,
+    recorded: bool = True,
 ) -> Converged:
     """Mirror, adopt what the status shows when nothing is recorded, then allocate.
 
     At steady state (the record and the request unchanged, the addresses held) this is three
     reads and no write: the record, the Service's allocations with their occupancy, and the
-    pools' change stamp. The record is read and written as a plain row (Core, no ORM unit of
-    work), once, after the decision: a new Service's record costs one INSERT carrying its
-    condition, a changed one at most one UPDATE (nothing in the allocation reads the record)."""
-    record = session.execute(RECORD_STATE_BY_KEY, {"ns": data.namespace, "name": data.name}).first()
+    pools' change stamp. The record is read and written as a plain row (Core on the table, no
+    ORM unit of work), once, after the decision: a new Service's record costs one INSERT
+    carrying its condition, a changed one at most one UPDATE (nothing in the allocation reads
+    the record).
+
+    ``recorded=False``: the caller knows of no record for the Service (a Service it has not
+    seen yet), so the record is not read first: its INSERT, after the decision, is conditional
+    (``ON CONFLICT DO NOTHING``); only if a record turns out to exist is it read and updated.
+    A new Service thus costs one statement less, and a wrong guess only the read it skipped."""
+    record = _read_record(session, data) if recorded else None
     holdings: Holdings | None = load_holdings(session, data.namespace, data.name, utcnow())
     adopted = None
     if _should_adopt(holdings, request, status_ips):
@@ -97,21 +107,45 @@ def converge_service(
         outcome = allocate_service(
             session=session, request=request, actor=actor, policy=policy, holdings=holdings
         )
-    _write_record(session, record, data, outcome.reason.value, outcome.decision.message)
+    wanted = {
+        **vars(data),
+        "condition_reason": outcome.reason.value,
+        "condition_message": outcome.decision.message,
+    }
+    if record is None and not recorded:
+        if _insert_new_record(session, wanted):
+            return Converged(outcome, adopted, False, "")
+        record = _read_record(session, data)  # there was one after all
+    _write_record(session, record, data, wanted)
     if record is None:
         return Converged(outcome, adopted, False, "")
     return Converged(outcome, adopted, record.serving, record.serving_message)
 
 
-def _write_record(
-    session: Session, record: Any, data: ServiceData, reason: str, message: str
-) -> None:
+def _read_record(session: Session, data: ServiceData) -> Any:
+    """The record's ``RECORD_STATE`` row, or None."""
+    return (
+        session.connection()
+        .execute(RECORD_STATE_BY_KEY, {"ns": data.namespace, "name": data.name})
+        .first()
+    )
+
+
+def _insert_new_record(session: Session, wanted: dict[str, Any]) -> bool:
+    """Insert the record unless one exists (then write nothing); whether it was inserted."""
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        params = {k: json.dumps(v) if k in _JSON_FIELDS else v for k, v in wanted.items()}
+        return bool(fetch_all(session, INSERT_NEW_RECORD_PG, {**params, "now": utcnow()}))
+    return conn.execute(INSERT_NEW_RECORD_SQLITE, wanted).first() is not None
+
+
+def _write_record(session: Session, record: Any, data: ServiceData, wanted: dict[str, Any]) -> None:
     """Insert the record (``record`` is None) with its condition, or update only the columns
     that differ from ``record`` (a ``RECORD_STATE`` row). Prebuilt statements with parameters:
     building an INSERT per call cost more than running it."""
-    wanted = {**vars(data), "condition_reason": reason, "condition_message": message}
     if record is None:
-        session.execute(INSERT_RECORD, wanted)
+        session.connection().execute(INSERT_RECORD, wanted)
         return
     changed = {k: v for k, v in wanted.items() if getattr(record, k) != v}
     if changed:
@@ -203,21 +237,53 @@ def retire_service(
     return released
 
 
-# Plain rows (no ORM identity map): what ``record_matches`` compares, and the condition.
+# Plain rows (no ORM identity map): what ``record_matches`` compares, and the condition. Core
+# on the table, run on the session's connection: the ORM's execute path (entity columns, ORM
+# bulk INSERT) cost as much as the statements themselves on the reconcile path.
+_RECORDS: Table = ServiceRecord.__table__  # type: ignore[assignment]
 RECORD_STATE = select(
-    *(getattr(ServiceRecord, f.name) for f in fields(ServiceData)),
-    ServiceRecord.condition_reason,
-    ServiceRecord.condition_message,
-    ServiceRecord.serving,
-    ServiceRecord.serving_message,
+    *(_RECORDS.c[f.name] for f in fields(ServiceData)),
+    _RECORDS.c.condition_reason,
+    _RECORDS.c.condition_message,
+    _RECORDS.c.serving,
+    _RECORDS.c.serving_message,
 )
 RECORD_STATE_BY_KEY = RECORD_STATE.where(
-    ServiceRecord.namespace == bindparam("ns"), ServiceRecord.name == bindparam("name")
+    _RECORDS.c.namespace == bindparam("ns"), _RECORDS.c.name == bindparam("name")
 )
-INSERT_RECORD = insert(ServiceRecord)
+INSERT_RECORD = insert(_RECORDS).inline()
+# A new Service's record when none is expected (see ``converge_service(recorded=False)``); it
+# returns the new row's id, or no row when a record was there (the rowcount of an INSERT is
+# not kept by every driver path). On PostgreSQL on the psycopg cursor (``db.driver``): through
+# SQLAlchemy's execute layer its parameter processing (six JSON columns) cost more than the
+# statement. JSON values go as text cast to jsonb.
+_JSON_FIELDS = frozenset(
+    f.name for f in fields(ServiceData) if isinstance(_RECORDS.c[f.name].type, JSON)
+)
+_RECORD_FIELDS = [f.name for f in fields(ServiceData)] + ["condition_reason", "condition_message"]
+INSERT_NEW_RECORD_SQLITE = (
+    sqlite_insert(_RECORDS)
+    .on_conflict_do_nothing(index_elements=["namespace", "name"])
+    .returning(_RECORDS.c.id)
+)
+_RECORD_VALUES = ", ".join(
+    f"CAST(:{n} AS jsonb)" if n in _JSON_FIELDS else f":{n}" for n in _RECORD_FIELDS
+)
+INSERT_NEW_RECORD_PG = DriverStatement(
+    text(
+        # Column names from ServiceData, values all bound parameters.
+        f"""
+INSERT INTO service_records ({", ".join(_RECORD_FIELDS)},
+    serving, serving_message, created_at, updated_at)
+VALUES ({_RECORD_VALUES}, false, '', :now, :now)
+ON CONFLICT (namespace, name) DO NOTHING
+RETURNING id
+"""  # noqa: S608
+    )
+)
 # The SET clause is the parameters given (plus ``updated_at``'s onupdate).
-UPDATE_RECORD = update(ServiceRecord).where(
-    ServiceRecord.namespace == bindparam("_ns"), ServiceRecord.name == bindparam("_name")
+UPDATE_RECORD = update(_RECORDS).where(
+    _RECORDS.c.namespace == bindparam("_ns"), _RECORDS.c.name == bindparam("_name")
 )
 
 

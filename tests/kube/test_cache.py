@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,85 @@ def test_resync_redelivers_every_key(core: Any, caches: list[ObjectCache]) -> No
     assert wait_until(lambda: len(events.of("RESYNC")) >= 6, timeout=3)
     assert set(events.of("RESYNC")) == {f"{NAMESPACE}/{n}" for n in "abc"}
     assert cache.resyncs >= 2
+
+
+class Recording:
+    """A handler recording (event_type, key, thread name) and how many run at once."""
+
+    def __init__(self, slow_resync: float = 0.0) -> None:
+        self.lock = threading.Lock()
+        self.seen: list[tuple[str, str, str]] = []
+        self.running = 0
+        self.most = 0
+        self.slow_resync = slow_resync
+        self.in_resync = threading.Event()
+
+    def __call__(self, event_type: str, obj: dict[str, Any]) -> None:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            if event_type == "RESYNC" and self.slow_resync and not self.in_resync.is_set():
+                self.in_resync.set()
+                time.sleep(self.slow_resync)  # the sweep is still delivering meanwhile
+            with self.lock:
+                self.seen.append((event_type, object_key(obj), threading.current_thread().name))
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_a_watch_event_reaches_the_handlers_on_the_watch_thread(
+    core: Any, caches: list[ObjectCache]
+) -> None:
+    """No hand-off between the watch and the handlers when nothing is queued before it; the
+    first list still goes through the dispatch thread (``has_synced`` follows it)."""
+    make_service(core, "before")
+    cache = ObjectCache(
+        "services",
+        core.list_service_for_all_namespaces,
+        field_selector=f"metadata.namespace={NAMESPACE}",
+    )
+    handler = Recording()
+    cache.add_handler(handler)
+    cache.start()
+    caches.append(cache)
+    assert cache.wait_for_sync(5)
+    make_service(core, "web")
+    assert wait_until(lambda: any(k == f"{NAMESPACE}/web" for _, k, _ in handler.seen))
+    threads = {key: thread for _, key, thread in handler.seen}
+    assert threads[f"{NAMESPACE}/before"] == "cache-services-dispatch"
+    assert threads[f"{NAMESPACE}/web"] == "cache-services-watch"
+
+
+def test_an_event_seen_during_a_resync_comes_after_it_and_never_alongside(
+    core: Any, caches: list[ObjectCache]
+) -> None:
+    """A watch event that arrives while a sweep is delivering waits for the whole sweep (no
+    RESYNC of an older object after a newer event), and handlers never run two at a time."""
+    for name in ("a", "b", "c"):
+        make_service(core, name)
+    cache = ObjectCache(
+        "services",
+        core.list_service_for_all_namespaces,
+        field_selector=f"metadata.namespace={NAMESPACE}",
+        resync_seconds=0.5,
+    )
+    handler = Recording(slow_resync=0.5)
+    cache.add_handler(handler)
+    cache.start()
+    caches.append(cache)
+    assert cache.wait_for_sync(5)
+    assert handler.in_resync.wait(5)
+    make_service(core, "late")  # while the first RESYNC is still being handled
+    assert wait_until(lambda: any(k == f"{NAMESPACE}/late" for _, k, _ in handler.seen), 10)
+    with handler.lock:
+        seen = list(handler.seen)
+    late = next(i for i, (_, k, _) in enumerate(seen) if k == f"{NAMESPACE}/late")
+    first_sweep = [i for i, (t, _, _) in enumerate(seen) if t == "RESYNC"][:3]
+    assert len(first_sweep) == 3 and max(first_sweep) < late, seen
+    assert seen[late][0] == "ADDED" and seen[late][2] == "cache-services-dispatch", seen
+    assert handler.most == 1
 
 
 class DroppableWatch:
