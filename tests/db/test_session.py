@@ -144,6 +144,23 @@ def test_an_idle_connection_killed_server_side_is_replaced_on_checkout(
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("reads", [False, True], ids=["writes", "reads"])
+def test_back_to_back_units_of_work_reuse_the_last_connection(pg_url: str, reads: bool) -> None:
+    """With several idle connections in the pool, the next unit of work gets the one used
+    last (its backend warm, no idle ping), not the one idle longest (also on the read pool)."""
+    engine = make_engine(pg_url, pool_size=3, idle_ping_after=60)
+    used = read_only_engine(engine) if reads else engine
+    try:
+        held = [used.connect() for _ in range(3)]  # three connections, checked in in order
+        pids = [c.exec_driver_sql("SELECT pg_backend_pid()").scalar() for c in held]
+        for c in held:
+            c.close()
+        assert [_backend_pid(used) for _ in range(3)] == [pids[-1]] * 3
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
 def test_a_connection_used_moments_ago_is_not_pinged(pg_url: str, pg_engine: Engine) -> None:
     """No ping round trip on a busy connection: a server-side kill right after use surfaces
     once as a disconnect error on the next statement, and the pool reconnects after it."""
