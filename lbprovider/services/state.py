@@ -599,6 +599,7 @@ def try_lock_ip(session: Unit, ip: str) -> bool:
 
 TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:ip, 0))")
 
+
 # PostgreSQL: ``OCCUPANCY`` and ``claimable`` for a batch of candidates in one round trip.
 # ``l`` walks the candidates in order and try-locks each one nothing stands on (no live
 # allocation, live reservation or release: an address any request may take), stopping at the
@@ -610,9 +611,10 @@ TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:ip, 0))")
 # subqueries, kept apart by OFFSET 0, as in ``l``), whatever the statistics: a generic plan made
 # while the tables were nearly empty (a fresh database, before its first ANALYZE) otherwise
 # scanned the whole allocations table for every scan until autovacuum analysed it.
-SCAN_PG = DriverStatement(
-    text(
-        """
+def _walk(lock: str) -> str:
+    """The ``c``, ``l`` and ``seen`` CTEs of a scan, ``lock`` the try-lock of a candidate
+    (a SQL expression of ``c.ip``: a constant of this module, never a value)."""
+    return f"""
 WITH c AS MATERIALIZED (
     SELECT ip, n FROM unnest(string_to_array(:ips, ',')) WITH ORDINALITY AS c(ip, n)
 ), l AS MATERIALIZED (
@@ -623,18 +625,24 @@ WITH c AS MATERIALIZED (
         WHEN (SELECT 1 FROM reservations r WHERE r.ip = c.ip
             AND (r.expires_at IS NULL OR r.expires_at > :now) LIMIT 1) = 1 THEN false
         WHEN (SELECT 1 FROM released_ips x WHERE x.ip = c.ip LIMIT 1) = 1 THEN false
-        ELSE pg_try_advisory_xact_lock(hashtextextended(c.ip, 0))
+        ELSE {lock}
     END
     LIMIT 1
 ), seen AS MATERIALIZED (
     SELECT ip FROM c WHERE c.n <= COALESCE((SELECT n FROM l), 2147483647)
-)
+)"""  # noqa: S608 (lock is one of this module's two constants)
+
+
+# The rows of the scan's answer: ``l`` (the address locked, its position), then the occupancy
+# of every address ``seen`` ('a' live allocation, 'r' live reservation, 'x' release).
+_LOCKED_ROW = """
 SELECT 'l' AS kind, ip, NULL AS ns, NULL AS name, NULL AS uid, NULL AS key,
     CAST(n AS varchar) AS extra, CAST(NULL AS timestamptz) AS at
-FROM l
-UNION ALL
-SELECT 'a', a.ip, a.service_namespace, a.service_name, a.service_uid, a.sharing_key,
-    CAST(a.ports AS varchar), NULL
+FROM l"""
+_OCCUPANCY = """
+SELECT 'a' AS kind, a.ip, a.service_namespace AS ns, a.service_name AS name,
+    a.service_uid AS uid, a.sharing_key AS key, CAST(a.ports AS varchar) AS extra,
+    CAST(NULL AS timestamptz) AS at
 FROM seen, LATERAL (SELECT * FROM allocations WHERE active AND ip = seen.ip OFFSET 0) AS a
 UNION ALL
 SELECT 'r', r.ip, r.service_namespace, r.service_name, NULL, r.owner, NULL, NULL
@@ -642,8 +650,14 @@ FROM seen, LATERAL (SELECT * FROM reservations WHERE ip = seen.ip
     AND (expires_at IS NULL OR expires_at > :now) OFFSET 0) AS r
 UNION ALL
 SELECT 'x', x.ip, x.service_namespace, x.service_name, NULL, NULL, NULL, x.released_at
-FROM seen, LATERAL (SELECT * FROM released_ips WHERE ip = seen.ip OFFSET 0) AS x
-"""
+FROM seen, LATERAL (SELECT * FROM released_ips WHERE ip = seen.ip OFFSET 0) AS x"""
+
+SCAN_PG = DriverStatement(
+    text(
+        _walk("pg_try_advisory_xact_lock(hashtextextended(c.ip, 0))")
+        + _LOCKED_ROW
+        + "\nUNION ALL"
+        + _OCCUPANCY
     )
 )
 
@@ -674,34 +688,10 @@ class ScanClaim:
 # allocation's id, NULL when nothing was written). Uniqueness stays with the constraints.
 SCAN_CLAIM_PG = DriverStatement(
     text(
-        """
-WITH c AS MATERIALIZED (
-    SELECT ip, n FROM unnest(string_to_array(:ips, ',')) WITH ORDINALITY AS c(ip, n)
-), l AS MATERIALIZED (
-    SELECT c.ip, c.n FROM c
-    WHERE CASE
-        WHEN (SELECT 1 FROM allocations a WHERE a.active AND a.ip = c.ip LIMIT 1) = 1
-            THEN false
-        WHEN (SELECT 1 FROM reservations r WHERE r.ip = c.ip
-            AND (r.expires_at IS NULL OR r.expires_at > :now) LIMIT 1) = 1 THEN false
-        WHEN (SELECT 1 FROM released_ips x WHERE x.ip = c.ip LIMIT 1) = 1 THEN false
-        ELSE lbp_lock_if_free(c.ip, :now)
-    END
-    LIMIT 1
-), seen AS MATERIALIZED (
-    SELECT ip FROM c WHERE c.n <= COALESCE((SELECT n FROM l), 2147483647)
-), o AS MATERIALIZED (
-    SELECT 'a' AS kind, a.ip, a.service_namespace AS ns, a.service_name AS name,
-        a.service_uid AS uid, a.sharing_key AS key, CAST(a.ports AS varchar) AS extra,
-        CAST(NULL AS timestamptz) AS at
-    FROM seen, LATERAL (SELECT * FROM allocations WHERE active AND ip = seen.ip OFFSET 0) AS a
-    UNION ALL
-    SELECT 'r', r.ip, r.service_namespace, r.service_name, NULL, r.owner, NULL, NULL
-    FROM seen, LATERAL (SELECT * FROM reservations WHERE ip = seen.ip
-        AND (expires_at IS NULL OR expires_at > :now) OFFSET 0) AS r
-    UNION ALL
-    SELECT 'x', x.ip, x.service_namespace, x.service_name, NULL, NULL, NULL, x.released_at
-    FROM seen, LATERAL (SELECT * FROM released_ips WHERE ip = seen.ip OFFSET 0) AS x
+        _walk("lbp_lock_if_free(c.ip, :now)")  # noqa: S608 (module constants, values bound)
+        + ", o AS MATERIALIZED ("
+        + _OCCUPANCY
+        + """
 ), pick AS MATERIALIZED (
     SELECT l.ip, '4:' || lpad(to_hex(CAST(l.ip AS inet) - inet '0.0.0.0'), 32, '0') AS ip_key
     FROM l
@@ -740,9 +730,9 @@ WITH c AS MATERIALIZED (
         :actor, :request_id
     FROM a
 )
-SELECT 'l' AS kind, ip, NULL AS ns, NULL AS name, NULL AS uid, NULL AS key,
-    CAST(n AS varchar) AS extra, CAST(NULL AS timestamptz) AS at
-FROM l
+"""
+        + _LOCKED_ROW
+        + """
 UNION ALL
 SELECT kind, ip, ns, name, uid, key, extra, at FROM o
 UNION ALL
