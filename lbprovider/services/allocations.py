@@ -214,24 +214,6 @@ def adopt_service(
     return _with_retries(session, request, actor, policy, now or utcnow(), adopt=True)
 
 
-def _with_retries(
-    session: Unit,
-    request: Request,
-    actor: Actor,
-    policy: IPPolicy,
-    now: datetime,
-    *,
-    adopt: bool,
-    reason: str | None = None,
-    holdings: Holdings | None = None,
-) -> Outcome:
-    orm = _Orm(session)
-    try:
-        return _attempts(session, request, actor, policy, now, adopt, reason, holdings, orm)
-    finally:
-        orm.close()
-
-
 class _Orm:
     """The ORM session a savepoint write needs: the caller's, or (when the caller gave a
     connection) one joined to that connection, made on first use and closed after the call."""
@@ -252,52 +234,58 @@ class _Orm:
             self.made.close()  # its writes were flushed; the transaction is the connection's
 
 
-def _attempts(
+def _with_retries(
     session: Unit,
     request: Request,
     actor: Actor,
     policy: IPPolicy,
     now: datetime,
+    *,
     adopt: bool,
-    reason: str | None,
-    holdings: Holdings | None,
-    orm: _Orm,
+    reason: str | None = None,
+    holdings: Holdings | None = None,
 ) -> Outcome:
-    rng = random.Random()
-    for attempt in range(MAX_ATTEMPTS):
-        spread = 1 if attempt == 0 else min(64, 2**attempt)
-        # The first attempt may reuse what was read just before; a retry reads afresh.
-        known = holdings if attempt == 0 else None
-        in_savepoint = False
-        try:
-            arm = _scan_claim(request, actor, now, reason) if attempt == 0 and not adopt else None
-            plan = _decide(session, request, policy, now, spread, rng, adopt, known, arm)
-            if isinstance(plan, Outcome):
-                return plan
-            why = reason or plan.decision.message
-            if plan.view.claimed is not None:
-                # The scan wrote the claim (SCAN_CLAIM_PG); it must be this decision's.
-                return _claimed_by_scan(plan, why)
-            claim = _single_clean_claim(session, plan, adopt)
-            if claim is not None:
-                # No savepoint: a lost race writes nothing (see CLAIM_CLEAN_PG).
-                return _claim_clean(session, plan, claim, actor, now, why)
-            in_savepoint = True
-            write_session = orm.session()
-            with write_session.begin_nested():
-                return _write(write_session, plan, actor, now, adopt, why)
-        except (IntegrityError, _LostRace) as e:
-            if isinstance(e, IntegrityError) and not in_savepoint:
-                raise  # the transaction is aborted: nothing to retry in
-            logger.debug(
-                "allocation race, retrying",
-                extra={
-                    "event": "allocation_retry",
-                    "service": request.service.key,
-                    "error": str(e),
-                },
-            )
-    raise ConcurrentUpdate(f"could not allocate for {request.service.key}: too much contention")
+    orm = _Orm(session)
+    try:
+        rng = random.Random()
+        for attempt in range(MAX_ATTEMPTS):
+            spread = 1 if attempt == 0 else min(64, 2**attempt)
+            # The first attempt may reuse what was read just before; a retry reads afresh.
+            known = holdings if attempt == 0 else None
+            in_savepoint = False
+            try:
+                arm = (
+                    _scan_claim(request, actor, now, reason) if attempt == 0 and not adopt else None
+                )
+                plan = _decide(session, request, policy, now, spread, rng, adopt, known, arm)
+                if isinstance(plan, Outcome):
+                    return plan
+                why = reason or plan.decision.message
+                if plan.view.claimed is not None:
+                    # The scan wrote the claim (SCAN_CLAIM_PG); it must be this decision's.
+                    return _claimed_by_scan(plan, why)
+                claim = _single_clean_claim(session, plan, adopt)
+                if claim is not None:
+                    # No savepoint: a lost race writes nothing (see CLAIM_CLEAN_PG).
+                    return _claim_clean(session, plan, claim, actor, now, why)
+                in_savepoint = True
+                write_session = orm.session()
+                with write_session.begin_nested():
+                    return _write(write_session, plan, actor, now, adopt, why)
+            except (IntegrityError, _LostRace) as e:
+                if isinstance(e, IntegrityError) and not in_savepoint:
+                    raise  # the transaction is aborted: nothing to retry in
+                logger.debug(
+                    "allocation race, retrying",
+                    extra={
+                        "event": "allocation_retry",
+                        "service": request.service.key,
+                        "error": str(e),
+                    },
+                )
+        raise ConcurrentUpdate(f"could not allocate for {request.service.key}: too much contention")
+    finally:
+        orm.close()
 
 
 @dataclass(frozen=True)
