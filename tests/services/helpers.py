@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from lbprovider.db.models import LedgerEntry
@@ -59,3 +61,20 @@ def ledger(sessions: sessionmaker[Session], **where: str) -> list[tuple[str, str
 def count(sessions: sessionmaker[Session], model: type) -> int:
     with sessions() as s:
         return s.scalar(select(func.count()).select_from(model)) or 0
+
+
+@contextmanager
+def statements(sessions: sessionmaker[Session]) -> Iterator[list[str]]:
+    """Every SQL statement the engine of ``sessions`` runs inside the block, as sent."""
+    engine = sessions.kw["bind"]
+    assert isinstance(engine, Engine)
+    seen: list[str] = []
+
+    def record(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -32,25 +31,17 @@ from lbprovider.db.types import utcnow
 from lbprovider.ipam.allocator import Reason
 from lbprovider.services import allocations
 from lbprovider.services.allocations import allocate_service
-from tests.services.helpers import ACTOR, POLICY, allocate, count, make_pool, svc_request
+from tests.services.helpers import (
+    ACTOR,
+    POLICY,
+    allocate,
+    count,
+    make_pool,
+    statements,
+    svc_request,
+)
 
 pytestmark = pytest.mark.postgres
-
-
-@contextmanager
-def statements(sessions: sessionmaker[Session]) -> Iterator[list[str]]:
-    engine = sessions.kw["bind"]
-    assert isinstance(engine, Engine)
-    seen: list[str] = []
-
-    def record(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
-        seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 @pytest.fixture

@@ -7,11 +7,9 @@ databases.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, event, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from lbprovider.db.models import ServiceRecord
@@ -19,24 +17,7 @@ from lbprovider.db.session import transaction
 from lbprovider.ipam.allocator import Reason
 from lbprovider.services.loadbalancers import Converged, converge_service
 from lbprovider.services.records import ServiceData, get_record
-from tests.services.helpers import ACTOR, POLICY, make_pool, svc_request
-
-
-@contextmanager
-def statements(sessions: sessionmaker[Session]) -> Iterator[list[str]]:
-    """Every SQL statement the engine runs inside the block (whitespace collapsed)."""
-    engine = sessions.kw["bind"]
-    assert isinstance(engine, Engine)
-    seen: list[str] = []
-
-    def record(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
-        seen.append(" ".join(statement.split()))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+from tests.services.helpers import ACTOR, POLICY, make_pool, statements, svc_request
 
 
 def on_records(seen: list[str]) -> list[str]:
