@@ -15,6 +15,7 @@ What it must not do: write to the database, or reach Kubernetes or HAProxy.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import sqlite3
@@ -30,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from lbprovider.config import Settings
 from lbprovider.db.models import Allocation, FleetHost, Node, ServiceRecord
-from lbprovider.db.session import read_only_engine, read_only_factory
+from lbprovider.db.session import engine_of, read_only_engine, read_only_factory
 from lbprovider.fleet.models import (
     FleetState,
     HealthCheckSpec,
@@ -339,6 +340,12 @@ class CommitWatch:
             self._path = Path(database).resolve()
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        # wait_moved's shared reader (event-loop side only): how many wait, the counter it
+        # read last, the event it sets when that moves, and its task
+        self._waiting = 0
+        self._latest: int | None = None
+        self._moved: asyncio.Event | None = None
+        self._reader: asyncio.Task[None] | None = None
 
     def version(self) -> int | None:
         """The database's commit counter as seen now (compare two: equal, nothing committed
@@ -360,6 +367,40 @@ class CommitWatch:
                 return None
         return int(row[0])
 
+    async def wait_moved(self, seen: int, until: float) -> None:
+        """Return once the counter differs from ``seen``, or at ``until`` (monotonic time).
+
+        The waiters of an event loop share one reader, which reads the counter every
+        :data:`COMMIT_CHECK_SECONDS` while any of them waits and wakes them all when it
+        moves: a waiting long-poll costs no wake-up and no read of its own until a commit."""
+        loop = asyncio.get_running_loop()
+        self._waiting += 1
+        try:
+            if self._reader is None or self._reader.get_loop() is not loop:
+                self._latest, self._moved = seen, asyncio.Event()
+                self._reader = loop.create_task(self._read_while_waited())
+            while self._latest == seen and self._moved is not None:
+                rest = until - time.monotonic()
+                if rest <= 0:
+                    return
+                try:
+                    await asyncio.wait_for(self._moved.wait(), rest)
+                except TimeoutError:
+                    return
+        finally:
+            self._waiting -= 1
+
+    async def _read_while_waited(self) -> None:
+        try:
+            while self._waiting:
+                await asyncio.sleep(COMMIT_CHECK_SECONDS)
+                now = self.version()
+                if now != self._latest and self._moved is not None:
+                    self._latest, moved, self._moved = now, self._moved, asyncio.Event()
+                    moved.set()
+        finally:
+            self._reader = None
+
     def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -371,6 +412,7 @@ class CommitWatch:
 
 
 STAMP_AT_LEAST_EVERY = 1.0  # seconds: the change stamp is read this often even when unmoved
+COMMIT_CHECK_SECONDS = 0.002  # how often CommitWatch's reader reads the counter while waited on
 
 
 class StateCache:
@@ -496,8 +538,7 @@ class StateCache:
         return self._watch_of(bind if isinstance(bind, Engine) else bind.engine)
 
     def _watcher(self, session: Session) -> CommitWatch:
-        bind = session.get_bind()
-        return self._watch_of(bind if isinstance(bind, Engine) else bind.engine)
+        return self._watch_of(engine_of(session))
 
     def _watch_of(self, engine: Engine) -> CommitWatch:
         with self._lock:  # by pool: the read-only engine of a SQLite engine shares its pool

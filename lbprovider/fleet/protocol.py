@@ -72,8 +72,8 @@ async def wait_for_state(
     it did not within ``wait`` seconds.
 
     It checks every ``poll`` seconds, and on a SQLite file also as soon as the database's
-    commit counter moves (:class:`~lbprovider.fleet.compile.CommitWatch`, read on the event
-    loop every :data:`COMMIT_CHECK_SECONDS`, microseconds a read), though not sooner than
+    commit counter moves (:meth:`~lbprovider.fleet.compile.CommitWatch.wait_moved`: one
+    reader on the event loop for every waiting long-poll), though not sooner than
     :data:`MIN_CHECK_GAP` after the last check: a commit is seen within milliseconds, not half
     a poll interval later, and a quiet database costs no check at all in between."""
     watch = cache.commit_watch(sessions)
@@ -92,11 +92,9 @@ async def wait_for_state(
             await asyncio.sleep(until - time.monotonic())
             continue
         await asyncio.sleep(max(0.0, min(checked + MIN_CHECK_GAP, until) - time.monotonic()))
-        while (rest := until - time.monotonic()) > 0 and watch.version() == seen:
-            await asyncio.sleep(min(COMMIT_CHECK_SECONDS, rest))
+        await watch.wait_moved(seen, until)
 
 
-COMMIT_CHECK_SECONDS = 0.002  # how often a waiting long-poll reads SQLite's commit counter
 MIN_CHECK_GAP = 0.005  # a commit-woken long-poll check starts no sooner after the last one
 
 

@@ -3,7 +3,10 @@ every Service value checked before it becomes a route (SQLite and PostgreSQL).""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event
@@ -12,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from lbprovider.config import Settings
 from lbprovider.db.session import make_engine, read_transaction, session_factory, transaction
 from lbprovider.fleet import compile as compile_module
-from lbprovider.fleet.compile import StateCache, compile_fleet
+from lbprovider.fleet.compile import COMMIT_CHECK_SECONDS, CommitWatch, StateCache, compile_fleet
 from lbprovider.fleet.models import FleetState
 from lbprovider.services.records import upsert_service_record
 
@@ -284,3 +287,52 @@ def test_a_hosts_new_state_is_built_once_when_asked_for_at_once(
         t.join()
     assert len(got) == 3 and got[0] is got[1] is got[2]
     assert built == ["edge-1"]  # on main: once per asking thread
+
+
+def test_waiting_long_polls_share_one_reader_of_the_commit_counter(tmp_path: Path) -> None:
+    """Twenty waiters on a quiet SQLite file cost one counter read every COMMIT_CHECK_SECONDS
+    between them (not one each) and return at their deadline; a commit by another connection
+    wakes every one of them within milliseconds."""
+    path = tmp_path / "watched.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE t (x)")
+    reads: list[int] = []
+
+    class Counted(CommitWatch):
+        def version(self) -> int | None:
+            reads.append(1)
+            return super().version()
+
+    engine = make_engine(f"sqlite:///{path}")
+    watch = Counted(engine)
+
+    def commit() -> None:
+        with sqlite3.connect(path) as other:
+            other.execute("INSERT INTO t VALUES (1)")
+
+    async def wait_all() -> tuple[float, float]:
+        seen = watch.version()
+        assert seen is not None
+        reads.clear()
+        started = time.monotonic()
+        await asyncio.gather(*(watch.wait_moved(seen, started + 0.2) for _ in range(20)))
+        quiet = time.monotonic() - started
+        waiting = [
+            asyncio.create_task(watch.wait_moved(seen, time.monotonic() + 5)) for _ in range(20)
+        ]
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(commit)
+        committed = time.monotonic()
+        await asyncio.gather(*waiting)
+        return quiet, time.monotonic() - committed
+
+    try:
+        quiet, woke = asyncio.run(wait_all())
+    finally:
+        watch.close()
+        engine.dispose()
+    assert quiet >= 0.2
+    # one reader: at most one read per COMMIT_CHECK_SECONDS over the 0.25 s (a reader per
+    # waiter read twenty times as often)
+    assert len(reads) <= 0.25 / COMMIT_CHECK_SECONDS + 10, len(reads)
+    assert woke < 0.5, woke
