@@ -241,6 +241,14 @@ class Allocation(Base):
         ),
         Index("ix_allocations_service", "service_namespace", "service_name"),
         Index("ix_allocations_active_key", "active", "ip_key"),
+        # The fleet's change stamp reads max(released_at) on every change (fleet.compile):
+        # partial, so a new allocation (released_at NULL) adds nothing to it.
+        Index(
+            "ix_allocations_released_at",
+            "released_at",
+            postgresql_where=text("released_at IS NOT NULL"),
+            sqlite_where=text("released_at IS NOT NULL"),
+        ),
         # The search's "name contains" over live allocations (PostgreSQL; pg_trgm).
         Index(
             "ix_allocations_live_name_trgm",
@@ -319,6 +327,9 @@ class ServiceRecord(Base):
     __table_args__ = (
         UniqueConstraint("namespace", "name"),
         Index("ix_service_records_reason", "condition_reason"),
+        # The fleet's change stamp (max) and its incremental compile (updated_at > mark) read
+        # this on every change: without it both scanned every record.
+        Index("ix_service_records_updated_at", "updated_at"),
         # "Name contains" (``name ILIKE '%...%'``, ``catalog.name_contains``) for the Services
         # filter and the search, on PostgreSQL (pg_trgm); SQLite scans 10,000 names in ~1 ms.
         Index(

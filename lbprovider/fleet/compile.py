@@ -309,7 +309,9 @@ def change_stamp(session: Session) -> tuple[Any, ...]:
             select(func.max(ServiceRecord.id)).scalar_subquery(),
             select(func.count()).select_from(active).scalar_subquery(),
             select(func.max(active.c.id)).scalar_subquery(),
-            select(func.max(Allocation.released_at)).scalar_subquery(),
+            select(func.max(Allocation.released_at))
+            .where(Allocation.released_at.is_not(None))  # ix_allocations_released_at is partial
+            .scalar_subquery(),
             select(func.count()).select_from(Node).scalar_subquery(),
             select(func.max(Node.updated_at)).scalar_subquery(),
         )

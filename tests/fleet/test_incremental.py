@@ -201,3 +201,49 @@ def test_a_change_reads_allocations_by_key_not_every_live_one(
                 row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {text}", params)
             )
             assert "ix_allocations_active_key" not in plan, (text, plan)
+
+
+def test_a_change_is_found_through_indexes_not_by_reading_every_record(
+    sessions: sessionmaker[Session],
+) -> None:
+    """The change stamp's ``max(updated_at)`` and ``max(released_at)`` and the incremental
+    compile's ``updated_at > mark OR id > mark`` are index reads (SQLite's plan), not scans of
+    every record and allocation: the long-poll runs them on every commit, at 10,000 Services."""
+    engine = sessions.kw["bind"]
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the plan checked is SQLite's")
+    make_pool(sessions, "127.28.0.1-127.28.0.60")
+    set_node(sessions, "node-a", "127.0.0.2")
+    cache = StateCache(SETTINGS)
+    for i in range(5):
+        add_service(sessions, service_data(f"s{i}", [(80, 30000 + i)]))
+    assert_same(sessions, cache)
+    seen: list[tuple[str, Any]] = []
+
+    def statement(conn: Any, cursor: Any, text: str, params: Any, *rest: Any) -> None:
+        if "service_records" in text and "updated_at" in text:
+            seen.append((text, params))
+
+    remove_service(sessions, "s1")  # a release: released_at moves
+    add_service(sessions, service_data("s2", [(80, 31002)]))  # an update: updated_at moves
+    cache._compiler._reconciled = time.monotonic()  # no reconciliation due
+    event.listen(engine, "before_cursor_execute", statement)
+    try:
+        with transaction(sessions) as s:
+            cache.compiled(s)
+    finally:
+        event.remove(engine, "before_cursor_execute", statement)
+    assert_same(sessions, cache)
+    plans = {}
+    with engine.connect() as conn:
+        for text, params in seen:
+            rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {text}", params)
+            plans[text] = " | ".join(row[3] for row in rows)
+    stamp = [p for t, p in plans.items() if "max(service_records.updated_at)" in t]
+    since = [p for t, p in plans.items() if "service_records.updated_at >" in t]
+    assert stamp and since, plans
+    for plan in stamp:
+        assert "COVERING INDEX ix_service_records_updated_at" in plan, plan
+        assert "COVERING INDEX ix_allocations_released_at" in plan, plan
+    for plan in since:
+        assert "MULTI-INDEX OR" in plan and "ix_service_records_updated_at" in plan, plan
