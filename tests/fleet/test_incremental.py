@@ -4,6 +4,7 @@ and the result is exactly what a full compile gives (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -157,6 +158,49 @@ def test_a_delta_rebuilds_the_next_state_exactly(sessions: sessionmaker[Session]
         raise AssertionError("a delta applied to another base")
 
 
+def sqlite_cache(sessions: sessionmaker[Session], services: int) -> StateCache:
+    """A compiled cache of ``services`` one-port Services on SQLite (the plans checked are
+    SQLite's)."""
+    if sessions.kw["bind"].dialect.name != "sqlite":
+        pytest.skip("the plan checked is SQLite's")
+    make_pool(sessions, "127.28.0.1-127.28.0.60")
+    set_node(sessions, "node-a", "127.0.0.2")
+    cache = StateCache(SETTINGS)
+    for i in range(services):
+        add_service(sessions, service_data(f"s{i}", [(80, 30000 + i)]))
+    assert_same(sessions, cache)
+    return cache
+
+
+def refresh_statements(
+    sessions: sessionmaker[Session], cache: StateCache, wanted: Callable[[str], bool]
+) -> list[tuple[str, Any]]:
+    """The statements (text, parameters) matching ``wanted`` that an incremental refresh of
+    ``cache`` runs, no reconciliation being due."""
+    engine = sessions.kw["bind"]
+    seen: list[tuple[str, Any]] = []
+
+    def statement(conn: Any, cursor: Any, text: str, params: Any, *rest: Any) -> None:
+        if wanted(text):
+            seen.append((text, params))
+
+    cache._compiler._reconciled = time.monotonic()
+    event.listen(engine, "before_cursor_execute", statement)
+    try:
+        with transaction(sessions) as s:
+            cache.compiled(s)
+    finally:
+        event.remove(engine, "before_cursor_execute", statement)
+    return seen
+
+
+def query_plan(sessions: sessionmaker[Session], text: str, params: Any) -> str:
+    """SQLite's ``EXPLAIN QUERY PLAN`` for one statement, its steps joined by `` | ``."""
+    with sessions.kw["bind"].connect() as conn:
+        rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {text}", params)
+        return " | ".join(row[3] for row in rows)
+
+
 def test_a_change_reads_allocations_by_key_not_every_live_one(
     sessions: sessionmaker[Session],
 ) -> None:
@@ -164,43 +208,24 @@ def test_a_change_reads_allocations_by_key_not_every_live_one(
     primary key or by Service, never by walking the index of every live allocation (SQLite
     chose ``ix_allocations_active_key`` when ``active`` was in the WHERE clause: at 10,000
     Services that was milliseconds per change on the long-poll's path)."""
-    engine = sessions.kw["bind"]
-    if engine.dialect.name != "sqlite":
-        pytest.skip("the plan checked is SQLite's")
-    make_pool(sessions, "127.28.0.1-127.28.0.60")
-    set_node(sessions, "node-a", "127.0.0.2")
-    cache = StateCache(SETTINGS)
-    for i in range(30):
-        add_service(sessions, service_data(f"s{i}", [(80, 30000 + i)]))
-    assert_same(sessions, cache)
-    seen: list[tuple[str, Any]] = []
-
-    def statement(conn: Any, cursor: Any, text: str, params: Any, *rest: Any) -> None:
-        if text.lstrip().upper().startswith("SELECT") and "FROM allocations" in text:
-            seen.append((text, params))
-
+    cache = sqlite_cache(sessions, 30)
     add_service(sessions, service_data("new", [(80, 31000)]))  # a new allocation
     add_service(sessions, service_data("s3", [(80, 32003), (443, 32443)]))  # a changed one
     remove_service(sessions, "s4")
-    cache._compiler._reconciled = time.monotonic()  # no reconciliation due
-    event.listen(engine, "before_cursor_execute", statement)
-    try:
-        with transaction(sessions) as s:
-            cache.compiled(s)
-    finally:
-        event.remove(engine, "before_cursor_execute", statement)
+    seen = refresh_statements(
+        sessions,
+        cache,
+        lambda text: text.lstrip().upper().startswith("SELECT") and "FROM allocations" in text,
+    )
     inc = assert_same(sessions, cache)
     assert {r.port for r in inc.by_service["shop/s3"]} == {80, 443}
     assert "shop/new" in inc.by_service and not inc.by_service.get("shop/s4")
     incremental = [(t, p) for t, p in seen if "count(" not in t and "allocations.id >" in t]
     incremental += [(t, p) for t, p in seen if "allocations.service_name =" in t]
     assert incremental, "a change reads new and changed allocations"
-    with engine.connect() as conn:
-        for text, params in incremental:
-            plan = " ".join(
-                row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {text}", params)
-            )
-            assert "ix_allocations_active_key" not in plan, (text, plan)
+    for text, params in incremental:
+        plan = query_plan(sessions, text, params)
+        assert "ix_allocations_active_key" not in plan, (text, plan)
 
 
 def test_a_change_is_found_through_indexes_not_by_reading_every_record(
@@ -209,36 +234,14 @@ def test_a_change_is_found_through_indexes_not_by_reading_every_record(
     """The change stamp's ``max(updated_at)`` and ``max(released_at)`` and the incremental
     compile's ``updated_at > mark OR id > mark`` are index reads (SQLite's plan), not scans of
     every record and allocation: the long-poll runs them on every commit, at 10,000 Services."""
-    engine = sessions.kw["bind"]
-    if engine.dialect.name != "sqlite":
-        pytest.skip("the plan checked is SQLite's")
-    make_pool(sessions, "127.28.0.1-127.28.0.60")
-    set_node(sessions, "node-a", "127.0.0.2")
-    cache = StateCache(SETTINGS)
-    for i in range(5):
-        add_service(sessions, service_data(f"s{i}", [(80, 30000 + i)]))
-    assert_same(sessions, cache)
-    seen: list[tuple[str, Any]] = []
-
-    def statement(conn: Any, cursor: Any, text: str, params: Any, *rest: Any) -> None:
-        if "service_records" in text and "updated_at" in text:
-            seen.append((text, params))
-
+    cache = sqlite_cache(sessions, 5)
     remove_service(sessions, "s1")  # a release: released_at moves
     add_service(sessions, service_data("s2", [(80, 31002)]))  # an update: updated_at moves
-    cache._compiler._reconciled = time.monotonic()  # no reconciliation due
-    event.listen(engine, "before_cursor_execute", statement)
-    try:
-        with transaction(sessions) as s:
-            cache.compiled(s)
-    finally:
-        event.remove(engine, "before_cursor_execute", statement)
+    seen = refresh_statements(
+        sessions, cache, lambda text: "service_records" in text and "updated_at" in text
+    )
     assert_same(sessions, cache)
-    plans = {}
-    with engine.connect() as conn:
-        for text, params in seen:
-            rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {text}", params)
-            plans[text] = " | ".join(row[3] for row in rows)
+    plans = {text: query_plan(sessions, text, params) for text, params in seen}
     stamp = [p for t, p in plans.items() if "max(service_records.updated_at)" in t]
     since = [p for t, p in plans.items() if "service_records.updated_at >" in t]
     assert stamp and since, plans
