@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from lbprovider.agent.announcing import AnnounceDriver
+from lbprovider.agent.checkbook import CHECK_PENDING, CheckBook
 from lbprovider.agent.checks import check_targets
 from lbprovider.agent.client import ApiUnavailable, FleetApi
 from lbprovider.agent.report import observe
@@ -64,7 +65,7 @@ V = TypeVar("V")
 STATE_FILE = "desired-state.json"
 MAX_BACKOFF = 60.0
 CHECK_BATCH = 256  # serving checks per round: a bulk change must not hold up the next one
-CHECK_PENDING = "serving check pending"
+__all__ = ["CHECK_PENDING", "Agent", "AgentConfig", "Progress"]
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,7 @@ class Progress:
     desired: FleetState | None = None
     applied: FleetState | None = None
     applied_routes: dict[str, str] = field(default_factory=dict)
-    route_errors: dict[str, str] = field(default_factory=dict)
-    checked: dict[str, str] = field(default_factory=dict)  # route_id -> digest checked OK
+    checks: CheckBook = field(default_factory=CheckBook)  # serving checks, route errors
     errors: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
     # what the API holds of the last report it took (None: unknown, the next report is whole)
@@ -196,11 +196,8 @@ class Agent:
         self.translate = Translator()
         self.check_batch = CHECK_BATCH
         self._checks_left = False  # applied routes still waiting for their serving check
-        self._refused: dict[str, str] = {}  # the applied state's refused routes
-        self._checking: FleetState | None = None  # the applied state the checks are for
-        self._digests: dict[str, str] = {}  # route_id -> digest of its routes
-        # guards checked/route_errors/_digests: the main loop marks what an apply brought in,
-        # the reporter thread runs the checks and takes their verdicts
+        # guards progress.checks: the main loop marks what an apply brought in, the reporter
+        # thread runs the checks and takes their verdicts
         self._checks_lock = threading.Lock()
         self._unsaved: FleetState | None = None  # applied, not yet kept on disk (reporter's)
         self._vips: tuple[FleetState, frozenset[str]] | None = None  # the last _wanted_vips
@@ -413,7 +410,10 @@ class Agent:
             # marked before the reporter can see them applied: never reported served unchecked
             digests = self._mark_unchecked(state, translated.refused)
             p.applied = state
-            p.applied_routes = {k: d for k, d in digests.items() if k not in translated.refused}
+            refused = translated.refused
+            p.applied_routes = (
+                {k: d for k, d in digests.items() if k not in refused} if refused else digests
+            )
             with self._save_lock:
                 self._unsaved = state  # kept on disk by the reporter, after its report
             self._next_apply = time.monotonic() + (self.config.retry_seconds if p.pending else 0)
@@ -429,7 +429,7 @@ class Agent:
                 if p.applied_routes.get(r.route_id) != r.digest()
             } | dict(translated.refused)
             with self._checks_lock:
-                p.route_errors = errors
+                p.checks.failed(errors)
         p.errors += self.announce.errors
         self._report_soon()
         level = logging.WARNING if p.errors else logging.INFO
@@ -473,17 +473,10 @@ class Agent:
         """After an apply: every new, changed or failing route of ``state`` waits for its
         serving check (the reporter runs them, see :meth:`_check_round`): until checked it
         reports :data:`CHECK_PENDING` (or its last failure) as its error, never served
-        unchecked. Returns the digest of every route of ``state`` (route_id -> digest)."""
-        p = self.progress
-        digests = {r.route_id: r.digest() for r in state.routes}
+        unchecked. Returns the digest of every route of ``state`` (route_id -> digest).
+        Costs what changed since the last state marked (see ``agent.checkbook``)."""
         with self._checks_lock:
-            self._checking, self._digests, self._refused = state, digests, refused
-            p.checked = {k: d for k, d in p.checked.items() if digests.get(k) == d}
-            errors = {k: v for k, v in p.route_errors.items() if k in digests}
-            for route_id, digest in digests.items():
-                if route_id not in refused and p.checked.get(route_id) != digest:
-                    errors.setdefault(route_id, CHECK_PENDING)
-            p.route_errors = {k: v for k, v in errors.items() if k not in p.checked} | refused
+            digests = self.progress.checks.mark(state, refused)
             self._checks_left = True
         return digests
 
@@ -492,30 +485,16 @@ class Agent:
         applied routes not checked at their digest (new, changed or failing), then keep the
         verdicts of those the applied state still holds at that digest (an apply meanwhile may
         have changed or dropped them; those wait for the next round)."""
-        p = self.progress
+        book = self.progress.checks
         with self._checks_lock:
-            state, refused, digests = self._checking, self._refused, self._digests
-            if state is None:
-                self._checks_left = False
-                return
-            todo = [
-                (r.route_id, r.address, r.port, digests[r.route_id])
-                for r in state.routes
-                if r.route_id not in refused and p.checked.get(r.route_id) != digests[r.route_id]
-            ]
-            todo, later = todo[: self.check_batch], todo[self.check_batch :]
-            self._checks_left = bool(later)
+            todo, more = book.todo(self.check_batch)
+            self._checks_left = more
+        if not todo:
+            return
         verdicts = check_targets([t[:3] for t in todo], self.config.check_timeout_seconds)
         with self._checks_lock:
-            for route_id, _, _, digest in todo:
-                error = verdicts.get(route_id, "not checked")
-                if self._digests.get(route_id) != digest:
-                    self._checks_left = True  # changed meanwhile: checked again
-                elif error:
-                    p.route_errors[route_id] = error
-                else:
-                    p.checked[route_id] = digest
-                    p.route_errors.pop(route_id, None)
+            if book.take(todo, verdicts):
+                self._checks_left = True
 
     def _resync(self) -> None:
         """Every ``heartbeat_seconds`` since the last full diff, re-apply the applied state
@@ -532,7 +511,7 @@ class Agent:
                 vip_errors = self.vips.sync(set(p.applied.vips))
                 self._record(p.applied, translated, result, vip_errors)
                 return
-        if p.route_errors:  # the failing ones are checked again (by the reporter)
+        if p.checks.errors:  # the failing ones are checked again (by the reporter)
             with self._checks_lock:
                 self._checks_left = True
             self._report_now.set()
@@ -626,7 +605,7 @@ class Agent:
 
     def _route_errors(self) -> dict[str, str]:
         with self._checks_lock:
-            return dict(self.progress.route_errors)
+            return dict(self.progress.checks.errors)
 
     def _route_backends(self, by_key: dict[str, str]) -> dict[str, str]:
         """route_id -> HAProxy backend, for the applied routes HAProxy has in its map."""

@@ -128,7 +128,7 @@ def test_serving_checks_go_in_rounds_and_nothing_is_served_unchecked(
     fleet.agents.append((agent, thread))
     wait_until(lambda: all(try_get(ip, port) for ip in ips), what="all answer")
     wait_until(lambda: all(serving(fleet, f"s{i}")[0] for i in range(4)), what="all served")
-    assert not agent.progress.route_errors and len(agent.progress.checked) == 4
+    assert not agent.progress.checks.errors and len(agent.progress.checks.checked) == 4
     pending = [s for s in sent if CHECK_PENDING in (s.route_errors or {}).values()]
     assert pending, "no report showed a route waiting for its check"
     # a route reported applied but pending is not Serving: its error holds it back
@@ -157,7 +157,7 @@ def test_a_serving_check_does_not_hold_up_the_next_change(
     # the checks themselves still happen, and Serving waits for them
     assert not serving(fleet, "second")[0]
     wait_until(lambda: serving(fleet, "first")[0] and serving(fleet, "second")[0], timeout=20)
-    assert set(agent.progress.checked) >= {
+    assert set(agent.progress.checks.checked) >= {
         r for r in agent.progress.applied_routes if first in r or second in r
     }
 
