@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -59,6 +60,9 @@ from lbprovider.haproxy.runtime import CommandFailed, HAProxyError, RuntimeClien
 logger = logging.getLogger(__name__)
 
 SWAP_THRESHOLD = 200  # more route changes than this: replace the map atomically
+# routes.map of route-only changes is written at most this often (seconds): a burst of changes
+# writes the last map once, instead of rendering and fsyncing every route for each change
+ROUTE_MAP_WRITE_GAP = 0.5
 
 
 @dataclass
@@ -403,6 +407,9 @@ class Applier:
         self._behind = False  # the last write of this thread's own failed
         self._writer: threading.Thread | None = None
         self._closed = False
+        self._hurry = 0  # flush() calls waiting: the writer writes at once
+        self._written_at = float("-inf")  # monotonic time of the writer's last write
+        self.write_gap = ROUTE_MAP_WRITE_GAP
 
     def close(self) -> None:
         """Write the route map still waiting, then close the runtime connection (the process
@@ -416,10 +423,16 @@ class Applier:
         self.client.close()
 
     def flush(self) -> None:
-        """Return once no route map waits to be written or is being written."""
+        """Return once no route map waits to be written or is being written (the one
+        waiting is written at once, not after the writer's gap)."""
         with self._files:
-            while self._waiting is not None or self._writing:
-                self._files.wait()
+            self._hurry += 1
+            self._files.notify_all()
+            try:
+                while self._waiting is not None or self._writing:
+                    self._files.wait()
+            finally:
+                self._hurry -= 1
 
     def apply(self, desired: DesiredState, *, live: bool = True) -> ApplyResult:
         """Converge HAProxy to ``desired``; never raises for a HAProxy-side failure.
@@ -508,13 +521,23 @@ class Applier:
 
     def _write_maps(self) -> None:
         """The writer thread: write each route map handed over (of several, the latest; none
-        that a newer write superseded)."""
+        that a newer write superseded), at most once per ``write_gap`` seconds unless a
+        :meth:`flush` waits. A reload or whole apply in between writes every file itself
+        (``_writing_files`` supersedes what waits), and an agent restarted meanwhile diffs
+        against HAProxy's live maps, so a file up to ``write_gap`` behind loses nothing."""
         while True:
             with self._files:
                 while self._waiting is None and not self._closed:
                     self._files.wait()
+                while self._waiting is not None and not self._closed and not self._hurry:
+                    left = self._written_at + self.write_gap - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._files.wait(left)  # newer maps replace the waiting one meanwhile
                 if self._waiting is None:
-                    return
+                    if self._closed:
+                        return
+                    continue  # superseded by a write of the applier's own
                 (generation, layout), self._waiting = self._waiting, None
                 self._writing = True
             try:
@@ -531,6 +554,7 @@ class Applier:
             finally:
                 with self._files:
                     self._writing = False
+                    self._written_at = time.monotonic()
                     self._files.notify_all()
 
     @contextmanager

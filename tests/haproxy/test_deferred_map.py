@@ -99,3 +99,44 @@ def test_the_map_file_follows_every_route_change_and_a_failed_write_is_reported(
     assert map_keys(run) == live_keys(run) == {f"{vip(i)}:{port}" for i in range(8)}
     result = lab.applier.apply(lab.state(routes), live=False)
     assert result.applied and result.errors == []
+
+
+def test_a_burst_of_route_changes_writes_the_map_file_once_per_gap(
+    lab_factory: Any, backends: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten route changes in a row within the writer's gap: served at once each, the file
+    written for the first and then once for the last (at 10,000 routes each write renders and
+    fsyncs every route beside the next change), and ``flush`` does not wait out the gap."""
+    port, np = free_port(), backends.node_port()
+    routes = [route(0, port, np)]
+    lab = lab_factory(routes)
+    run = lab.settings.run_dir
+    assert lab.applier.apply(lab.state(routes)).applied
+    lab.applier.flush()
+    lab.applier.write_gap = 0.3
+    real = apply_module.write_atomic
+    written: list[set[str]] = []
+
+    def recording(path: Path, text: str) -> None:
+        real(path, text)
+        written.append(map_keys(run))
+
+    monkeypatch.setattr(apply_module, "write_atomic", recording)  # the writer thread's
+    for i in range(1, 11):
+        routes.append(route(i, port, np))
+        assert lab.applier.apply(lab.state(routes), live=False).applied
+        assert get(vip(i), port).endswith(f":{np}")  # served before any write
+    want = {f"{vip(i)}:{port}" for i in range(11)}
+    deadline = time.monotonic() + 5
+    while (not written or written[-1] != want) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert written[-1] == want == live_keys(run)
+    assert len(written) <= 3, [len(w) for w in written]  # on main: one write per change
+
+    lab.applier.write_gap = 30.0  # flush writes what waits at once
+    routes.append(route(11, port, np))
+    assert lab.applier.apply(lab.state(routes), live=False).applied
+    started = time.monotonic()
+    lab.applier.flush()
+    assert time.monotonic() - started < 5
+    assert map_keys(run) == live_keys(run) == want | {f"{vip(11)}:{port}"}
