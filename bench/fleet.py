@@ -26,7 +26,8 @@ Run: PYTHONPATH=. .venv/bin/python bench/fleet.py            (all parts, about 5
      PYTHONPATH=. .venv/bin/python bench/fleet.py --parts p3,p7   (P3/P7 only, no wrk)
 Options: --services N (the large fleet, 10000), --samples N (per P3 figure, 30), --budget S
 (seconds before it gives up and cleans up, 540), --step S (seconds between two tries of a new
-VIP, 0.005), --layout processes|in-process, --profile DIR (py-spy), --timeline (the API and agent
+VIP, 0.005), --pause S (P3: seconds after an answer before the next creation, 0), --layout
+processes|in-process, --profile DIR (py-spy), --timeline (the API and agent
 traced by bench/trace/sitecustomize.py; per P3 figure, when each stage of a creation happened after
 its commit; BENCH_TRACE_KEEP=FILE keeps the raw trace).
 Everything it starts (API and agent processes or threads, the agent's HAProxy master, the
@@ -107,6 +108,7 @@ POOL_NAME = "lab"
 NODES = {"node-1": NODE_ADDRESSES[0], "node-2": NODE_ADDRESSES[1]}
 DEADLINE = float("inf")  # monotonic time after which every wait gives up (set by --budget)
 STEP = 0.005  # seconds between two tries of a new VIP (set by --step)
+PAUSE = 0.0  # P3: seconds between a VIP answering and the next creation (set by --pause)
 COMMITS: dict[str, list[float]] = {}  # seconds of each timed creation's transaction, by prefix
 # (prefix, start, committed, answered) of each timed creation, monotonic (for --timeline)
 CREATIONS: list[tuple[str, float, float, float]] = []
@@ -519,6 +521,9 @@ def create_latency(
 ) -> tuple[list[float], int]:
     """Create one Service at a time through the normal path; seconds until its VIP answers.
     A Service that does not answer within ``timeout`` counts as a failure (and is reported).
+    After each answer it waits :data:`PAUSE` seconds before the next creation (0: back to
+    back, each creation landing in the previous one's aftermath: the agent's bookkeeping and
+    report, the API's handling of it).
     The creations' own transactions (the wait for SQLite's write lock included) are kept in
     :data:`COMMITS` under ``prefix``."""
     out, failed = [], 0
@@ -542,6 +547,8 @@ def create_latency(
         answered = time.monotonic()
         CREATIONS.append((prefix, start, committed, answered))
         out.append(answered - start)
+        if PAUSE:
+            time.sleep(PAUSE)
     return out, failed
 
 
@@ -589,7 +596,7 @@ def load() -> str:
 
 
 def main() -> None:
-    global DEADLINE, STEP
+    global DEADLINE, PAUSE, STEP
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", default="p2,p3,p4,p7", help="comma list of p2,p3,p4,p7")
     parser.add_argument("--services", type=int, default=10_000)
@@ -604,6 +611,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--step", type=float, default=STEP, help="seconds between two tries of a new VIP"
+    )
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        help="P3: seconds between a VIP answering and the next creation (default 0: back to "
+        "back; e.g. 0.5 lets the previous creation's report finish first, at 10 as at 10,000)",
     )
     parser.add_argument(
         "--profile",
@@ -622,6 +636,7 @@ def main() -> None:
     started = time.monotonic()
     DEADLINE = started + args.budget
     STEP = args.step
+    PAUSE = args.pause
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
