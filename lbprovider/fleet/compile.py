@@ -513,7 +513,9 @@ class StateCache:
                     return self._compiled
             compiled = self._compiler.refresh(own, fresh)
             with self._lock:
-                self._stamp, self._compiled, self._states = fresh, compiled, {}
+                if compiled is not self._compiled:  # the same one: nothing it holds changed
+                    self._compiled, self._states = compiled, {}
+                self._stamp = fresh
                 self._note_seen(seen)
             return compiled
 

@@ -101,6 +101,10 @@ class IncrementalCompiler:
         self._released: Any = None
         self._node_stamp: Any = None
         self._reconciled = float("-inf")
+        # the last Compiled, handed out again while nothing it holds changed (a record whose
+        # serving flag or condition alone was written): the states built from it stay cached
+        self._last: Compiled | None = None
+        self._dirty = True
         self.full_loads = 0  # for tests and profiling: how often everything was read
 
     # -- refresh -----------------------------------------------------------------------------
@@ -125,6 +129,7 @@ class IncrementalCompiler:
         if nodes != self._node_stamp:
             self._nodes = _nodes(session)
             self._node_stamp = nodes
+            self._dirty = True
         return self._compiled()
 
     def _reconcile_due(self) -> bool:
@@ -332,6 +337,7 @@ class IncrementalCompiler:
         self._unlink(key, self._entries.pop(key, None))
 
     def _link(self, key: ServiceKey, entry: _Entry) -> None:
+        self._dirty = True
         name = f"{key[0]}/{key[1]}"
         if entry.routes is None:
             self._problems[name] = entry.problem
@@ -347,6 +353,7 @@ class IncrementalCompiler:
             insort(self._sorted, route, key=_position)
 
     def _unlink(self, key: ServiceKey, entry: _Entry | None) -> None:
+        self._dirty = True
         name = f"{key[0]}/{key[1]}"
         for part in (self._by_service, self._problems, self._no_routes):
             part.pop(name, None)
@@ -364,13 +371,15 @@ class IncrementalCompiler:
     # -- the result --------------------------------------------------------------------------
 
     def _compiled(self) -> Compiled:
+        if not self._dirty and self._last is not None:
+            return self._last
         by_service, problems = dict(self._by_service), dict(self._problems)
         bad = {svc for key in self._clashes for svc in self._owners.get(key, ())}
         for svc in bad:  # two Services on one VIP:port (a corrupt record): serve neither
             by_service.pop(svc, None)
             problems[svc] = CLASH
         routes = [r for r in self._sorted if r.service not in bad] if bad else self._sorted
-        return Compiled(
+        self._last = Compiled(
             routes=tuple(routes),
             nodes=self._nodes,
             health_check=health_check_of(self.settings),
@@ -378,6 +387,8 @@ class IncrementalCompiler:
             problems=problems,
             no_routes=dict(self._no_routes),
         )
+        self._dirty = False
+        return self._last
 
 
 def _services_in(table: type[ServiceRecord] | type[Allocation], keys: list[ServiceKey]) -> Any:

@@ -17,6 +17,7 @@ from lbprovider.db.session import transaction
 from lbprovider.db.types import utcnow
 from lbprovider.fleet.compile import Compiled, StateCache, compile_fleet
 from lbprovider.fleet.models import FleetDelta, FleetState
+from lbprovider.services.fleet import set_serving
 
 from .helpers import add_service, make_pool, remove_service, service_data, set_node
 
@@ -250,3 +251,32 @@ def test_a_change_is_found_through_indexes_not_by_reading_every_record(
         assert "COVERING INDEX ix_allocations_released_at" in plan, plan
     for plan in since:
         assert "MULTI-INDEX OR" in plan and "ix_service_records_updated_at" in plan, plan
+
+
+def test_a_serving_only_write_keeps_the_compilation_and_the_hosts_states(
+    sessions: sessionmaker[Session],
+) -> None:
+    """A report's ``serving`` write stamps the records it changes (the change stamp moves) but
+    changes nothing the fleet compiles: the long-poll gets the same Compiled and the same
+    host state back, not a new compilation and a new 10,000-route state of the same version
+    (which had cost the API a state build per report, beside the next change). A real change
+    after it still makes new ones."""
+    make_pool(sessions, "127.28.0.1-127.28.0.60")
+    set_node(sessions, "node-a", "127.0.0.2")
+    cache = StateCache(SETTINGS)
+    for i in range(5):
+        add_service(sessions, service_data(f"s{i}", [(80, 30000 + i)]))
+    with transaction(sessions) as s:
+        compiled, state = cache.compiled(s), cache.state(s, "edge-1")
+    cache._compiler._reconciled = time.monotonic()  # no reconciliation due
+    with transaction(sessions) as s:
+        assert set_serving(session=s, states={"shop/s1": (True, "served by edge-1")}) == 1
+    with transaction(sessions) as s:
+        assert cache.refresh(s) is compiled  # on main: a new Compiled
+        assert cache.state(s, "edge-1") is state  # on main: built again, same version
+    add_service(sessions, service_data("s9", [(80, 30009)]))
+    with transaction(sessions) as s:
+        assert cache.refresh(s) is not compiled
+        now = cache.state(s, "edge-1")
+    assert now.version != state.version and "shop/s9" in {r.service for r in now.routes}
+    assert_same(sessions, cache)
