@@ -114,7 +114,11 @@ def state_answer(
     return FleetDelta.between(base, state).model_dump_json().encode(), headers
 
 
-PREPARE_TRIES = 3  # prepared reports the write transaction found outdated before the fallback
+# prepared reports the write transaction may find outdated before the fallback. Creations
+# during a burst commit every ~60 ms while a prepare takes ~40 ms at 10,000 Services: with 3
+# tries most reports of a burst ended in the fallback, which prepares under SQLite's write lock
+# and held the next creation's commit up to 90-140 ms; with 8, 30-40 ms (bench/RESULTS.md).
+PREPARE_TRIES = 8
 
 
 def accept_status(

@@ -482,6 +482,35 @@ def test_a_change_between_prepare_and_write_is_prepared_again(
     }
 
 
+def test_a_report_beside_a_burst_of_creations_is_not_done_under_the_write_lock(
+    proto: Proto, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Five Services created, one after each of a report's first five prepares (a burst: at
+    10,000 Services a prepare takes about as long as the gap between two creations): the
+    sixth prepare holds and is written; the report never falls back to preparing inside the
+    write transaction, where it held the next creation's commit (with 3 tries it did)."""
+    caplog.set_level(logging.INFO, logger=protocol.__name__)
+    add_service(proto.sessions, service_data("web", [(80, 30080)]))
+    route = FleetState.model_validate(proto.state().json()).routes[0]
+    proto.report(HostStatus(applied_routes={}, report_id="r0"))  # registers the host
+    prepared = protocol._prepare
+    calls: list[int] = []
+
+    def racing(*args: Any, **kwargs: Any) -> Any:
+        out = prepared(*args, **kwargs)
+        calls.append(1)
+        if len(calls) <= 5:
+            add_service(proto.sessions, service_data(f"burst{len(calls)}", [(81, 30080)]))
+        return out
+
+    monkeypatch.setattr(protocol, "_prepare", racing)
+    proto.report(HostStatus(applied_routes={route.route_id: route.digest()}, report_id="r1"))
+    assert len(calls) == 6
+    assert not [r for r in caplog.records if getattr(r, "event", "") == "host_status_whole"]
+    assert _serving_of(proto)["web"] == (True, "served by 1 fleet host")
+    assert _stored(proto)["report_id"] == "r1"
+
+
 def test_a_report_outdated_at_every_try_is_done_whole_in_one_transaction(
     proto: Proto, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
