@@ -202,7 +202,13 @@ def _prepare(
     views = [v for v in before if v.name != host]
     if mine.enabled:
         views = sorted([*views, view_of(host, status)], key=lambda v: v.name)
-    states, only, done = _serving_plan(basis, compiled, host, before, views, known=known)
+    # a delta merged onto the stored sections changed the applied digests of its ids only
+    hint = (
+        {*(report.applied_routes or ()), *report.gone_routes} if taken and row.base_report else None
+    )
+    states, only, done = _serving_plan(
+        basis, compiled, host, before, views, known=known, applied_changed=hint
+    )
     updates = serving_updates(session=session, states=states, only_listed=only)
     return _Prepared(
         stamp=stamp,
@@ -345,6 +351,7 @@ def _serving_plan(
     after: list[HostView],
     *,
     known: bool,
+    applied_changed: set[str] | None = None,
 ) -> tuple[dict[str, tuple[bool, str]], bool, ServingBasis]:
     """The ``serving`` of every Service ``compiled`` and the hosts' views ``after`` this
     report make it (to write where it differs), whether they are only those listed (read only
@@ -352,7 +359,8 @@ def _serving_plan(
 
     ``known``: every host's stored status was as this API stored it (else some other writer
     changed a host's report, and every Service is recomputed). ``basis``: what this API last
-    wrote serving from (committed).
+    wrote serving from (committed). ``applied_changed``: the route ids whose applied digest on
+    ``host`` this report may have changed (a delta's), see :func:`touched_services`.
 
     Only the Services this report can have changed are recomputed (and only their records
     read) when this API last wrote serving (committed) for the same live hosts less than
@@ -372,7 +380,9 @@ def _serving_plan(
     ):
         old = next((v for v in before if v.name == host), None)
         new = next((v for v in after if v.name == host), None)
-        touched = touched_services(basis.compiled, compiled, old, new)
+        touched = touched_services(
+            basis.compiled, compiled, old, new, applied_changed=applied_changed
+        )
         if len(touched) > SERVING_FULL_ABOVE:
             touched = None
     if touched is None:

@@ -87,18 +87,27 @@ def serving_states(
 
 
 def touched_services(
-    before: Compiled, after: Compiled, old: HostView | None, new: HostView | None
+    before: Compiled,
+    after: Compiled,
+    old: HostView | None,
+    new: HostView | None,
+    *,
+    applied_changed: Collection[str] | None = None,
 ) -> set[str]:
     """The Services whose serving may differ between (``before``, a host's view ``old``) and
     (``after``, its view ``new``), every other host's view unchanged: those compiled otherwise,
-    and those with a route whose applied digest or error on that host changed."""
+    and those with a route whose applied digest or error on that host changed.
+
+    ``applied_changed``: the route ids whose applied digest may differ between the views (a
+    superset will do: a delta report's upserted and gone ids), so the two applied maps of every
+    route are not compared; None compares them."""
     out = {
         key
         for part in ("by_service", "problems", "no_routes")
         for key in _differing(getattr(before, part), getattr(after, part))
     }
-    routes: set[str] = set()
-    for section in ("applied", "errors"):
+    routes: set[str] = set(applied_changed or ())
+    for section in ("applied", "errors") if applied_changed is None else ("errors",):
         was = getattr(old, section) if old is not None else {}
         now = getattr(new, section) if new is not None else {}
         routes |= _differing(was, now)

@@ -85,3 +85,40 @@ def test_a_report_touches_the_services_of_its_changed_routes_without_walking_eve
     assert got == want
     assert {"shop/two", "shop/new", "shop/v6", "shop/s9", "shop/s5"} <= got
     assert not {"shop/ghost", "shop/s7", "shop/s1"} & got
+
+
+class Unread(dict):  # type: ignore[type-arg]
+    """An applied map that refuses to be walked or compared whole."""
+
+    def __iter__(self) -> Iterator[Any]:
+        raise AssertionError("every applied digest was walked")
+
+    def items(self) -> Any:
+        raise AssertionError("every applied digest was walked")
+
+    def keys(self) -> Any:
+        raise AssertionError("every applied digest was walked")
+
+
+def test_a_delta_reports_ids_stand_for_comparing_every_applied_digest() -> None:
+    """With the ids a delta report upserted and dropped (``applied_changed``), the two views'
+    applied maps (10,000 routes each at scale) are not compared: the same Services as the
+    comparison, also when the ids are a superset (an upsert of an unchanged digest)."""
+    fleet = {f"shop/s{i}": [(f"127.30.{i // 250}.{i % 250 + 1}", 80)] for i in range(500)}
+    before = after = compiled(fleet, walkable=True)
+    applied = {f"shop/s{i}/127.30.{i // 250}.{i % 250 + 1}:80": "a" for i in range(500)}
+    now = dict(applied) | {"shop/s3/127.30.0.4:80": "b"}  # changed
+    del now["shop/s7/127.30.0.8:80"]  # gone
+    old = HostView("edge-1", applied, {"shop/s9/127.30.0.10:80": "check pending"})
+    new = HostView("edge-1", now, {})
+    want = touched_services(before, after, old, new)
+    assert want == {"shop/s3", "shop/s7", "shop/s9"}
+    hint = {"shop/s3/127.30.0.4:80", "shop/s7/127.30.0.8:80", "shop/s1/127.30.0.2:80"}
+    fast = touched_services(
+        before,
+        after,
+        HostView("edge-1", Unread(applied), old.errors),
+        HostView("edge-1", Unread(now), new.errors),
+        applied_changed=hint,
+    )
+    assert fast == want | {"shop/s1"}  # the superset's unchanged one: recomputed, harmless
