@@ -22,7 +22,14 @@ from lbprovider.db.session import READ_ONLY, read_only_engine, transaction
 from lbprovider.db.types import utcnow
 from lbprovider.fleet import protocol
 from lbprovider.fleet.compile import compile_fleet
-from lbprovider.fleet.models import FleetDelta, FleetState, HostStatus, RouteCounters, StatusAck
+from lbprovider.fleet.models import (
+    FleetDelta,
+    FleetState,
+    HostStatus,
+    RouteCounters,
+    RouteSpec,
+    StatusAck,
+)
 from lbprovider.fleet.serving import live_hosts, serving_states
 from lbprovider.services.fleet import fleet_hosts, host_stamps, status_text
 from tests.api.conftest import LiveServer, api_settings, make_token
@@ -456,9 +463,12 @@ def test_a_report_writes_in_a_short_transaction_prepared_before_it(
     assert _stored(proto)["route_errors"] == {routes[0].route_id: "connection refused"}
 
 
-def test_a_change_between_prepare_and_write_is_prepared_again(
-    proto: Proto, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def creations_between_prepares(
+    proto: Proto, monkeypatch: pytest.MonkeyPatch, count: int
+) -> tuple[RouteSpec, list[int]]:
+    """A Service "web" and its registered host; then, once installed, a Service created
+    (port 81) after each of the next ``count`` report prepares, before their write. Returns
+    web's route and the list the prepares are counted in."""
     add_service(proto.sessions, service_data("web", [(80, 30080)]))
     route = FleetState.model_validate(proto.state().json()).routes[0]
     proto.report(HostStatus(applied_routes={}, report_id="r0"))  # registers the host
@@ -468,17 +478,24 @@ def test_a_change_between_prepare_and_write_is_prepared_again(
     def racing(*args: Any, **kwargs: Any) -> Any:
         out = prepared(*args, **kwargs)
         calls.append(1)
-        if len(calls) == 1:  # a Service created after the first prepare, before its write
-            add_service(proto.sessions, service_data("late", [(81, 30080)]))
+        if len(calls) <= count:
+            add_service(proto.sessions, service_data(f"late{len(calls)}", [(81, 30080)]))
         return out
 
     monkeypatch.setattr(protocol, "_prepare", racing)
+    return route, calls
+
+
+def test_a_change_between_prepare_and_write_is_prepared_again(
+    proto: Proto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    route, calls = creations_between_prepares(proto, monkeypatch, 1)
     proto.report(HostStatus(applied_routes={route.route_id: route.digest()}, report_id="r1"))
     assert len(calls) == 2
     late = next(r for r in FleetState.model_validate(proto.state().json()).routes if r.port == 81)
     assert _serving_of(proto) == {
         "web": (True, "served by 1 fleet host"),
-        "late": (False, f"fleet host edge-1 has not applied {late.key} yet"),
+        "late1": (False, f"fleet host edge-1 has not applied {late.key} yet"),
     }
 
 
@@ -490,20 +507,7 @@ def test_a_report_beside_a_burst_of_creations_is_not_done_under_the_write_lock(
     sixth prepare holds and is written; the report never falls back to preparing inside the
     write transaction, where it held the next creation's commit (with 3 tries it did)."""
     caplog.set_level(logging.INFO, logger=protocol.__name__)
-    add_service(proto.sessions, service_data("web", [(80, 30080)]))
-    route = FleetState.model_validate(proto.state().json()).routes[0]
-    proto.report(HostStatus(applied_routes={}, report_id="r0"))  # registers the host
-    prepared = protocol._prepare
-    calls: list[int] = []
-
-    def racing(*args: Any, **kwargs: Any) -> Any:
-        out = prepared(*args, **kwargs)
-        calls.append(1)
-        if len(calls) <= 5:
-            add_service(proto.sessions, service_data(f"burst{len(calls)}", [(81, 30080)]))
-        return out
-
-    monkeypatch.setattr(protocol, "_prepare", racing)
+    route, calls = creations_between_prepares(proto, monkeypatch, 5)
     proto.report(HostStatus(applied_routes={route.route_id: route.digest()}, report_id="r1"))
     assert len(calls) == 6
     assert not [r for r in caplog.records if getattr(r, "event", "") == "host_status_whole"]
