@@ -35,37 +35,38 @@ class CheckBook:
     def __init__(self) -> None:
         self.checked: dict[str, str] = {}  # route_id -> digest checked OK
         self.errors: dict[str, str] = {}  # route_id -> the error reported for it
-        self.state: FleetState | None = None  # the applied state the checks are for
-        self.digests: dict[str, str] = {}  # route_id -> digest, of ``state``'s routes
-        self.refused: dict[str, str] = {}  # ``state``'s refused routes
-        self._ids: dict[int, RouteSpec] = {}  # id -> route of ``state`` (kept: ids stay valid)
+        self.digests: dict[str, str] = {}  # route_id -> digest, of the state marked
+        self.refused: dict[str, str] = {}  # its refused routes
+        self._ids: dict[int, RouteSpec] = {}  # id -> route of the state marked (ids stay valid)
         self._waiting: dict[str, RouteSpec] = {}  # not checked at its digest, not refused
-        self._exact = False  # ``errors`` is what marks and verdicts made of it
+        self._exact = False  # a state was marked and ``errors`` is what marks and verdicts made
 
     @property
     def waiting(self) -> int:
-        """Routes of the applied state not yet checked OK at their digest."""
+        """Routes of the state marked not yet checked OK at their digest."""
         return len(self._waiting)
 
-    def mark(self, state: FleetState, refused: Mapping[str, str]) -> dict[str, str]:
+    def mark(
+        self,
+        state: FleetState,
+        refused: Mapping[str, str],
+        specs: dict[int, RouteSpec] | None = None,
+    ) -> dict[str, str]:
         """``state`` was applied (``refused``: its routes left out): its new, changed and
         failing routes wait for a check. Returns the digest of every route of ``state``
-        (route_id -> digest; not changed afterwards, so it may be shared)."""
-        ids = dict(zip(map(id, state.routes), state.routes, strict=True))
-        if (
-            self._exact
-            and self.state is not None
-            and not refused
-            and not self.refused
-            and len(ids) == len(state.routes)
-        ):
+        (route_id -> digest; not changed afterwards, so it may be shared). ``specs``: id ->
+        route of ``state``'s routes when already made (the translation's), else made here."""
+        ids = specs
+        if ids is None:
+            ids = dict(zip(map(id, state.routes), state.routes, strict=True))
+        if self._exact and not refused and not self.refused and len(ids) == len(state.routes):
             self._mark_change(
                 [ids[i] for i in ids.keys() - self._ids.keys()],
                 [self._ids[i] for i in self._ids.keys() - ids.keys()],
             )
         else:
             self._mark_whole(state, refused)
-        self.state, self.refused, self._ids, self._exact = state, dict(refused), ids, True
+        self.refused, self._ids, self._exact = dict(refused), ids, True
         return self.digests
 
     def _mark_whole(self, state: FleetState, refused: Mapping[str, str]) -> None:

@@ -408,7 +408,7 @@ class Agent:
         if result.applied:
             self._failures = 0
             # marked before the reporter can see them applied: never reported served unchecked
-            digests = self._mark_unchecked(state, translated.refused)
+            digests = self._mark_unchecked(state, translated)
             p.applied = state
             refused = translated.refused
             p.applied_routes = (
@@ -469,14 +469,14 @@ class Agent:
         except HAProxyError:
             return False
 
-    def _mark_unchecked(self, state: FleetState, refused: dict[str, str]) -> dict[str, str]:
+    def _mark_unchecked(self, state: FleetState, translated: Translated) -> dict[str, str]:
         """After an apply: every new, changed or failing route of ``state`` waits for its
         serving check (the reporter runs them, see :meth:`_check_round`): until checked it
         reports :data:`CHECK_PENDING` (or its last failure) as its error, never served
         unchecked. Returns the digest of every route of ``state`` (route_id -> digest).
         Costs what changed since the last state marked (see ``agent.checkbook``)."""
         with self._checks_lock:
-            digests = self.progress.checks.mark(state, refused)
+            digests = self.progress.checks.mark(state, translated.refused, translated.specs)
             self._checks_left = True
         return digests
 

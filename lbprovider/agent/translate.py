@@ -36,6 +36,9 @@ class Translated:
     desired: DesiredState
     refused: dict[str, str] = field(default_factory=dict)  # route_id -> reason
     problems: list[str] = field(default_factory=list)  # nodes, health check
+    # id(spec) -> spec of the state's routes, when a Translator made it (its own map, shared:
+    # not to be changed)
+    specs: dict[int, RouteSpec] | None = None
 
 
 class Translator:
@@ -56,6 +59,7 @@ class Translator:
         translated = self._delta(state, specs)
         if translated is None:
             translated = self._whole(state)
+        translated.specs = specs
         self._specs, self._last = specs, (state, translated)
         return translated
 
