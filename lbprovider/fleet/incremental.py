@@ -140,6 +140,7 @@ class IncrementalCompiler:
         self._reconcile_allocations(session)
         self._entries, self._owners, self._clashes, self._sorted = {}, {}, set(), []
         self._by_service, self._problems, self._no_routes = {}, {}, {}
+        self._dirty = True
         for rec in session.scalars(select(ServiceRecord)):
             self._put(rec)
         self._reconciled = time.monotonic()
