@@ -43,6 +43,7 @@ from lbprovider.services.fleet import (
     host_stamps,
     host_statuses,
     merge_report,
+    merged_route_ids,
     serving_updates,
     status_text,
     store_prepared_report,
@@ -202,12 +203,14 @@ def _prepare(
     views = [v for v in before if v.name != host]
     if mine.enabled:
         views = sorted([*views, view_of(host, status)], key=lambda v: v.name)
-    # a delta merged onto the stored sections changed the applied digests of its ids only
-    hint = (
-        {*(report.applied_routes or ()), *report.gone_routes} if taken and row.base_report else None
-    )
     states, only, done = _serving_plan(
-        basis, compiled, host, before, views, known=known, applied_changed=hint
+        basis,
+        compiled,
+        host,
+        before,
+        views,
+        known=known,
+        applied_changed=merged_route_ids(row, taken),
     )
     updates = serving_updates(session=session, states=states, only_listed=only)
     return _Prepared(

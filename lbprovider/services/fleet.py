@@ -119,6 +119,16 @@ def merge_report(previous: Mapping[str, Any], report: HostReport) -> tuple[dict[
     return status, True
 
 
+def merged_route_ids(report: HostReport, taken: bool) -> set[str] | None:
+    """The route ids whose applied digest :func:`merge_report` may have changed when it
+    merged ``report`` as a delta onto its base (``taken``): those it upserted and dropped.
+    None when it did not (a whole report, an unknown base): compare the sections instead."""
+    if not (taken and report.base_report):
+        return None
+    upserted = report.status.get("applied_routes")
+    return {*(upserted if isinstance(upserted, dict) else ()), *report.gone_routes}
+
+
 def finish_status(
     status: dict[str, Any], report: HostReport, previous: Mapping[str, Any], now: datetime
 ) -> dict[str, Any]:
