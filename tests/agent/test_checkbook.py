@@ -55,9 +55,11 @@ class Reference:
                 self.errors.pop(route_id, None)
 
 
-def route(i: int, node_port: int = 30000) -> RouteSpec:
-    address = f"10.1.{i // 250}.{i % 250 + 1}"
-    return RouteSpec(
+def route(
+    i: int, node_port: int = 30000, *, net: str = "10.1", kind: type[RouteSpec] = RouteSpec
+) -> RouteSpec:
+    address = f"{net}.{i // 250}.{i % 250 + 1}"
+    return kind(
         route_id=f"shop/s{i}/{address}:80",
         service=f"shop/s{i}",
         address=address,
@@ -137,16 +139,7 @@ class CountingRoute(RouteSpec):
 
 
 def test_a_change_of_one_route_at_10000_digests_that_route_only() -> None:
-    routes = {
-        i: CountingRoute(
-            route_id=f"shop/s{i}/10.2.{i // 250}.{i % 250 + 1}:80",
-            service=f"shop/s{i}",
-            address=f"10.2.{i // 250}.{i % 250 + 1}",
-            port=80,
-            node_port=30000,
-        )
-        for i in range(10_000)
-    }
+    routes = {i: route(i, net="10.2", kind=CountingRoute) for i in range(10_000)}
     book = CheckBook()
     book.mark(state_of(dict(routes)), {})
     todo, _ = book.todo(10_000)

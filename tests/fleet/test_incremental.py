@@ -160,16 +160,22 @@ def test_a_delta_rebuilds_the_next_state_exactly(sessions: sessionmaker[Session]
 
 
 def sqlite_cache(sessions: sessionmaker[Session], services: int) -> StateCache:
-    """A compiled cache of ``services`` one-port Services on SQLite (the plans checked are
-    SQLite's)."""
+    """:func:`filled_cache`, compiled, on SQLite only (the plans checked are SQLite's)."""
     if sessions.kw["bind"].dialect.name != "sqlite":
         pytest.skip("the plan checked is SQLite's")
+    cache = filled_cache(sessions, services)
+    assert_same(sessions, cache)
+    return cache
+
+
+def filled_cache(sessions: sessionmaker[Session], services: int) -> StateCache:
+    """A cache, not yet compiled, over ``services`` one-port Services (``shop/s<i>``) on one
+    node."""
     make_pool(sessions, "127.28.0.1-127.28.0.60")
     set_node(sessions, "node-a", "127.0.0.2")
     cache = StateCache(SETTINGS)
     for i in range(services):
         add_service(sessions, service_data(f"s{i}", [(80, 30000 + i)]))
-    assert_same(sessions, cache)
     return cache
 
 
@@ -261,11 +267,7 @@ def test_a_serving_only_write_keeps_the_compilation_and_the_hosts_states(
     host state back, not a new compilation and a new 10,000-route state of the same version
     (which had cost the API a state build per report, beside the next change). A real change
     after it still makes new ones."""
-    make_pool(sessions, "127.28.0.1-127.28.0.60")
-    set_node(sessions, "node-a", "127.0.0.2")
-    cache = StateCache(SETTINGS)
-    for i in range(5):
-        add_service(sessions, service_data(f"s{i}", [(80, 30000 + i)]))
+    cache = filled_cache(sessions, 5)
     with transaction(sessions) as s:
         compiled, state = cache.compiled(s), cache.state(s, "edge-1")
     cache._compiler._reconciled = time.monotonic()  # no reconciliation due
